@@ -1,0 +1,1 @@
+"""The local realtime diffusion backend: `python -m backend --help`."""

@@ -1,0 +1,119 @@
+"""Command line for `python -m backend`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from protocol import DEFAULT_PORT, Limits
+
+from .config import REPO_ROOT, TOKEN_ENV, ServerConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m backend",
+        description="Krita Live Diffusion backend: serves live LCM img2img, inpaint and ControlNet over WebSocket.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT}; 0 = any)")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENV),
+        help=f"access token clients must present (default: ${TOKEN_ENV}); required to listen beyond loopback",
+    )
+    parser.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="allow WebSocket connections from this browser Origin (refused by default)",
+    )
+    parser.add_argument(
+        "--models-dir", type=Path, default=REPO_ROOT / "models", help="the model store (default: ./models)"
+    )
+    parser.add_argument(
+        "--extra-models-dir",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="an existing ComfyUI or A1111 'models' folder to use as well (repeatable)",
+    )
+    parser.add_argument(
+        "--model-config",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="diffusers config folder for checkpoints that are not SD1.5-shaped (default: the shipped SD1.5 configs)",
+    )
+    parser.add_argument("--device", default=None, help="cuda, cuda:N, mps or cpu (default: the best available)")
+    parser.add_argument("--max-size", type=int, default=4096, help="largest image side accepted (default: 4096)")
+    parser.add_argument(
+        "--max-message-mb", type=int, default=80, help="largest WebSocket message in MiB (default: 80)"
+    )
+    parser.add_argument("--no-preload", action="store_true", help="load the checkpoint on the first job")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        token=args.token or None,
+        allowed_origins=tuple(args.allow_origin),
+        models_dir=args.models_dir.expanduser().absolute(),
+        extra_model_dirs=tuple(p.expanduser().absolute() for p in args.extra_models_dir),
+        model_config_dir=args.model_config,
+        device=args.device,
+        limits=Limits(
+            max_width=args.max_size, max_height=args.max_size, max_message_bytes=args.max_message_mb * 1024 * 1024
+        ),
+        preload=not args.no_preload,
+    )
+
+
+async def serve(config: ServerConfig) -> None:
+    from .server import Server
+
+    server = Server(config)
+    port = await server.start()
+    log = logging.getLogger("backend")
+    log.info("listening on ws://%s:%d", config.host, port)
+    if not server.engine.store.list_kind("checkpoints"):
+        log.warning(server.engine.status_message())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except NotImplementedError:  # Windows
+            pass
+    await stop.wait()
+    log.info("shutting down")
+    await server.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = config_from_args(args)
+    problem = config.binding_problem()
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(config))
+    except OSError as error:
+        print(f"error: cannot listen on {config.host}:{config.port}: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0

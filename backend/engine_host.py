@@ -1,0 +1,166 @@
+"""Owns the engine on the worker thread: loads it in the background and runs jobs for the scheduler.
+
+torch and diffusers are imported here lazily, on the worker thread, so the server binds and answers
+handshakes within a second of starting while the heavy imports and the model load happen behind it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from protocol import ErrorCode, JobParams, JobRequest, ProtocolError
+
+from .config import ServerConfig
+from .model_store import ModelError, ModelStore
+from .scheduler import JobCancelledError
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
+
+log = logging.getLogger("backend.engine_host")
+
+
+@dataclass
+class JobInput:
+    mode: str
+    params: JobParams
+    canvas: np.ndarray
+    mask: np.ndarray | None = None
+    control_images: dict[str, np.ndarray] = field(default_factory=dict)
+    cache_key: str | None = None
+
+
+@dataclass
+class JobOutput:
+    image: np.ndarray
+    bounds: tuple[int, int, int, int]
+    params: dict[str, Any]
+    timings: dict[str, float]
+
+
+class EngineHost:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.store = ModelStore(config.models_dir, config.extra_model_dirs)
+        self.device_name = "starting"
+        self._engine: Any = None
+        self._manager: Any = None
+        self._load_error: BaseException | None = None
+        self._loaded = threading.Event()
+
+    @property
+    def ready(self) -> bool:
+        return self._loaded.is_set() and self._load_error is None
+
+    def start_loading(self, scheduler: Scheduler[Any]) -> None:
+        future = scheduler.run_in_worker(self._load)
+
+        def report(done: Any) -> None:
+            if done.exception() is not None:
+                log.error("engine failed to start: %s", done.exception())
+
+        future.add_done_callback(report)  # type: ignore[attr-defined]
+
+    def _load(self) -> None:
+        started = time.perf_counter()
+        try:
+            from .engine import Engine, select_device
+            from .loading.manager import ModelManager
+
+            device, dtype = select_device(self.config.device)
+            self.device_name = f"{device.type} ({str(dtype).removeprefix('torch.')})"
+            self._manager = ModelManager(self.store, device, dtype, config_dir=self.config.model_config_dir)
+            self._engine = Engine(self._manager, device, dtype)
+            checkpoint = self.store.default_checkpoint()
+            if self.config.preload and checkpoint is not None:
+                self._manager.components(checkpoint)
+            log.info("engine ready on %s in %.1f s", self.device_name, time.perf_counter() - started)
+        except BaseException as error:
+            self._load_error = error
+            self.device_name = "unavailable"
+            raise
+        finally:
+            self._loaded.set()
+
+    def status_message(self) -> str:
+        if self._load_error is not None:
+            return f"The engine failed to start: {self._load_error}"
+        if not self.store.list_kind("checkpoints"):
+            return no_checkpoint_message(self.store)
+        if not self._loaded.is_set():
+            return "Loading the engine; jobs sent now start when it is ready."
+        return "Ready."
+
+    def list_models(self) -> dict[str, list[str]]:
+        return self.store.list_models()
+
+    def loaded(self) -> dict[str, Any]:
+        return self._manager.loaded() if self.ready else {}
+
+    def check_models(self, request: JobRequest) -> None:
+        """Fail fast, before any pixels are sent to the GPU, on model names that can't be used."""
+        params = request.params
+        try:
+            if params.checkpoint is None:
+                if self.store.default_checkpoint() is None:
+                    raise ProtocolError(ErrorCode.NO_MODEL, no_checkpoint_message(self.store), request.job_id)
+            else:
+                self.store.resolve("checkpoints", params.checkpoint)
+            for lora in params.loras:
+                self.store.resolve("loras", lora.name)
+            if params.lcm_lora is not None:
+                self.store.resolve("loras", params.lcm_lora)
+            if params.vae is not None:
+                self.store.resolve("vae", params.vae)
+            for control in params.controls:
+                if control.model is not None:
+                    self.store.resolve("controlnet", control.model)
+        except ModelError as error:
+            code, message = describe_failure(error)
+            raise ProtocolError(code, message, request.job_id) from None
+
+    def run(
+        self, job: JobInput, on_progress: Callable[[int, int], None], is_cancelled: Callable[[], bool]
+    ) -> JobOutput:
+        """Runs on the worker thread, after _load (same single-thread executor)."""
+        if self._engine is None:
+            raise ProtocolError(ErrorCode.INTERNAL, f"The engine failed to start: {self._load_error}")
+        from .engine import EngineJob, JobCancelled
+
+        engine_job = EngineJob(job.mode, job.params, job.canvas, job.mask, job.control_images)
+        try:
+            result = self._engine.run(engine_job, on_progress, is_cancelled)
+        except JobCancelled:
+            raise JobCancelledError() from None
+        return JobOutput(result.image, tuple(result.bounds), result.params, result.timings)
+
+
+def no_checkpoint_message(store: ModelStore) -> str:
+    return (
+        f"No checkpoint found. Put an SD1.5 .safetensors checkpoint in {store.folder('checkpoints')} "
+        f"(and the LCM-LoRA for SD1.5 in {store.folder('loras')}), or run `python install.py` to fetch the "
+        "default models."
+    )
+
+
+def describe_failure(error: BaseException) -> tuple[ErrorCode, str]:
+    """The error code and painter-readable sentence for anything a job can fail with."""
+    if isinstance(error, ProtocolError):
+        return error.code, error.message
+    if isinstance(error, ModelError):
+        code = {"model_not_found": ErrorCode.MODEL_NOT_FOUND, "unsafe_name": ErrorCode.UNSAFE_NAME}.get(
+            getattr(error, "code", ""), ErrorCode.MODEL_ERROR
+        )
+        if "No checkpoint found" in error.message:
+            code = ErrorCode.NO_MODEL
+        return code, error.message
+    if type(error).__name__ == "OutOfMemoryError":
+        return ErrorCode.OUT_OF_MEMORY, "The GPU ran out of memory; try a smaller image or selection."
+    return ErrorCode.INTERNAL, f"The engine failed: {type(error).__name__}: {error}"

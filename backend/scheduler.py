@@ -1,0 +1,200 @@
+"""Job scheduling: one worker owns the model; clients are served round-robin; live jobs are latest-wins.
+
+The scheduler lives on the asyncio loop. The work itself runs on a single worker thread, so the loop keeps
+answering handshakes, cancels and other clients while the GPU is busy. Cancellation is cooperative: the
+engine polls `is_cancelled` at every step boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+Payload = TypeVar("Payload")
+
+
+class JobCancelledError(Exception):
+    """Raised by a job's work function when it noticed its cancel flag."""
+
+
+@dataclass(eq=False)
+class ScheduledJob(Generic[Payload]):
+    client_id: int
+    job_id: str
+    live: bool
+    payload: Payload
+    cancel_flag: threading.Event = field(default_factory=threading.Event)
+    cancel_reason: str = "cancelled"
+
+    def cancel(self, reason: str) -> None:
+        if not self.cancel_flag.is_set():
+            self.cancel_reason = reason
+            self.cancel_flag.set()
+
+
+class JobReporter(Protocol):
+    """How the scheduler reports back to the connection that owns a job (always called on the event loop)."""
+
+    def job_progress(self, job_id: str, step: int, total: int) -> None: ...
+    async def job_done(self, job: ScheduledJob[Any], result: Any) -> None: ...
+    async def job_cancelled(self, job: ScheduledJob[Any], reason: str) -> None: ...
+    async def job_failed(self, job: ScheduledJob[Any], error: BaseException) -> None: ...
+
+
+WorkFunction = Callable[[Payload, Callable[[int, int], None], Callable[[], bool]], Any]
+
+
+class QueueFullError(Exception):
+    pass
+
+
+class Scheduler(Generic[Payload]):
+    def __init__(self, work: WorkFunction, max_queued_per_client: int = 8) -> None:
+        self._work = work
+        self._max_queued = max_queued_per_client
+        self._queues: dict[int, OrderedDict[str, ScheduledJob[Payload]]] = {}
+        self._reporters: dict[int, JobReporter] = {}
+        self._turns: deque[int] = deque()
+        self._running: ScheduledJob[Payload] | None = None
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._task: asyncio.Task[None] | None = None
+
+    # --- client side ----------------------------------------------------------------------------------
+
+    def register(self, client_id: int, reporter: JobReporter) -> None:
+        self._queues[client_id] = OrderedDict()
+        self._reporters[client_id] = reporter
+
+    def submit(self, job: ScheduledJob[Payload]) -> list[ScheduledJob[Payload]]:
+        """Queue a job; returns the jobs it superseded (already removed or flagged for cancellation)."""
+        queue = self._queues[job.client_id]
+        if job.job_id in queue or (self._running is not None and self._running.job_id == job.job_id and
+                                   self._running.client_id == job.client_id):  # fmt: skip
+            raise KeyError(job.job_id)
+        superseded = self.supersede_live(job.client_id) if job.live else []
+        if len(queue) >= self._max_queued:
+            raise QueueFullError(f"{len(queue)} jobs are already queued for this connection")
+        queue[job.job_id] = job
+        if job.client_id not in self._turns:
+            self._turns.append(job.client_id)
+        self._wakeup.set()
+        return superseded
+
+    def supersede_live(self, client_id: int) -> list[ScheduledJob[Payload]]:
+        """Drop the client's queued live jobs (returned) and flag its running live job."""
+        queue = self._queues.get(client_id, OrderedDict())
+        superseded = [job for job in queue.values() if job.live]
+        for job in superseded:
+            del queue[job.job_id]
+            job.cancel("superseded")
+        running = self._running
+        if running is not None and running.client_id == client_id and running.live:
+            running.cancel("superseded")
+        return superseded
+
+    def cancel(self, client_id: int, job_id: str, reason: str = "cancelled") -> ScheduledJob[Payload] | None:
+        """Cancel a queued job (removed, returned) or a running one (flagged; its callback reports)."""
+        queue = self._queues.get(client_id, OrderedDict())
+        if job_id in queue:
+            job = queue.pop(job_id)
+            job.cancel(reason)
+            return job
+        running = self._running
+        if running is not None and running.client_id == client_id and running.job_id == job_id:
+            running.cancel(reason)
+            return running
+        return None
+
+    def unregister(self, client_id: int) -> None:
+        """A client went away: drop its queue and stop its running job at the next step."""
+        self._queues.pop(client_id, None)
+        self._reporters.pop(client_id, None)
+        running = self._running
+        if running is not None and running.client_id == client_id:
+            running.cancel("disconnected")
+
+    def queue_position(self, client_id: int, job_id: str) -> int:
+        queue = self._queues.get(client_id, {})
+        return list(queue).index(job_id) if job_id in queue else 0
+
+    @property
+    def running(self) -> ScheduledJob[Payload] | None:
+        return self._running
+
+    # --- worker side ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._dispatch_forever(), name="scheduler")
+
+    async def stop(self) -> None:
+        if self._running is not None:
+            self._running.cancel("server stopping")
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def run_in_worker(self, function: Callable[[], Any]) -> Awaitable[Any]:
+        """Run something that must own the model (loading, warm-up) on the worker thread."""
+        return asyncio.get_running_loop().run_in_executor(self._executor, function)
+
+    def _next_job(self) -> ScheduledJob[Payload] | None:
+        for _ in range(len(self._turns)):
+            client_id = self._turns.popleft()
+            queue = self._queues.get(client_id)
+            if not queue:
+                continue
+            _, job = queue.popitem(last=False)
+            if queue:
+                self._turns.append(client_id)
+            return job
+        return None
+
+    async def _dispatch_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            job = self._next_job()
+            if job is None:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            self._running = job
+            reporter = self._reporters.get(job.client_id)
+
+            def report(step: int, total: int, job_id: str = job.job_id, reporter: Any = reporter) -> None:
+                if reporter is not None:
+                    loop.call_soon_threadsafe(reporter.job_progress, job_id, step, total)
+
+            try:
+                result = await loop.run_in_executor(
+                    self._executor, self._work, job.payload, report, job.cancel_flag.is_set
+                )
+            except JobCancelledError:
+                await self._report(job, "job_cancelled", job.cancel_reason)
+            except Exception as error:  # noqa: BLE001 - any engine failure is reported to its client only
+                await self._report(job, "job_failed", error)
+            else:
+                if job.cancel_flag.is_set():
+                    await self._report(job, "job_cancelled", job.cancel_reason)
+                else:
+                    await self._report(job, "job_done", result)
+            finally:
+                self._running = None
+
+    async def _report(self, job: ScheduledJob[Payload], kind: str, value: Any) -> None:
+        reporter = self._reporters.get(job.client_id)
+        if reporter is None:
+            return
+        try:
+            await getattr(reporter, kind)(job, value)
+        except Exception:  # noqa: BLE001 - a vanished connection must not stop the dispatcher
+            pass

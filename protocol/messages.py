@@ -1,0 +1,496 @@
+"""Control messages: JSON text frames with a "type" field. Each kind is a dataclass with to_dict/from_dict."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from .errors import ErrorCode, ProtocolError
+from .frames import ImageEncoding
+from .validate import (
+    bad,
+    read_bool,
+    read_choice,
+    read_float,
+    read_int,
+    read_job_id,
+    read_list,
+    read_slot,
+    read_str,
+    reject_unknown,
+    require_object,
+)
+
+PROTOCOL_VERSION = 1
+DEFAULT_PORT = 9631
+SAMPLERS = ("lcm", "euler", "euler_a")
+MODES = ("img2img", "inpaint")
+CONTROL_KINDS = ("scribble", "pose")
+MAX_SEED = 2**63 - 1
+MAX_PROMPT_LENGTH = 4000
+POSE_KEYPOINTS = 18  # OpenPose body-18 (COCO) layout
+
+
+@dataclass
+class Limits:
+    max_width: int = 4096
+    max_height: int = 4096
+    max_message_bytes: int = 80 * 1024 * 1024
+    max_steps: int = 50
+    max_images_per_job: int = 8
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Limits:
+        data = require_object(data, "limits")
+        return cls(**{k: read_int(data, k, 1, 2**40, getattr(cls, k)) for k in cls.__dataclass_fields__})
+
+
+@dataclass
+class LoraParam:
+    name: str
+    model_strength: float = 1.0
+    clip_strength: float = 1.0
+
+    @classmethod
+    def from_dict(cls, data: Any) -> LoraParam:
+        data = require_object(data, "a LoRA entry")
+        reject_unknown(data, {"name", "model_strength", "clip_strength"}, "a LoRA entry")
+        return cls(
+            name=read_str(data, "name", max_length=500),
+            model_strength=read_float(data, "model_strength", -10.0, 10.0, 1.0),
+            clip_strength=read_float(data, "clip_strength", -10.0, 10.0, 1.0),
+        )
+
+
+Keypoint = tuple[float, float] | None
+
+
+@dataclass
+class ControlParam:
+    """One ControlNet: guided by an image slot (scribble or ready-made pose image) or by pose keypoints."""
+
+    kind: str
+    model: str | None = None
+    strength: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    image: str | None = None
+    pose: list[list[Keypoint]] | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ControlParam:
+        data = require_object(data, "a control entry")
+        reject_unknown(data, {"kind", "model", "strength", "start", "end", "image", "pose"}, "a control entry")
+        control = cls(
+            kind=read_choice(data, "kind", CONTROL_KINDS),
+            model=read_str(data, "model", None, max_length=500),
+            strength=read_float(data, "strength", 0.0, 2.0, 1.0),
+            start=read_float(data, "start", 0.0, 1.0, 0.0),
+            end=read_float(data, "end", 0.0, 1.0, 1.0),
+            image=read_slot(data, "image", None),
+            pose=_read_pose(data),
+        )
+        if control.start > control.end:
+            raise bad(f"Control 'start' ({control.start}) is after 'end' ({control.end}).")
+        if control.image is None and control.pose is None:
+            raise bad(f"A {control.kind} control needs an 'image' slot or 'pose' keypoints.")
+        if control.pose is not None and control.kind != "pose":
+            raise bad("Only a 'pose' control can carry pose keypoints.")
+        return control
+
+
+def _read_pose(data: dict[str, Any]) -> list[list[Keypoint]] | None:
+    people = read_list(data, "pose", 64, None)
+    if people is None:
+        return None
+    parsed: list[list[Keypoint]] = []
+    for person in people:
+        if not isinstance(person, list) or len(person) > POSE_KEYPOINTS:
+            raise bad(f"Each person in 'pose' must be a list of at most {POSE_KEYPOINTS} keypoints.")
+        keypoints: list[Keypoint] = []
+        for point in person:
+            if point is None:
+                keypoints.append(None)
+                continue
+            if (
+                not isinstance(point, list)
+                or len(point) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in point)
+            ):
+                raise bad("Each pose keypoint must be [x, y] in canvas pixels, or null when missing.")
+            x, y = float(point[0]), float(point[1])
+            # Non-finite or absurd coordinates are "missing", as OpenPose tools emit them; never fatal.
+            keypoints.append((x, y) if abs(x) < 1e7 and abs(y) < 1e7 else None)
+        keypoints.extend([None] * (POSE_KEYPOINTS - len(keypoints)))
+        parsed.append(keypoints)
+    return parsed
+
+
+@dataclass
+class InpaintParam:
+    grow: int = 0
+    feather: int = 8
+    padding: int = 32
+
+    @classmethod
+    def from_dict(cls, data: Any) -> InpaintParam:
+        data = require_object(data, "inpaint")
+        reject_unknown(data, {"grow", "feather", "padding"}, "inpaint")
+        return cls(
+            grow=read_int(data, "grow", 0, 512, 0),
+            feather=read_int(data, "feather", 0, 512, 8),
+            padding=read_int(data, "padding", 0, 2048, 32),
+        )
+
+
+@dataclass
+class JobParams:
+    prompt: str = ""
+    negative_prompt: str = ""
+    checkpoint: str | None = None
+    vae: str | None = None
+    loras: list[LoraParam] = field(default_factory=list)
+    lcm_lora: str | None = None
+    lcm_lora_strength: float = 1.0
+    sampler: str = "lcm"
+    steps: int = 4
+    cfg: float = 1.0
+    strength: float = 0.5
+    seed: int = 0
+    controls: list[ControlParam] = field(default_factory=list)
+    inpaint: InpaintParam = field(default_factory=InpaintParam)
+
+    FIELDS: ClassVar[set[str]] = {
+        "prompt", "negative_prompt", "checkpoint", "vae", "loras", "lcm_lora", "lcm_lora_strength",
+        "sampler", "steps", "cfg", "strength", "seed", "controls", "inpaint",
+    }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: Any, max_steps: int = 50) -> JobParams:
+        data = require_object(data, "params")
+        reject_unknown(data, cls.FIELDS, "params")
+        return cls(
+            prompt=read_str(data, "prompt", "", MAX_PROMPT_LENGTH),
+            negative_prompt=read_str(data, "negative_prompt", "", MAX_PROMPT_LENGTH),
+            checkpoint=read_str(data, "checkpoint", None, 500),
+            vae=read_str(data, "vae", None, 500),
+            loras=[LoraParam.from_dict(item) for item in read_list(data, "loras", 16, [])],
+            lcm_lora=read_str(data, "lcm_lora", None, 500),
+            lcm_lora_strength=read_float(data, "lcm_lora_strength", 0.0, 2.0, 1.0),
+            sampler=read_choice(data, "sampler", SAMPLERS, "lcm"),
+            steps=read_int(data, "steps", 1, max_steps, 4),
+            cfg=read_float(data, "cfg", 0.0, 30.0, 1.0),
+            strength=read_float(data, "strength", 0.0, 1.0, 0.5),
+            seed=read_int(data, "seed", 0, MAX_SEED, 0),
+            controls=[ControlParam.from_dict(item) for item in read_list(data, "controls", 4, [])],
+            inpaint=InpaintParam.from_dict(data.get("inpaint") or {}),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ImageSpec:
+    """Declares one image of a job; its pixels follow as a binary frame named '<job_id>/<slot>'."""
+
+    slot: str
+    encoding: str
+    width: int
+    height: int
+
+    @classmethod
+    def from_dict(cls, data: Any, limits: Limits) -> ImageSpec:
+        data = require_object(data, "an image entry")
+        reject_unknown(data, {"slot", "encoding", "width", "height"}, "an image entry")
+        encoding = ImageEncoding.from_label(read_str(data, "encoding", max_length=16))
+        width = read_int(data, "width", 1, 2**31, None)
+        height = read_int(data, "height", 1, 2**31, None)
+        if width is None or height is None:
+            raise bad("An image entry needs 'width' and 'height'.")
+        if width > limits.max_width or height > limits.max_height:
+            raise ProtocolError(
+                ErrorCode.TOO_LARGE,
+                f"Image of {width}x{height} exceeds the server limit of {limits.max_width}x{limits.max_height}.",
+            )
+        return cls(read_slot(data, "slot"), encoding.label, width, height)
+
+
+@dataclass
+class Bounds:
+    x: int
+    y: int
+    width: int
+    height: int
+
+    @classmethod
+    def from_list(cls, value: Any) -> Bounds:
+        if (
+            not isinstance(value, list)
+            or len(value) != 4
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        ):
+            raise bad("'bounds' must be [x, y, width, height] in whole pixels.")
+        x, y, width, height = value
+        if width <= 0 or height <= 0 or max(abs(x), abs(y), width, height) > 2**30:
+            raise bad(f"'bounds' {value} is not a sensible rectangle.")
+        return cls(x, y, width, height)
+
+    def to_list(self) -> list[int]:
+        return [self.x, self.y, self.width, self.height]
+
+
+# --- messages ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Hello:
+    TYPE: ClassVar[str] = "hello"
+    protocol_version: int
+    client: str = ""
+    token: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], limits: Limits) -> Hello:
+        reject_unknown(data, {"type", "protocol_version", "client", "token"}, "hello")
+        return cls(
+            protocol_version=read_int(data, "protocol_version", 0, 2**31),
+            client=read_str(data, "client", "", 200),
+            token=read_str(data, "token", None, 1000),
+        )
+
+
+@dataclass
+class Welcome:
+    TYPE: ClassVar[str] = "welcome"
+    protocol_version: int
+    server: str
+    device: str
+    models: dict[str, list[str]]
+    loaded: dict[str, Any]
+    samplers: list[str]
+    limits: Limits
+    ready: bool
+    message: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], limits: Limits) -> Welcome:
+        return cls(
+            protocol_version=read_int(data, "protocol_version", 0, 2**31),
+            server=read_str(data, "server", ""),
+            device=read_str(data, "device", ""),
+            models=require_object(data.get("models", {}), "models"),
+            loaded=require_object(data.get("loaded", {}), "loaded"),
+            samplers=read_list(data, "samplers", 100, []),
+            limits=Limits.from_dict(data.get("limits", {})),
+            ready=read_bool(data, "ready", False),
+            message=read_str(data, "message", ""),
+        )
+
+
+@dataclass
+class ListModels:
+    TYPE: ClassVar[str] = "list_models"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], limits: Limits) -> ListModels:
+        reject_unknown(data, {"type"}, "list_models")
+        return cls()
+
+
+@dataclass
+class ModelList:
+    TYPE: ClassVar[str] = "models"
+    models: dict[str, list[str]]
+    loaded: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], limits: Limits) -> ModelList:
+        return cls(require_object(data.get("models", {}), "models"), require_object(data.get("loaded", {}), "loaded"))
+
+
+@dataclass
+class JobRequest:
+    """A job; its images follow as binary frames. `live` jobs from one client are latest-wins."""
+
+    TYPE: ClassVar[str] = "job"
+    job_id: str
+    mode: str = "img2img"
+    live: bool = False
+    params: JobParams = field(default_factory=JobParams)
+    images: list[ImageSpec] = field(default_factory=list)
+    bounds: Bounds | None = None
+    result_encoding: str = "bgra8"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], limits: Limits) -> JobRequest:
+        fields = {"type", "job_id", "mode", "live", "params", "images", "bounds", "result_encoding"}
+        reject_unknown(data, fields, "job")
+        job_id = read_job_id(data)
+        try:
+            images = [ImageSpec.from_dict(i, limits) for i in read_list(data, "images", limits.max_images_per_job)]
+            job = cls(
+                job_id=job_id,
+                mode=read_choice(data, "mode", MODES, "img2img"),
+                live=read_bool(data, "live", False),
+                params=JobParams.from_dict(data.get("params", {}), limits.max_steps),
+                images=images,
+                bounds=None if data.get("bounds") is None else Bounds.from_list(data["bounds"]),
+                result_encoding=read_choice(data, "result_encoding", ("bgra8", "rgba8", "png"), "bgra8"),
+            )
+            job.check_images()
+        except ProtocolError as error:
+            error.job_id = job_id
+            raise
+        return job
+
+    def check_images(self) -> None:
+        slots = [image.slot for image in self.images]
+        if len(set(slots)) != len(slots):
+            raise bad("Two images of the job share a slot name.")
+        by_slot = {image.slot: image for image in self.images}
+        canvas = by_slot.get("canvas")
+        if canvas is None:
+            raise bad("A job needs a 'canvas' image.")
+        if canvas.encoding == "gray8":
+            raise bad("The canvas must be a colour image (rgba8, bgra8 or png).")
+        if self.mode == "inpaint":
+            mask = by_slot.get("mask")
+            if mask is None:
+                raise bad("An inpaint job needs a 'mask' image (gray8, 255 = redraw).")
+            if mask.encoding != "gray8" or (mask.width, mask.height) != (canvas.width, canvas.height):
+                raise bad("The mask must be gray8 and the same size as the canvas.")
+        for control in self.params.controls:
+            if control.image is not None and control.image not in by_slot:
+                raise bad(f"Control image slot {control.image!r} is not among the job's images.")
+        referenced = {"canvas", "mask"} | {c.image for c in self.params.controls if c.image}
+        extra = sorted(set(by_slot) - referenced)
+        if extra:
+            raise bad(f"Image slot(s) {', '.join(extra)} are not used by the job.")
+
+
+@dataclass
+class Cancel:
+    TYPE: ClassVar[str] = "cancel"
+    job_id: str
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], limits: Limits) -> Cancel:
+        reject_unknown(data, {"type", "job_id"}, "cancel")
+        return cls(read_job_id(data))
+
+
+@dataclass
+class Accepted:
+    TYPE: ClassVar[str] = "accepted"
+    job_id: str
+    queue_position: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], limits: Limits) -> Accepted:
+        return cls(read_job_id(data), read_int(data, "queue_position", 0, 2**31, 0))
+
+
+@dataclass
+class Progress:
+    TYPE: ClassVar[str] = "progress"
+    job_id: str
+    step: int
+    total: int
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], limits: Limits) -> Progress:
+        return cls(read_job_id(data), read_int(data, "step", 0, 2**31), read_int(data, "total", 0, 2**31))
+
+
+@dataclass
+class Result:
+    """The finished layer; its pixels follow in one binary frame named '<job_id>/result'."""
+
+    TYPE: ClassVar[str] = "result"
+    job_id: str
+    bounds: list[int]
+    width: int
+    height: int
+    encoding: str
+    params: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], limits: Limits) -> Result:
+        return cls(
+            job_id=read_job_id(data),
+            bounds=Bounds.from_list(data.get("bounds")).to_list(),
+            width=read_int(data, "width", 1, 2**31),
+            height=read_int(data, "height", 1, 2**31),
+            encoding=read_str(data, "encoding"),
+            params=require_object(data.get("params", {}), "params"),
+            timings=require_object(data.get("timings", {}), "timings"),
+        )
+
+
+@dataclass
+class Cancelled:
+    TYPE: ClassVar[str] = "cancelled"
+    job_id: str
+    reason: str = "cancelled"  # "cancelled", "superseded" or "disconnected"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], limits: Limits) -> Cancelled:
+        return cls(read_job_id(data), read_str(data, "reason", "cancelled"))
+
+
+@dataclass
+class Error:
+    TYPE: ClassVar[str] = "error"
+    code: str
+    message: str
+    job_id: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], limits: Limits) -> Error:
+        return cls(read_str(data, "code"), read_str(data, "message"), read_str(data, "job_id", None))
+
+    @classmethod
+    def from_exception(cls, error: ProtocolError) -> Error:
+        return cls(error.code.value, error.message, error.job_id)
+
+
+Message = (
+    Hello | Welcome | ListModels | ModelList | JobRequest | Cancel | Accepted | Progress | Result | Cancelled | Error
+)
+CLIENT_MESSAGES: dict[str, type] = {cls.TYPE: cls for cls in (Hello, ListModels, JobRequest, Cancel)}
+SERVER_MESSAGES: dict[str, type] = {
+    cls.TYPE: cls for cls in (Welcome, ModelList, Accepted, Progress, Result, Cancelled, Error)
+}
+
+
+def encode_message(message: Message) -> str:
+    body = asdict(message)  # type: ignore[call-overload]
+    if isinstance(message, JobRequest) and message.bounds is not None:
+        body["bounds"] = message.bounds.to_list()
+    return json.dumps({"type": message.TYPE, **body}, allow_nan=False, separators=(",", ":"))
+
+
+def decode_message(text: str | bytes, kinds: dict[str, type], limits: Limits | None = None) -> Message:
+    """Parse one JSON text frame into the dataclass its "type" names, out of the given kinds."""
+    limits = limits or Limits()
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as error:
+        raise ProtocolError(ErrorCode.BAD_JSON, f"Message is not valid JSON: {error}.") from None
+    data = require_object(data, "A message")
+    kind = data.get("type")
+    if not isinstance(kind, str):
+        raise bad("Message has no 'type' string field.")
+    message_class = kinds.get(kind)
+    if message_class is None:
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_TYPE, f"Unknown message type {kind!r}; known types: {', '.join(sorted(kinds))}."
+        )
+    return message_class.from_dict(data, limits)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")

@@ -1,0 +1,123 @@
+"""Strict field readers for JSON messages: every bad value becomes a ProtocolError naming the field."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from .errors import ErrorCode, ProtocolError
+
+_MISSING = object()
+JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+SLOT_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def bad(message: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.BAD_MESSAGE, message)
+
+
+def require_object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise bad(f"{where} must be a JSON object, got {type_name(value)}.")
+    return value
+
+
+def read_str(obj: dict[str, Any], key: str, default: Any = _MISSING, max_length: int = 10_000) -> Any:
+    value = obj.get(key, _MISSING)
+    if value is _MISSING or (value is None and default is None):
+        return _default_or_missing(key, default)
+    if not isinstance(value, str):
+        raise bad(f"Field '{key}' must be a string, got {type_name(value)}.")
+    if len(value) > max_length:
+        raise bad(f"Field '{key}' is {len(value)} characters long; the limit is {max_length}.")
+    if "\x00" in value:
+        raise bad(f"Field '{key}' contains a NUL character.")
+    return value
+
+
+def read_int(obj: dict[str, Any], key: str, minimum: int, maximum: int, default: Any = _MISSING) -> Any:
+    value = obj.get(key, _MISSING)
+    if value is _MISSING or (value is None and default is None):
+        return _default_or_missing(key, default)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad(f"Field '{key}' must be a whole number, got {type_name(value)}.")
+    if not minimum <= value <= maximum:
+        raise bad(f"Field '{key}' is {value}; it must be between {minimum} and {maximum}.")
+    return value
+
+
+def read_float(obj: dict[str, Any], key: str, minimum: float, maximum: float, default: Any = _MISSING) -> Any:
+    value = obj.get(key, _MISSING)
+    if value is _MISSING or (value is None and default is None):
+        return _default_or_missing(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise bad(f"Field '{key}' must be a number, got {type_name(value)}.")
+    if not math.isfinite(value):
+        raise bad(f"Field '{key}' must be a finite number.")
+    if not minimum <= value <= maximum:
+        raise bad(f"Field '{key}' is {value}; it must be between {minimum} and {maximum}.")
+    return float(value)
+
+
+def read_bool(obj: dict[str, Any], key: str, default: Any = _MISSING) -> Any:
+    value = obj.get(key, _MISSING)
+    if value is _MISSING:
+        return _default_or_missing(key, default)
+    if not isinstance(value, bool):
+        raise bad(f"Field '{key}' must be true or false, got {type_name(value)}.")
+    return value
+
+
+def read_choice(obj: dict[str, Any], key: str, choices: tuple[str, ...], default: Any = _MISSING) -> Any:
+    value = read_str(obj, key, default)
+    if value is not None and value not in choices:
+        raise bad(f"Field '{key}' is {value!r}; it must be one of: {', '.join(choices)}.")
+    return value
+
+
+def read_list(obj: dict[str, Any], key: str, max_items: int, default: Any = _MISSING) -> Any:
+    value = obj.get(key, _MISSING)
+    if value is _MISSING or (value is None and default is not _MISSING):
+        return _default_or_missing(key, default)
+    if not isinstance(value, list):
+        raise bad(f"Field '{key}' must be a list, got {type_name(value)}.")
+    if len(value) > max_items:
+        raise bad(f"Field '{key}' has {len(value)} items; the limit is {max_items}.")
+    return value
+
+
+def read_job_id(obj: dict[str, Any], key: str = "job_id") -> str:
+    value = read_str(obj, key, max_length=64)
+    if not JOB_ID_PATTERN.match(value):
+        raise bad(f"Field '{key}' must be 1-64 characters of letters, digits and . _ : -")
+    return value
+
+
+def read_slot(obj: dict[str, Any], key: str, default: Any = _MISSING) -> Any:
+    value = read_str(obj, key, default, max_length=64)
+    if value is not None and not SLOT_PATTERN.match(value):
+        raise bad(f"Field '{key}' must be 1-64 characters of letters, digits and . _ -")
+    return value
+
+
+def reject_unknown(obj: dict[str, Any], known: set[str], where: str) -> None:
+    unknown = sorted(set(obj) - known)
+    if unknown:
+        raise bad(f"Unknown field(s) in {where}: {', '.join(unknown)}.")
+
+
+def type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "number", float: "number", str: "string", list: "list", dict: "object"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _default_or_missing(key: str, default: Any) -> Any:
+    if default is _MISSING:
+        raise bad(f"Missing field '{key}'.")
+    return default
