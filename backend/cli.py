@@ -19,10 +19,12 @@ from .config import REPO_ROOT, TOKEN_ENV, ServerConfig
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m backend",
-        description="Krita Live Diffusion backend: serves live LCM img2img, inpaint and ControlNet over WebSocket.",
+        description="Krita Live Diffusion backend: live LCM img2img, inpaint and ControlNet over WebSocket.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT}; 0 = any)")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT}; 0 = any)"
+    )
     parser.add_argument(
         "--token",
         default=os.environ.get(TOKEN_ENV),
@@ -51,10 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="DIR",
-        help="diffusers config folder for checkpoints that are not SD1.5-shaped (default: the shipped SD1.5 configs)",
+        help="diffusers config folder for checkpoints that are not SD1.5-shaped "
+        "(default: the shipped SD1.5 configs)",
     )
-    parser.add_argument("--device", default=None, help="cuda, cuda:N, mps or cpu (default: the best available)")
-    parser.add_argument("--max-size", type=int, default=4096, help="largest image side accepted (default: 4096)")
+    parser.add_argument(
+        "--device", default=None, help="cuda, cuda:N, mps or cpu (default: the best available)"
+    )
+    parser.add_argument(
+        "--max-size", type=int, default=4096, help="largest image side accepted (default: 4096)"
+    )
     parser.add_argument(
         "--max-message-mb", type=int, default=80, help="largest WebSocket message in MiB (default: 80)"
     )
@@ -74,7 +81,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         model_config_dir=args.model_config,
         device=args.device,
         limits=Limits(
-            max_width=args.max_size, max_height=args.max_size, max_message_bytes=args.max_message_mb * 1024 * 1024
+            max_width=args.max_size,
+            max_height=args.max_size,
+            max_message_bytes=args.max_message_mb * 1024 * 1024,
         ),
         preload=not args.no_preload,
     )

@@ -31,7 +31,8 @@ def _decode_png(frame: ImageFrame) -> np.ndarray:
             if image.size != (frame.width, frame.height):
                 raise ProtocolError(
                     ErrorCode.BAD_FRAME,
-                    f"PNG is {image.size[0]}x{image.size[1]} but the frame declares {frame.width}x{frame.height}.",
+                    f"PNG is {image.size[0]}x{image.size[1]} but the frame declares "
+                    f"{frame.width}x{frame.height}.",
                 )
             return np.asarray(image.convert("RGBA"), dtype=np.uint8).copy()
     except ProtocolError:

@@ -29,7 +29,8 @@ class ServerConfig:
         """Why this configuration must not start, in words for the person starting it; None if it may."""
         if self.token is None and not is_loopback(self.host):
             return (
-                f"Refusing to listen on {self.host!r} without an access token: anyone on the network could drive "
+                f"Refusing to listen on {self.host!r} without an access token: anyone on the network "
+                f"could drive "
                 f"this GPU. Pass --token SECRET (or set {TOKEN_ENV}), or listen on 127.0.0.1."
             )
         return None

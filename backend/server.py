@@ -122,10 +122,12 @@ class Connection:
                 if isinstance(data, bytes):
                     await self.handle_frame(data)
                 else:
-                    await self.handle_message(decode_message(data, CLIENT_MESSAGES, self.server.config.limits))
+                    await self.handle_message(
+                        decode_message(data, CLIENT_MESSAGES, self.server.config.limits)
+                    )
             except ProtocolError as error:
                 self.send_error(error)
-            except Exception as error:  # noqa: BLE001 - one bad message must never kill the connection
+            except Exception as error:
                 log.exception("unexpected error while handling a message")
                 self.send_error(ProtocolError(ErrorCode.INTERNAL, f"Internal error: {error}"))
 
@@ -174,11 +176,15 @@ class Connection:
             self.pending = None
             self.send_error(
                 ProtocolError(
-                    ErrorCode.BAD_FRAME, "Job dropped: a new job arrived before all its images did.", abandoned
+                    ErrorCode.BAD_FRAME,
+                    "Job dropped: a new job arrived before all its images did.",
+                    abandoned,
                 )
             )
         if request.job_id in self.requests:
-            raise ProtocolError(ErrorCode.DUPLICATE_JOB, "A job with this id is still running.", request.job_id)
+            raise ProtocolError(
+                ErrorCode.DUPLICATE_JOB, "A job with this id is still running.", request.job_id
+            )
         self.server.engine.check_models(request)
         self.pending = PendingJob(request)
 
@@ -192,7 +198,9 @@ class Connection:
         spec = next((s for s in pending.request.images if s.slot == frame.slot), None)
         if spec is None or frame.slot in pending.frames:
             self.pending = None
-            raise ProtocolError(ErrorCode.BAD_FRAME, f"Unexpected or repeated image slot {frame.slot!r}.", job_id)
+            raise ProtocolError(
+                ErrorCode.BAD_FRAME, f"Unexpected or repeated image slot {frame.slot!r}.", job_id
+            )
         if (ImageEncoding.from_label(spec.encoding), spec.width, spec.height) != (
             frame.encoding,
             frame.width,
@@ -214,7 +222,9 @@ class Connection:
         request = pending.request
         job_id = request.job_id
         try:
-            arrays = await asyncio.to_thread(lambda: {s: frame_to_array(f) for s, f in pending.frames.items()})
+            arrays = await asyncio.to_thread(
+                lambda: {s: frame_to_array(f) for s, f in pending.frames.items()}
+            )
         except ProtocolError as error:
             error.job_id = job_id
             raise
@@ -242,7 +252,9 @@ class Connection:
         except QueueFullError as error:
             raise ProtocolError(ErrorCode.BUSY, f"Too many jobs waiting: {error}.", job_id) from None
         except KeyError:
-            raise ProtocolError(ErrorCode.DUPLICATE_JOB, "A job with this id is still running.", job_id) from None
+            raise ProtocolError(
+                ErrorCode.DUPLICATE_JOB, "A job with this id is still running.", job_id
+            ) from None
         self.requests[job_id] = request
         for old in superseded:
             self.requests.pop(old.job_id, None)
@@ -274,7 +286,9 @@ class Connection:
             x, y = x + request.bounds.x, y + request.bounds.y
         payload = await asyncio.to_thread(array_to_payload, result.image, request.result_encoding)
         encoding = ImageEncoding.from_label(request.result_encoding)
-        message = Result(job.job_id, [x, y, width, height], width, height, encoding.label, result.params, result.timings)
+        message = Result(
+            job.job_id, [x, y, width, height], width, height, encoding.label, result.params, result.timings
+        )
         frame = encode_frame(ImageFrame(job.job_id, "result", encoding, width, height, payload))
         self.send(message, frame)
 
@@ -308,7 +322,7 @@ class Server:
         self._socket_server: WebSocketServer | None = None
 
     async def start(self) -> int:
-        """Bind and start serving; returns the port (useful with port 0). The engine loads in the background."""
+        """Bind and serve; returns the port (useful with port 0). The engine loads in the background."""
         self.scheduler.start()
         self.engine.start_loading(self.scheduler)
         origins: list[str | None] = [None, *self.config.allowed_origins]

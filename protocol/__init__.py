@@ -37,7 +37,8 @@ from .messages import (
 )
 
 __all__ = [
-    "CLIENT_MESSAGES", "DEFAULT_PORT", "PROTOCOL_VERSION", "SAMPLERS", "SERVER_MESSAGES", "Accepted", "Bounds",
+    "CLIENT_MESSAGES", "DEFAULT_PORT", "PROTOCOL_VERSION", "SAMPLERS", "SERVER_MESSAGES", "Accepted",
+    "Bounds",
     "Cancel", "Cancelled", "ControlParam", "Error", "ErrorCode", "Hello", "ImageEncoding", "ImageFrame",
     "ImageSpec", "InpaintParam", "JobParams", "JobRequest", "Limits", "ListModels", "LoraParam", "Message",
     "ModelList", "Progress", "ProtocolError", "Result", "Welcome", "bgra_to_rgba", "decode_frame",

@@ -74,7 +74,9 @@ def encode_frame(frame: ImageFrame) -> bytes:
         raise ValueError(f"frame name longer than {MAX_NAME_LENGTH} bytes")
     expected = expected_payload_length(frame.encoding, frame.width, frame.height)
     if expected is not None and expected != len(frame.payload):
-        raise ValueError(f"{frame.encoding.label} payload of {frame.width}x{frame.height} must be {expected} bytes")
+        raise ValueError(
+            f"{frame.encoding.label} payload of {frame.width}x{frame.height} must be {expected} bytes"
+        )
     header = HEADER.pack(
         MAGIC, FRAME_VERSION, int(frame.encoding), len(name), frame.width, frame.height, len(frame.payload)
     )
@@ -106,15 +108,21 @@ def decode_frame(data: bytes | bytearray | memoryview, max_width: int, max_heigh
         raise _bad(f"Image size {width}x{height} is empty.")
     if width > max_width or height > max_height:
         raise ProtocolError(
-            ErrorCode.TOO_LARGE, f"Image of {width}x{height} exceeds the server limit of {max_width}x{max_height}."
+            ErrorCode.TOO_LARGE,
+            f"Image of {width}x{height} exceeds the server limit of {max_width}x{max_height}.",
         )
     body_start = HEADER.size + name_length
     actual_payload = len(view) - body_start
     if actual_payload != payload_length:
-        raise _bad(f"Binary frame declares a {payload_length}-byte payload but carries {max(actual_payload, 0)}.")
+        raise _bad(
+            f"Binary frame declares a {payload_length}-byte payload but carries {max(actual_payload, 0)}."
+        )
     expected = expected_payload_length(encoding, width, height)
     if expected is not None and expected != payload_length:
-        raise _bad(f"A {encoding.label} image of {width}x{height} needs {expected} bytes, the frame has {payload_length}.")
+        raise _bad(
+            f"A {encoding.label} image of {width}x{height} needs {expected} bytes, "
+            f"the frame has {payload_length}."
+        )
     if encoding is ImageEncoding.PNG and not bytes(view[body_start : body_start + 8]) == PNG_SIGNATURE:
         raise _bad("Binary frame says PNG but the payload is not a PNG file.")
     try:
@@ -135,10 +143,17 @@ def encode_png(width: int, height: int, rgba: bytes) -> bytes:
     raw = b"".join(b"\x00" + rgba[row * stride : (row + 1) * stride] for row in range(height))
 
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(body))
+            + kind
+            + body
+            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
-    return PNG_SIGNATURE + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+    return (
+        PNG_SIGNATURE + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+    )
 
 
 def bgra_to_rgba(data: bytes) -> bytes:

@@ -81,7 +81,9 @@ class ControlParam:
     @classmethod
     def from_dict(cls, data: Any) -> ControlParam:
         data = require_object(data, "a control entry")
-        reject_unknown(data, {"kind", "model", "strength", "start", "end", "image", "pose"}, "a control entry")
+        reject_unknown(
+            data, {"kind", "model", "strength", "start", "end", "image", "pose"}, "a control entry"
+        )
         control = cls(
             kind=read_choice(data, "kind", CONTROL_KINDS),
             model=read_str(data, "model", None, max_length=500),
@@ -212,7 +214,8 @@ class ImageSpec:
         if width > limits.max_width or height > limits.max_height:
             raise ProtocolError(
                 ErrorCode.TOO_LARGE,
-                f"Image of {width}x{height} exceeds the server limit of {limits.max_width}x{limits.max_height}.",
+                f"Image of {width}x{height} exceeds the server limit of "
+                f"{limits.max_width}x{limits.max_height}.",
             )
         return cls(read_slot(data, "slot"), encoding.label, width, height)
 
@@ -307,7 +310,9 @@ class ModelList:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], limits: Limits) -> ModelList:
-        return cls(require_object(data.get("models", {}), "models"), require_object(data.get("loaded", {}), "loaded"))
+        return cls(
+            require_object(data.get("models", {}), "models"), require_object(data.get("loaded", {}), "loaded")
+        )
 
 
 @dataclass
@@ -329,7 +334,9 @@ class JobRequest:
         reject_unknown(data, fields, "job")
         job_id = read_job_id(data)
         try:
-            images = [ImageSpec.from_dict(i, limits) for i in read_list(data, "images", limits.max_images_per_job)]
+            images = [
+                ImageSpec.from_dict(i, limits) for i in read_list(data, "images", limits.max_images_per_job)
+            ]
             job = cls(
                 job_id=job_id,
                 mode=read_choice(data, "mode", MODES, "img2img"),
@@ -458,7 +465,17 @@ class Error:
 
 
 Message = (
-    Hello | Welcome | ListModels | ModelList | JobRequest | Cancel | Accepted | Progress | Result | Cancelled | Error
+    Hello
+    | Welcome
+    | ListModels
+    | ModelList
+    | JobRequest
+    | Cancel
+    | Accepted
+    | Progress
+    | Result
+    | Cancelled
+    | Error
 )
 CLIENT_MESSAGES: dict[str, type] = {cls.TYPE: cls for cls in (Hello, ListModels, JobRequest, Cancel)}
 SERVER_MESSAGES: dict[str, type] = {
@@ -477,7 +494,7 @@ def decode_message(text: str | bytes, kinds: dict[str, type], limits: Limits | N
     """Parse one JSON text frame into the dataclass its "type" names, out of the given kinds."""
     limits = limits or Limits()
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as error:
         raise ProtocolError(ErrorCode.BAD_JSON, f"Message is not valid JSON: {error}.") from None
     data = require_object(data, "A message")
@@ -494,3 +511,10 @@ def decode_message(text: str | bytes, kinds: dict[str, type], limits: Limits | N
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text} is out of range")
+    return value

@@ -1,0 +1,73 @@
+"""Runs the real backend server on a loopback port in a background thread for a test."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from backend.config import ServerConfig
+from backend.engine_host import EngineHost
+from backend.server import Server
+
+
+class RunningServer:
+    def __init__(self, server: Server, loop: asyncio.AbstractEventLoop, port: int) -> None:
+        self.server = server
+        self.loop = loop
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def call(self, function: Callable[[], Any]) -> Any:
+        """Run something on the server's loop (to inspect its state safely)."""
+
+        async def wrapper() -> Any:
+            return function()
+
+        return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(timeout=10)
+
+
+@contextmanager
+def running_server(
+    models_dir: Path, engine_factory: Callable[[ServerConfig], EngineHost] | None = None, **overrides: Any
+) -> Iterator[RunningServer]:
+    config = replace(ServerConfig(port=0, models_dir=models_dir), **overrides)
+    loop = asyncio.new_event_loop()
+    started: dict[str, Any] = {}
+    ready = threading.Event()
+    stop: asyncio.Event | None = None
+
+    async def main() -> None:
+        nonlocal stop
+        stop = asyncio.Event()
+        server = Server(config, engine_factory(config) if engine_factory else None)
+        try:
+            started["port"] = await server.start()
+            started["server"] = server
+        except BaseException as error:
+            started["error"] = error
+            raise
+        finally:
+            ready.set()
+        await stop.wait()
+        await server.close()
+
+    thread = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
+    thread.start()
+    ready.wait(30)
+    if "error" in started:
+        raise started["error"]
+    try:
+        yield RunningServer(started["server"], loop, started["port"])
+    finally:
+        assert stop is not None
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
+        loop.close()

@@ -1,0 +1,158 @@
+"""Scheduling rules with a controllable work function: fairness, latest-wins, cancel, disconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from backend.scheduler import JobCancelledError, ScheduledJob, Scheduler
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, Any]] = []
+        self.finished = asyncio.Event()
+
+    def job_progress(self, job_id: str, step: int, total: int) -> None:
+        self.events.append(("progress", job_id, (step, total)))
+
+    async def job_done(self, job: ScheduledJob[Any], result: Any) -> None:
+        self.events.append(("done", job.job_id, result))
+        self.finished.set()
+
+    async def job_cancelled(self, job: ScheduledJob[Any], reason: str) -> None:
+        self.events.append(("cancelled", job.job_id, reason))
+        self.finished.set()
+
+    async def job_failed(self, job: ScheduledJob[Any], error: BaseException) -> None:
+        self.events.append(("failed", job.job_id, str(error)))
+        self.finished.set()
+
+
+class GatedWork:
+    """Each job runs `steps` steps; a step waits for the test to open the gate."""
+
+    def __init__(self, steps: int = 3) -> None:
+        self.steps = steps
+        self.gate = threading.Semaphore(0)
+        self.order: list[str] = []
+
+    def __call__(self, payload: str, progress: Any, is_cancelled: Any) -> str:
+        self.order.append(payload)
+        for step in range(1, self.steps + 1):
+            if is_cancelled():
+                raise JobCancelledError()
+            self.gate.acquire(timeout=10)
+            if payload == "explode":
+                raise RuntimeError("boom")
+            progress(step, self.steps)
+        return f"image of {payload}"
+
+
+async def settle(condition: Any, timeout: float = 10) -> None:
+    async def wait() -> None:
+        while not condition():
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(wait(), timeout)
+
+
+def job(client: int, job_id: str, live: bool = False) -> ScheduledJob[str]:
+    return ScheduledJob(client, job_id, live, job_id)
+
+
+def test_clients_are_served_round_robin() -> None:
+    async def scenario() -> None:
+        work = GatedWork(steps=1)
+        scheduler: Scheduler[str] = Scheduler(work)
+        a, b = Recorder(), Recorder()
+        scheduler.register(1, a)
+        scheduler.register(2, b)
+        for name in ("a1", "a2", "a3"):
+            scheduler.submit(job(1, name))
+        scheduler.submit(job(2, "b1"))
+        scheduler.submit(job(2, "b2"))
+        scheduler.start()
+        for _ in range(5):
+            work.gate.release()
+        await settle(lambda: len(work.order) == 5 and scheduler.running is None)
+        assert work.order == ["a1", "b1", "a2", "b2", "a3"]
+        await scheduler.stop()
+
+    asyncio.run(scenario())
+
+
+def test_live_jobs_are_latest_wins() -> None:
+    async def scenario() -> None:
+        work = GatedWork(steps=3)
+        scheduler: Scheduler[str] = Scheduler(work)
+        recorder = Recorder()
+        scheduler.register(1, recorder)
+        scheduler.start()
+        scheduler.submit(job(1, "f1", live=True))
+        await settle(lambda: scheduler.running is not None)
+        assert scheduler.submit(job(1, "f2", live=True)) == []
+        superseded = scheduler.submit(job(1, "f3", live=True))
+        assert [j.job_id for j in superseded] == ["f2"]
+        for _ in range(4):
+            work.gate.release()
+        await settle(lambda: any(e[0] == "done" for e in recorder.events))
+        outcomes = [(kind, job_id, value) for kind, job_id, value in recorder.events if kind != "progress"]
+        assert outcomes == [("cancelled", "f1", "superseded"), ("done", "f3", "image of f3")]
+        assert work.order == ["f1", "f3"]  # the superseded queued frame never ran
+        await scheduler.stop()
+
+    asyncio.run(scenario())
+
+
+def test_cancel_queued_and_running_and_disconnect() -> None:
+    async def scenario() -> None:
+        work = GatedWork(steps=2)
+        scheduler: Scheduler[str] = Scheduler(work)
+        recorder = Recorder()
+        scheduler.register(1, recorder)
+        scheduler.start()
+        scheduler.submit(job(1, "running"))
+        scheduler.submit(job(1, "queued"))
+        await settle(lambda: scheduler.running is not None)
+        cancelled = scheduler.cancel(1, "queued")
+        assert cancelled is not None and cancelled.cancel_flag.is_set()
+        assert scheduler.cancel(1, "running") is scheduler.running
+        assert scheduler.cancel(1, "unknown") is None
+        work.gate.release()
+        await settle(lambda: scheduler.running is None)
+        assert ("cancelled", "running", "cancelled") in recorder.events
+        assert work.order == ["running"]
+        # a client that goes away stops its running job and its queue
+        scheduler.submit(job(1, "orphan"))
+        scheduler.submit(job(1, "orphan-queued"))
+        await settle(lambda: scheduler.running is not None)
+        running = scheduler.running
+        scheduler.unregister(1)
+        work.gate.release()
+        await settle(lambda: scheduler.running is None)
+        assert running is not None and running.cancel_reason == "disconnected"
+        assert work.order == ["running", "orphan"]
+        await scheduler.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_job_does_not_stop_the_worker() -> None:
+    async def scenario() -> None:
+        work = GatedWork(steps=1)
+        scheduler: Scheduler[str] = Scheduler(work)
+        recorder = Recorder()
+        scheduler.register(1, recorder)
+        scheduler.start()
+        scheduler.submit(job(1, "explode"))
+        scheduler.submit(job(1, "fine"))
+        work.gate.release()
+        work.gate.release()
+        await settle(lambda: len([e for e in recorder.events if e[0] in ("done", "failed")]) == 2)
+        assert ("failed", "explode", "boom") in recorder.events
+        assert ("done", "fine", "image of fine") in recorder.events
+        await scheduler.stop()
+
+    asyncio.run(scenario())
