@@ -74,8 +74,9 @@ class EngineHost:
             from .engine import Engine, select_device
             from .loading.manager import ModelManager
 
-            device, dtype = select_device(self.config.device)
-            self.device_name = f"{device.type} ({str(dtype).removeprefix('torch.')})"
+            choice = select_device(self.config.device)
+            device, dtype = choice
+            self.device_name = choice.label
             self._manager = ModelManager(self.store, device, dtype, config_dir=self.config.model_config_dir)
             self._engine = Engine(self._manager, device, dtype)
             checkpoint = self.store.default_checkpoint()
@@ -161,6 +162,10 @@ def describe_failure(error: BaseException) -> tuple[ErrorCode, str]:
         if "No checkpoint found" in error.message:
             code = ErrorCode.NO_MODEL
         return code, error.message
+    from .engine import EngineInputError
+
+    if isinstance(error, EngineInputError):
+        return ErrorCode.BAD_MESSAGE, str(error)
     if type(error).__name__ == "OutOfMemoryError":
         return ErrorCode.OUT_OF_MEMORY, "The GPU ran out of memory; try a smaller image or selection."
     return ErrorCode.INTERNAL, f"The engine failed: {type(error).__name__}: {error}"
