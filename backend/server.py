@@ -74,6 +74,8 @@ class Connection:
         self.client_id = client_id
         self.greeted = False
         self.pending: PendingJob | None = None
+        # Frames still in flight for a job we already answered with an error are dropped without more noise.
+        self.refused_job: str | None = None
         self.outbox: asyncio.Queue[list[str | bytes] | None] = asyncio.Queue()
         self.requests: dict[str, JobRequest] = {}
         self.live_cache: tuple[str, JobOutput] | None = None
@@ -126,6 +128,8 @@ class Connection:
                         decode_message(data, CLIENT_MESSAGES, self.server.config.limits)
                     )
             except ProtocolError as error:
+                if error.job_id is not None and error.job_id not in self.requests:
+                    self.refused_job = error.job_id
                 self.send_error(error)
             except Exception as error:
                 log.exception("unexpected error while handling a message")
@@ -192,6 +196,8 @@ class Connection:
         limits = self.server.config.limits
         frame = decode_frame(data, limits.max_width, limits.max_height)
         pending = self.pending
+        if pending is None and frame.job_id == self.refused_job:
+            return
         if pending is None or frame.job_id != pending.request.job_id:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"Image frame {frame.name!r} belongs to no pending job.")
         job_id = frame.job_id

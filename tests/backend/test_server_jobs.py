@@ -117,7 +117,7 @@ def test_superseded_live_frames_are_cancelled_and_only_the_newest_arrives(tiny_m
         client = await Client.connect(url)
         live = params(tiny_models, steps=4, strength=1.0)
         first = await client.send_job(canvas(24, 24, 1), live, live=True)
-        while not isinstance(message := await client.receive(), Progress):
+        while not isinstance(await client.receive(), Progress):
             pass  # the first frame is running now
         second = await client.send_job(canvas(24, 24, 2), live, live=True)
         third = await client.send_job(canvas(24, 24, 3), live, live=True)
