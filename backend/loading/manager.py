@@ -1,0 +1,209 @@
+"""Keeps one checkpoint loaded and brings it to the requested LoRAs, strengths and VAE without reloading.
+
+Painters change LoRA strengths and toggle LoRAs while painting; reading a 2 GB checkpoint again each time
+would stall the live view for seconds, so only the checkpoint name forces a reload. Everything else is
+re-fused in place.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from backend.loading.checkpoint import PipelineComponents, load_checkpoint
+from backend.loading.controlnet import load_controlnet
+from backend.loading.lora import TEXT_ENCODER, UNET, LoraFuser, LoraTargets, LoraWeights, read_lora
+from backend.loading.vae import load_taesd, load_vae
+from backend.model_store import ModelError, ModelNotFoundError, ModelStore
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, AutoencoderTiny, ControlNetModel
+
+log = logging.getLogger(__name__)
+
+TAESD_SUFFIXES = (".pth", ".safetensors", ".pt")
+
+
+@dataclass(frozen=True)
+class LoraChoice:
+    name: str
+    model_strength: float = 1.0
+    clip_strength: float = 1.0
+
+
+@dataclass(eq=False)
+class _LoadedCheckpoint:
+    name: str
+    components: PipelineComponents  # with the VAE currently chosen
+    base_vae: AutoencoderKL  # the checkpoint's own, kept so dropping an override needs no reload
+    targets: LoraTargets
+    unet_fuser: LoraFuser
+    text_fuser: LoraFuser
+    vae_name: str | None = None
+    loras: tuple[LoraChoice, ...] = ()
+    lcm_lora: LoraChoice | None = None
+    # LoRAs read for this checkpoint, most recently used last; their layer tables depend on its modules
+    lora_cache: OrderedDict[str, LoraWeights] = field(default_factory=OrderedDict)
+
+
+class ModelManager:
+    """Loads models from a ModelStore onto one device/dtype and caches them. Thread-safe."""
+
+    lora_cache_size = 8  # unused LoRAs kept parsed, so toggling one off and on doesn't re-read it
+
+    def __init__(
+        self, store: ModelStore, device: torch.device, dtype: torch.dtype, config_dir: Path | None = None
+    ) -> None:
+        self.store = store
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.config_dir = config_dir
+        # Files read from disk, per kind: lets tests (and logs) prove a strength change reloaded nothing.
+        self.load_counts: Counter[str] = Counter()
+        self._lock = threading.RLock()
+        self._state: _LoadedCheckpoint | None = None
+        self._controlnets: dict[str, ControlNetModel] = {}
+        self._taesd: AutoencoderTiny | None = None
+
+    def components(
+        self,
+        checkpoint: str,
+        loras: Sequence[LoraChoice] = (),
+        vae: str | None = None,
+        lcm_lora: LoraChoice | None = None,
+    ) -> PipelineComponents:
+        """The checkpoint with these LoRAs fused and this VAE; identical calls return the same object."""
+        loras = tuple(loras)
+        choices = (*loras, *((lcm_lora,) if lcm_lora is not None else ()))
+        for choice in choices:
+            if not (math.isfinite(choice.model_strength) and math.isfinite(choice.clip_strength)):
+                raise ModelError(f"LoRA {choice.name!r}: strengths must be finite numbers.")
+        with self._lock:
+            # Resolve every name first, so a typo can't unload the model that is working now.
+            checkpoint_path = self.store.resolve("checkpoints", checkpoint)
+            lora_paths = {c.name: self.store.resolve("loras", c.name) for c in choices}
+            vae_path = self.store.resolve("vae", vae) if vae is not None else None
+
+            state = self._state
+            if state is None or state.name != checkpoint:
+                self._unload_checkpoint()
+                state = self._state = self._load_checkpoint(checkpoint, checkpoint_path)
+            if vae != state.vae_name:
+                self._set_vae(state, vae, vae_path)
+            if (loras, lcm_lora) != (state.loras, state.lcm_lora):
+                self._set_loras(state, loras, lcm_lora, lora_paths)
+            return state.components
+
+    def controlnet(self, name: str) -> ControlNetModel:
+        with self._lock:
+            if name not in self._controlnets:
+                path = self.store.resolve("controlnet", name)
+                self.load_counts["controlnet"] += 1
+                self._controlnets[name] = load_controlnet(path, self.device, self.dtype, self.config_dir)
+            return self._controlnets[name]
+
+    def taesd(self) -> AutoencoderTiny | None:
+        """TAESD from taesd_encoder/taesd_decoder files in the taesd folder; None until both are there."""
+        with self._lock:
+            if self._taesd is None:
+                encoder, decoder = self._find_taesd("taesd_encoder"), self._find_taesd("taesd_decoder")
+                if encoder is None or decoder is None:
+                    return None
+                self.load_counts["taesd"] += 1
+                self._taesd = load_taesd(encoder, decoder, self.device, self.dtype, self.config_dir)
+            return self._taesd
+
+    def loaded(self) -> dict[str, Any]:
+        with self._lock:
+            state = self._state
+            return {
+                "checkpoint": state.name if state else None,
+                "is_inpaint": state.components.is_inpaint if state else False,
+                "vae": state.vae_name if state else None,
+                "loras": [asdict(c) for c in state.loras] if state else [],
+                "lcm_lora": asdict(state.lcm_lora) if state and state.lcm_lora else None,
+                "controlnets": sorted(self._controlnets),
+                "taesd": self._taesd is not None,
+                "device": str(self.device),
+                "dtype": str(self.dtype).removeprefix("torch."),
+            }
+
+    def unload(self) -> None:
+        """Drop every model (e.g. before switching device); the next call loads again."""
+        with self._lock:
+            self._controlnets.clear()
+            self._taesd = None
+            self._unload_checkpoint()
+
+    def _load_checkpoint(self, name: str, path: Path) -> _LoadedCheckpoint:
+        self.load_counts["checkpoint"] += 1
+        log.info("loading checkpoint %s", name)
+        components = load_checkpoint(path, self.device, self.dtype, self.config_dir, name=name)
+        return _LoadedCheckpoint(
+            name=name,
+            components=components,
+            base_vae=components.vae,
+            targets=LoraTargets(components.unet, components.text_encoder),
+            unet_fuser=LoraFuser(components.unet, UNET),
+            text_fuser=LoraFuser(components.text_encoder, TEXT_ENCODER),
+        )
+
+    def _unload_checkpoint(self) -> None:
+        if self._state is None:
+            return
+        self._state = None
+        gc.collect()  # the old weights must be gone before the next checkpoint claims the memory
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _set_vae(self, state: _LoadedCheckpoint, name: str | None, path: Path | None) -> None:
+        if path is None:
+            vae = state.base_vae
+        else:
+            self.load_counts["vae"] += 1
+            vae = load_vae(path, self.device, self.dtype, self.config_dir)
+        state.components = replace(state.components, vae=vae)
+        state.vae_name = name
+
+    def _set_loras(
+        self,
+        state: _LoadedCheckpoint,
+        loras: tuple[LoraChoice, ...],
+        lcm_lora: LoraChoice | None,
+        paths: dict[str, Path],
+    ) -> None:
+        choices = (*loras, *((lcm_lora,) if lcm_lora is not None else ()))
+        # Read every file before touching weights: a bad file leaves the current fusion intact.
+        weights = [(self._lora(state, c.name, paths[c.name]), c) for c in choices]
+        state.unet_fuser.apply([(w, c.model_strength) for w, c in weights])
+        state.text_fuser.apply([(w, c.clip_strength) for w, c in weights])
+        state.loras, state.lcm_lora = loras, lcm_lora
+        keep = max(self.lora_cache_size, len(choices))
+        while len(state.lora_cache) > keep:
+            state.lora_cache.popitem(last=False)
+
+    def _lora(self, state: _LoadedCheckpoint, name: str, path: Path) -> LoraWeights:
+        cached = state.lora_cache.get(name)
+        if cached is None:
+            self.load_counts["lora"] += 1
+            cached = read_lora(path, name, state.targets, self.device)
+        state.lora_cache[name] = cached
+        state.lora_cache.move_to_end(name)
+        return cached
+
+    def _find_taesd(self, stem: str) -> Path | None:
+        for suffix in TAESD_SUFFIXES:
+            try:
+                return self.store.resolve("taesd", stem + suffix)
+            except ModelNotFoundError:
+                continue
+        return None

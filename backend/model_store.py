@@ -1,0 +1,270 @@
+"""Where model files live, how they are named, and which names are safe to open.
+
+The project's own folder (`models/`, layout from `models/manifest.json`) comes first; existing ComfyUI or
+A1111 `models` folders can be added as extra roots so painters need not copy gigabytes. Names are posix paths
+relative to a kind's folder (`sd15/dreamshaper.safetensors`); they arrive from the network, so every name is
+checked before it touches the file system.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+log = logging.getLogger(__name__)
+
+KINDS = ("checkpoints", "loras", "controlnet", "vae", "taesd")
+
+# Used when no manifest can be read, so a bare models folder still works; mirrors models/manifest.json.
+DEFAULT_LAYOUT: dict[str, str] = {
+    "checkpoints": "checkpoints",
+    "loras": "loras",
+    "controlnet": "controlnet",
+    "vae": "vae",
+    "taesd": "vae_approx",
+}
+DEFAULT_FOREIGN_LAYOUTS: dict[str, dict[str, list[str]]] = {
+    "comfyui": {k: [v] for k, v in DEFAULT_LAYOUT.items()},
+    "a1111": {
+        "checkpoints": ["Stable-diffusion"],
+        "loras": ["Lora", "LyCORIS"],
+        "controlnet": ["ControlNet"],
+        "vae": ["VAE"],
+        "taesd": ["VAE-approx"],
+    },
+}
+REPO_MANIFEST = Path(__file__).resolve().parents[1] / "models" / "manifest.json"
+
+# .ckpt checkpoints are loaded with torch.load(weights_only=True), which refuses pickled code.
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
+TAESD_SUFFIXES = (".safetensors", ".pth", ".pt")
+SAFETENSORS_ONLY = (".safetensors",)
+
+HINTS = {
+    "checkpoints": "SD1.5 .safetensors checkpoints (or diffusers folders)",
+    "loras": "SD1.5 LoRA .safetensors files",
+    "controlnet": "SD1.5 ControlNet .safetensors files",
+    "vae": "SD1.5 VAE .safetensors files",
+    "taesd": "taesd_encoder.pth and taesd_decoder.pth",
+}
+SINGULAR = {
+    "checkpoints": "checkpoint",
+    "loras": "LoRA",
+    "controlnet": "ControlNet",
+    "vae": "VAE",
+    "taesd": "TAESD",
+}
+
+
+class ModelError(Exception):
+    """A model can't be used; the message tells a painter what is wrong and what to do."""
+
+    code = "model_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ModelNotFoundError(ModelError):
+    code = "model_not_found"
+
+
+class UnsafeModelNameError(ModelError):
+    code = "unsafe_name"
+
+
+@dataclass(frozen=True)
+class ModelRoot:
+    """One `models` folder and, per kind, the subfolders that hold that kind."""
+
+    path: Path
+    layout_name: str
+    folders: Mapping[str, tuple[str, ...]]
+
+    def dirs(self, kind: str) -> list[Path]:
+        return [self.path / folder for folder in self.folders.get(kind, ())]
+
+
+@dataclass(frozen=True)
+class Layouts:
+    own: dict[str, str]
+    foreign: dict[str, dict[str, list[str]]]
+
+
+def read_layouts(manifest: Path | None) -> Layouts:
+    """Only `layout` and `foreign_layouts` are read: the rest of the manifest belongs to the installer."""
+    for candidate in (manifest, REPO_MANIFEST):
+        if candidate is None or not candidate.is_file():
+            continue
+        try:
+            data = json.loads(candidate.read_text(encoding="utf-8"))
+            own = {str(k): str(v) for k, v in data["layout"].items()}
+            foreign = {
+                str(name): {str(k): [str(f) for f in v] for k, v in folders.items()}
+                for name, folders in data.get("foreign_layouts", {}).items()
+            }
+        except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
+            log.warning("ignoring unreadable model manifest %s: %s", candidate, e)
+            continue
+        return Layouts({**DEFAULT_LAYOUT, **own}, foreign or DEFAULT_FOREIGN_LAYOUTS)
+    return Layouts(dict(DEFAULT_LAYOUT), DEFAULT_FOREIGN_LAYOUTS)
+
+
+def check_name(name: str) -> PurePosixPath:
+    """Reject names that could leave a model folder before any path is built from them."""
+    if not isinstance(name, str) or not name or name.strip() != name:
+        raise UnsafeModelNameError(f"Invalid model name {name!r}.")
+    if "\0" in name or "\\" in name or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        raise UnsafeModelNameError(f"Unsafe model name {name!r}: use a relative path with '/' separators.")
+    parts = name.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise UnsafeModelNameError(
+            f"Unsafe model name {name!r}: '..', '.' and empty path parts are not allowed."
+        )
+    return PurePosixPath(name)
+
+
+def is_diffusers_folder(path: Path) -> bool:
+    return (path / "model_index.json").is_file() or (path / "unet" / "config.json").is_file()
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """True if `path`, with every symlink resolved, is still inside `folder`."""
+    try:
+        path.resolve(strict=True).relative_to(folder.resolve(strict=True))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def detect_foreign_root(path: Path, foreign: Mapping[str, Mapping[str, Sequence[str]]]) -> ModelRoot | None:
+    """Find which foreign layout a folder uses, from the subfolders present.
+
+    Accepts the `models` folder itself or the application folder above it (ComfyUI/, stable-diffusion-webui/).
+    The layout whose folders match most wins; ComfyUI and our own layout share names, so ties go to ComfyUI.
+    """
+    for base in (path, path / "models"):
+        if not base.is_dir():
+            continue
+        best: tuple[int, str] | None = None
+        for layout_name, folders in foreign.items():
+            hits = sum((base / f).is_dir() for fs in folders.values() for f in fs)
+            if hits and (best is None or hits > best[0]):
+                best = (hits, layout_name)
+        if best is not None:
+            folders = foreign[best[1]]
+            return ModelRoot(base, best[1], {k: tuple(v) for k, v in folders.items()})
+    return None
+
+
+class ModelStore:
+    """Lists and resolves model files across the project's models folder and any extra roots."""
+
+    def __init__(self, root: Path, extra_roots: Sequence[Path] = (), manifest: Path | None = None) -> None:
+        self.root = Path(root).absolute()
+        layouts = read_layouts(manifest if manifest is not None else self.root / "manifest.json")
+        self.roots: list[ModelRoot] = [ModelRoot(self.root, "own", {k: (v,) for k, v in layouts.own.items()})]
+        for extra in [*extra_roots, *self._extra_paths_file()]:
+            extra = Path(extra).expanduser()
+            if not extra.is_absolute():
+                extra = self.root / extra
+            found = detect_foreign_root(extra.absolute(), layouts.foreign)
+            if found is None:
+                log.warning("extra model folder %s has no ComfyUI or A1111 model subfolders; ignored", extra)
+            elif all(found.path.resolve() != r.path.resolve() for r in self.roots):
+                self.roots.append(found)
+
+    def _extra_paths_file(self) -> list[Path]:
+        path = self.root / "extra_paths.json"
+        if not path.is_file():
+            return []
+        try:
+            paths = json.loads(path.read_text(encoding="utf-8"))["paths"]
+            return [Path(str(p)) for p in paths]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("ignoring unreadable %s: %s", path, e)
+            return []
+
+    def folder(self, kind: str) -> Path:
+        """Where the project's own files of this kind go (the place error messages point to)."""
+        self._check_kind(kind)
+        return self.roots[0].dirs(kind)[0]
+
+    def ensure_folders(self) -> None:
+        for kind in KINDS:
+            self.folder(kind).mkdir(parents=True, exist_ok=True)
+
+    def list_models(self) -> dict[str, list[str]]:
+        return {kind: self.list_kind(kind) for kind in KINDS}
+
+    def list_kind(self, kind: str) -> list[str]:
+        self._check_kind(kind)
+        names: set[str] = set()
+        for root in self.roots:
+            for folder in root.dirs(kind):
+                names.update(self._scan(kind, folder))
+        return sorted(names, key=lambda n: (n.casefold(), n))
+
+    def resolve(self, kind: str, name: str) -> Path:
+        """The file (or diffusers folder) for `name`; raises a ModelError subclass with advice otherwise."""
+        self._check_kind(kind)
+        rel = check_name(name)
+        for root in self.roots:
+            for folder in root.dirs(kind):
+                candidate = folder.joinpath(*rel.parts)
+                if not candidate.exists():  # a dangling symlink counts as absent
+                    continue
+                if not _inside(candidate, folder):
+                    raise UnsafeModelNameError(f"{SINGULAR[kind]} {name!r} points outside {folder}.")
+                if candidate.is_file():
+                    if self._accepts(kind, candidate.name):
+                        return candidate
+                    raise ModelError(
+                        f"{SINGULAR[kind]} {name!r} has an unsupported file type. "
+                        f"Put {HINTS[kind]} in {self.folder(kind)}"
+                    )
+                if kind == "checkpoints" and candidate.is_dir() and is_diffusers_folder(candidate):
+                    return candidate
+        raise ModelNotFoundError(
+            f"No {SINGULAR[kind]} named {name!r}. Put {HINTS[kind]} in {self.folder(kind)}"
+        )
+
+    def default_checkpoint(self) -> str | None:
+        names = self.list_kind("checkpoints")
+        return names[0] if names else None
+
+    def _check_kind(self, kind: str) -> None:
+        if kind not in KINDS:
+            raise ModelError(f"Unknown model kind {kind!r}; expected one of {', '.join(KINDS)}.")
+
+    @staticmethod
+    def _accepts(kind: str, filename: str) -> bool:
+        if filename.startswith("."):
+            return False
+        suffixes = {"checkpoints": CHECKPOINT_SUFFIXES, "taesd": TAESD_SUFFIXES}.get(kind, SAFETENSORS_ONLY)
+        return filename.lower().endswith(suffixes)
+
+    def _scan(self, kind: str, folder: Path) -> Iterator[str]:
+        if not folder.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+            here = Path(dirpath)
+            keep = []
+            for d in sorted(dirnames):
+                sub = here / d
+                if d.startswith(".") or not _inside(sub, folder):
+                    continue
+                if kind == "checkpoints" and is_diffusers_folder(sub):
+                    yield sub.relative_to(folder).as_posix()
+                elif not sub.is_symlink():
+                    keep.append(d)
+            dirnames[:] = keep  # don't descend into diffusers folders or symlinked directories
+            for f in filenames:
+                path = here / f
+                if self._accepts(kind, f) and path.is_file() and _inside(path, folder):
+                    yield path.relative_to(folder).as_posix()

@@ -1,0 +1,23 @@
+"""Shared test setup: no hub access ever, and the tiny real-architecture models written once per session."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import pytest
+
+# Set before anything imports huggingface_hub: without it, loaders still try the network and retry.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+if TYPE_CHECKING:
+    from tests.fixtures.tiny_models import TinyModels
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
+    # Imported here so test runs that need no models don't pay for importing torch and diffusers.
+    from tests.fixtures.tiny_models import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("tiny") / "models")
