@@ -1,0 +1,269 @@
+"""The connection to the backend, on its own thread with an asyncio loop, so Krita's UI never waits on it.
+
+The UI thread calls `start`, `send`, `stop`; everything the network learns comes back as event objects passed
+to `emit` (the panel puts them on a queue it drains with a QTimer). Disconnects become a status and a retry
+with backoff; nothing here raises into the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from ._compat import connect_websocket, protocol
+from .backoff import Backoff
+from .painter_words import describe_connection_failure, describe_error
+from .settings import ConnectionSettings
+
+log = logging.getLogger(__name__)
+
+CLIENT_NAME = "krita-live-diffusion/0.1"
+MAX_INCOMING_BYTES = 256 * 1024 * 1024
+MAX_IMAGE_SIDE = 65536
+OPEN_TIMEOUT = 5.0
+WELCOME_TIMEOUT = 10.0
+
+
+class Status(str, Enum):
+    OFFLINE = "offline"  # not started, or stopped
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    WAITING = "waiting"  # lost or refused; a retry is scheduled
+
+
+@dataclass(frozen=True)
+class StatusChanged:
+    status: Status
+    message: str
+    retry_in: float | None = None
+
+
+@dataclass(frozen=True)
+class Connected:
+    welcome: protocol.Welcome
+
+
+@dataclass(frozen=True)
+class ServerMessage:
+    """Accepted, Progress, Cancelled, Error or ModelList, as decoded."""
+
+    message: Any
+
+
+@dataclass(frozen=True)
+class ResultReady:
+    result: protocol.Result
+    frame: protocol.ImageFrame
+
+
+class _Refused(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NetworkClient:
+    def __init__(
+        self,
+        emit: Callable[[object], None],
+        *,
+        backoff: Backoff | None = None,
+        connect: Callable[..., Any] = connect_websocket,
+        client_name: str = CLIENT_NAME,
+    ) -> None:
+        self._emit = emit
+        self._backoff = backoff or Backoff()
+        self._connect = connect
+        self._client_name = client_name
+        self._settings = ConnectionSettings()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._outbox: asyncio.Queue[tuple[Any, ...]] | None = None
+        self._socket: Any = None
+        self._main: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._lock = threading.Lock()
+        self.connected = False
+        self._closing: asyncio.Future[Any] | None = None
+
+    # --- called from the UI thread --------------------------------------------------------------------------
+
+    def start(self, settings: ConnectionSettings) -> None:
+        """Connects (or reconnects at once, when the address or token changed)."""
+        with self._lock:
+            changed = settings != self._settings
+            self._settings = settings
+            if self._thread is not None and self._thread.is_alive():
+                if changed:
+                    self._call(self._restart)
+                return
+            self._stopping = False
+            ready = threading.Event()
+            self._thread = threading.Thread(
+                target=self._thread_main, args=(ready,), name="kld-network", daemon=True
+            )
+            self._thread.start()
+            ready.wait(5.0)
+
+    def reconnect_now(self) -> None:
+        self._call(self._restart)
+
+    def send(self, *parts: Any) -> bool:
+        """Queues messages and frames to go out together, in order; False (nothing queued) when offline."""
+        if not self.connected or self._outbox is None:
+            return False
+        outbox = self._outbox
+        return self._call(lambda: outbox.put_nowait(parts))
+
+    def stop(self, timeout: float = 3.0) -> None:
+        with self._lock:
+            self._stopping = True
+            thread = self._thread
+            if thread is None:
+                return
+            main = self._main
+            if main is not None:
+                self._call(main.cancel)
+            thread.join(timeout)
+            self._thread = None
+            self.connected = False
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _call(self, function: Callable[[], Any]) -> bool:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return False
+        try:
+            loop.call_soon_threadsafe(function)
+        except RuntimeError:  # the loop closed in between
+            return False
+        return True
+
+    # --- the network thread ---------------------------------------------------------------------------------
+
+    def _thread_main(self, ready: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            self._wake = asyncio.Event()
+            self._outbox = asyncio.Queue()
+            self._main = loop.create_task(self._run())
+            ready.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(self._main)
+        except Exception:  # never let the thread die silently
+            log.exception("network thread failed")
+        finally:
+            ready.set()
+            self.connected = False
+            self._emit(StatusChanged(Status.OFFLINE, "Not connected."))
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+            self._loop = None
+
+    def _restart(self) -> None:
+        """Drops the current connection (if any) and skips the wait before the next attempt."""
+        self._backoff.reset()
+        if self._wake is not None:
+            self._wake.set()
+        socket = self._socket
+        if socket is not None:
+            self._closing = asyncio.ensure_future(socket.close())
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            settings = self._settings
+            url = settings.url
+            self._emit(StatusChanged(Status.CONNECTING, f"Connecting to {url}…"))
+            try:
+                await self._session(settings)
+                message = "The backend closed the connection (it may be restarting)."
+            except asyncio.CancelledError:
+                raise
+            except _Refused as refused:
+                message = refused.message
+            except Exception as error:  # noqa: BLE001 - any failure means: tell the painter, retry
+                message = describe_connection_failure(error, url)
+            if self._stopping:
+                break
+            delay = self._backoff.next_delay()
+            self._emit(StatusChanged(Status.WAITING, message, delay))
+            assert self._wake is not None
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def _session(self, settings: ConnectionSettings) -> None:
+        headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else {}
+        async with self._connect(settings.url, headers, MAX_INCOMING_BYTES, OPEN_TIMEOUT) as socket:
+            hello = protocol.Hello(protocol.PROTOCOL_VERSION, self._client_name, settings.token or None)
+            await socket.send(protocol.encode_message(hello))
+            first = await asyncio.wait_for(socket.recv(), WELCOME_TIMEOUT)
+            reply = protocol.decode_message(first, protocol.SERVER_MESSAGES)
+            if isinstance(reply, protocol.Error):
+                raise _Refused(describe_error(reply.code, reply.message))
+            if not isinstance(reply, protocol.Welcome):
+                raise _Refused("The backend did not greet the plugin; it may be a different program.")
+            self._backoff.reset()
+            assert self._outbox is not None
+            while not self._outbox.empty():  # nothing queued for an older connection may leak into this one
+                self._outbox.get_nowait()
+            self._socket = socket
+            self.connected = True
+            self._emit(Connected(reply))
+            self._emit(StatusChanged(Status.CONNECTED, "Connected."))
+            writer = asyncio.ensure_future(self._write_forever(socket))
+            try:
+                await self._read_forever(socket)
+            finally:
+                self.connected = False
+                self._socket = None
+                writer.cancel()
+                with contextlib.suppress(BaseException):
+                    await writer
+
+    async def _write_forever(self, socket: Any) -> None:
+        assert self._outbox is not None
+        while True:
+            parts = await self._outbox.get()
+            for part in parts:
+                await socket.send(part if isinstance(part, (bytes, str)) else protocol.encode_message(part))
+
+    async def _read_forever(self, socket: Any) -> None:
+        pending: protocol.Result | None = None
+        async for data in socket:
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                try:
+                    frame = protocol.decode_frame(data, MAX_IMAGE_SIDE, MAX_IMAGE_SIDE)
+                except protocol.ProtocolError as error:
+                    self._emit(
+                        ServerMessage(
+                            protocol.Error(error.code.value, error.message, pending and pending.job_id)
+                        )
+                    )
+                    pending = None
+                    continue
+                if pending is not None and frame.job_id == pending.job_id and frame.slot == "result":
+                    self._emit(ResultReady(pending, frame))
+                pending = None
+                continue
+            try:
+                message = protocol.decode_message(data, protocol.SERVER_MESSAGES)
+            except protocol.ProtocolError as error:
+                log.warning("ignoring a message the plugin does not understand: %s", error.message)
+                continue
+            if isinstance(message, protocol.Result):
+                pending = message  # its pixels are the next binary frame
+            else:
+                self._emit(ServerMessage(message))

@@ -1,0 +1,112 @@
+"""What the painter chose in the panel, as plain data the request builder and the tests can use without Qt."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
+from typing import Any
+
+from ._compat import protocol
+
+MAX_SEED = 2**31 - 1  # what a spin box can hold; the protocol allows more
+
+
+class Mode(str, Enum):
+    LIVE = "live"
+    GENERATE = "generate"
+    INPAINT = "inpaint"
+
+    @property
+    def label(self) -> str:
+        return {"live": "Live", "generate": "Generate / Refine", "inpaint": "Inpaint selection"}[self.value]
+
+
+@dataclass
+class ConnectionSettings:
+    address: str = f"127.0.0.1:{protocol.DEFAULT_PORT}"
+    token: str = ""
+
+    @property
+    def url(self) -> str:
+        """Accepts what a painter types: 'host:port', 'ws://host:port' or just 'host'."""
+        address = self.address.strip() or f"127.0.0.1:{protocol.DEFAULT_PORT}"
+        if "://" not in address:
+            address = "ws://" + address
+        scheme, rest = address.split("://", 1)
+        host_port = rest.split("/", 1)[0]
+        if ":" not in host_port.rsplit("]", 1)[-1]:
+            rest = rest.replace(host_port, f"{host_port}:{protocol.DEFAULT_PORT}", 1)
+        return f"{scheme}://{rest}"
+
+
+@dataclass
+class ControlLayerChoice:
+    """A control layer picked in the panel, by Krita's node id (stable across renames)."""
+
+    node_id: str = ""
+    strength: float = 1.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.node_id)
+
+
+@dataclass
+class GenerationSettings:
+    mode: Mode = Mode.LIVE
+    prompt: str = ""
+    negative_prompt: str = ""
+    strength: float = 0.5
+    seed: int = 0
+    seed_locked: bool = False
+    steps: int = 4
+    cfg: float = 1.0
+    sampler: str = "lcm"
+    checkpoint: str = ""  # "" = the backend's default
+    lora: str = ""
+    lora_strength: float = 1.0
+    scribble: ControlLayerChoice = field(default_factory=ControlLayerChoice)
+    pose: ControlLayerChoice = field(default_factory=ControlLayerChoice)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["mode"] = self.mode.value
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> GenerationSettings:
+        """Restores saved settings; anything missing or malformed keeps its default."""
+        settings = cls()
+        try:
+            data = json.loads(text) if text else {}
+        except ValueError:
+            return settings
+        if not isinstance(data, dict):
+            return settings
+        for item in fields(cls):
+            if item.name not in data:
+                continue
+            value = data[item.name]
+            current = getattr(settings, item.name)
+            if isinstance(current, ControlLayerChoice) and isinstance(value, dict):
+                # Layer ids belong to one document; only the strength carries over between sessions.
+                setattr(settings, item.name, ControlLayerChoice("", _float(value.get("strength"), 1.0)))
+            elif isinstance(current, Mode):
+                settings.mode = Mode(value) if value in {m.value for m in Mode} else Mode.LIVE
+            elif isinstance(current, bool):
+                setattr(settings, item.name, bool(value))
+            elif isinstance(current, (int, float, str)) and isinstance(value, type(current)):
+                setattr(settings, item.name, value)
+            elif isinstance(current, float) and isinstance(value, int):
+                setattr(settings, item.name, float(value))
+        return settings
+
+
+def _float(value: Any, default: float) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+
+def random_seed(rng: random.Random | None = None) -> int:
+    return (rng or random).randint(0, MAX_SEED)

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import pytest
+
+from krita_plugin._compat import protocol
+from krita_plugin.request_builder import CanvasCapture, build_job, control_model
+from krita_plugin.settings import ConnectionSettings, ControlLayerChoice, GenerationSettings, Mode
+
+W, H = 8, 6
+
+
+def capture(**extra: object) -> CanvasCapture:
+    return CanvasCapture(0, 0, W, H, bytes(range(4)) * (W * H), **extra)  # type: ignore[arg-type]
+
+
+def decode_on_server(job) -> tuple[protocol.JobRequest, dict[str, protocol.ImageFrame]]:
+    """What the backend sees: the JSON through the protocol's own validation, then each frame."""
+    request = protocol.decode_message(protocol.encode_message(job.request), protocol.CLIENT_MESSAGES)
+    frames = {}
+    for data in job.frames:
+        frame = protocol.decode_frame(data, 4096, 4096)
+        assert frame.job_id == request.job_id
+        frames[frame.slot] = frame
+    return request, frames
+
+
+def test_img2img_job_carries_canvas_and_settings() -> None:
+    settings = GenerationSettings(prompt="a red fox", negative_prompt="blurry", strength=0.4, seed=7, steps=5)
+    settings.cfg, settings.sampler, settings.checkpoint = 1.5, "euler", "tiny-sd15.safetensors"
+    job = build_job("live-x-1", settings, capture(), live=True)
+    request, frames = decode_on_server(job)
+    assert request.mode == "img2img" and request.live
+    assert request.bounds == protocol.Bounds(0, 0, W, H)
+    assert request.result_encoding == "bgra8"
+    params = request.params
+    assert (params.prompt, params.negative_prompt, params.strength, params.seed) == (
+        "a red fox",
+        "blurry",
+        0.4,
+        7,
+    )
+    assert (params.steps, params.cfg, params.sampler) == (5, 1.5, "euler")
+    assert params.checkpoint == "tiny-sd15.safetensors"
+    assert set(frames) == {"canvas"}
+    assert frames["canvas"].encoding is protocol.ImageEncoding.BGRA8
+    assert frames["canvas"].payload == capture().canvas
+
+
+def test_default_checkpoint_and_lora_choices() -> None:
+    job = build_job(
+        "j", GenerationSettings(lora="style.safetensors", lora_strength=0.7), capture(), live=False
+    )
+    request, _ = decode_on_server(job)
+    assert request.params.checkpoint is None  # the backend's default
+    assert request.params.loras == [protocol.LoraParam("style.safetensors", 0.7, 0.7)]
+
+
+def test_inpaint_job_sends_the_selection_mask() -> None:
+    mask = bytes([0, 255] * (W * H // 2))
+    job = build_job("inpaint-1", GenerationSettings(mode=Mode.INPAINT), capture(mask=mask), live=False)
+    request, frames = decode_on_server(job)
+    assert request.mode == "inpaint"
+    assert frames["mask"].encoding is protocol.ImageEncoding.GRAY8
+    assert frames["mask"].payload == mask
+
+
+def test_inpaint_without_mask_is_refused() -> None:
+    with pytest.raises(ValueError):
+        build_job("j", GenerationSettings(mode=Mode.INPAINT), capture(), live=False)
+
+
+def test_mask_is_not_sent_outside_inpaint() -> None:
+    job = build_job("j", GenerationSettings(mode=Mode.GENERATE), capture(mask=bytes(W * H)), live=False)
+    _, frames = decode_on_server(job)
+    assert "mask" not in frames
+
+
+def test_scribble_and_pose_controls() -> None:
+    settings = GenerationSettings(
+        scribble=ControlLayerChoice("id1", 0.8), pose=ControlLayerChoice("id2", 0.6)
+    )
+    pose = [[(1.0, 2.0), None, *[(3.5, 4.25)] * 16]]
+    models = {"controlnet": ["tiny-scribble.safetensors", "tiny-openpose.safetensors"]}
+    job = build_job("j", settings, capture(scribble=bytes(W * H * 4), pose=pose), live=True, models=models)
+    request, frames = decode_on_server(job)
+    scribble, posed = request.params.controls
+    assert (scribble.kind, scribble.image, scribble.strength) == ("scribble", "scribble", 0.8)
+    assert scribble.model == "tiny-scribble.safetensors"
+    assert frames["scribble"].encoding is protocol.ImageEncoding.BGRA8
+    assert (posed.kind, posed.image, posed.strength, posed.model) == (
+        "pose",
+        None,
+        0.6,
+        "tiny-openpose.safetensors",
+    )
+    assert posed.pose[0][0] == (1.0, 2.0) and posed.pose[0][1] is None and len(posed.pose[0]) == 18
+
+
+def test_control_model_falls_back_to_the_backend_default() -> None:
+    assert control_model({}, "scribble") is None
+    assert control_model({"controlnet": ["depth.safetensors"]}, "pose") is None
+
+
+@pytest.mark.parametrize(
+    ("typed", "url"),
+    [
+        ("", "ws://127.0.0.1:9631"),
+        ("localhost", "ws://localhost:9631"),
+        ("192.168.1.5:7000", "ws://192.168.1.5:7000"),
+        ("ws://example:1234", "ws://example:1234"),
+        ("wss://gpu.example.org", "wss://gpu.example.org:9631"),
+    ],
+)
+def test_addresses_a_painter_types(typed: str, url: str) -> None:
+    assert ConnectionSettings(typed).url == url
+
+
+def test_settings_round_trip_and_tolerate_garbage() -> None:
+    settings = GenerationSettings(
+        mode=Mode.INPAINT, prompt="x", seed=5, cfg=2.0, scribble=ControlLayerChoice("n", 0.3)
+    )
+    restored = GenerationSettings.from_json(settings.to_json())
+    assert (
+        restored.mode is Mode.INPAINT
+        and restored.prompt == "x"
+        and restored.seed == 5
+        and restored.cfg == 2.0
+    )
+    assert restored.scribble == ControlLayerChoice("", 0.3)  # layer ids don't outlive the document
+    assert GenerationSettings.from_json("not json") == GenerationSettings()
+    assert GenerationSettings.from_json('{"steps": "many", "mode": "bogus"}') == GenerationSettings()
