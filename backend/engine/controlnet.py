@@ -1,0 +1,152 @@
+"""ControlNet guidance for a job: choose the models, turn layers and keypoints into hint images, map them onto
+the generation area."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from protocol.messages import ControlParam
+
+from .images import control_to_tensor, resize_gray, resize_rgb
+from .jobs import EngineInputError
+from .loop import ControlUnit
+from .pose import parse_people, render_pose
+from .region import Region
+
+# Substrings that identify a ControlNet file for each control kind when the job names no model.
+MODEL_HINTS = {"scribble": ("scribble",), "pose": ("openpose", "pose")}
+
+
+def choose_controlnet(store: Any, control: ControlParam) -> str:
+    """The job's ControlNet, or the first one in the store whose name fits the control's kind."""
+    if control.model is not None:
+        return control.model
+    names = store.list_kind("controlnet")
+    for hint in MODEL_HINTS[control.kind]:
+        for name in names:
+            if hint in name.lower():
+                return name
+    from backend.model_store import ModelNotFoundError
+
+    folder = store.folder("controlnet") if hasattr(store, "folder") else "models/controlnet"
+    raise ModelNotFoundError(
+        f"No {control.kind} ControlNet found. Put a ControlNet 1.1 {MODEL_HINTS[control.kind][0]} "
+        f".safetensors file for SD1.5 in {folder}, or name one in the control's 'model'."
+    )
+
+
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return (rgb.astype(np.float32) @ weights).round().clip(0, 255).astype(np.uint8)
+
+
+def scribble_hint(image: np.ndarray) -> np.ndarray:
+    """White lines on black, from a scribble drawn either way.
+
+    A layer with transparency is strokes on an empty layer: the strokes are where the paint is (alpha),
+    whatever their colour. An opaque image (or a gray one) has a background colour, the majority: when it is
+    light, the lines are dark and are inverted.
+    """
+    if image.ndim == 3 and image.shape[2] == 4:
+        alpha = image[..., 3]
+        if (alpha < 128).mean() >= 0.05:
+            lines = alpha
+        else:
+            lines = luminance(image[..., :3])
+            if np.median(lines) > 127:
+                lines = 255 - lines
+    else:
+        lines = image if image.ndim == 2 else luminance(image[..., :3])
+        if np.median(lines) > 127:
+            lines = 255 - lines
+    return np.repeat(lines[..., None], 3, axis=2)
+
+
+def pose_image_hint(image: np.ndarray) -> np.ndarray:
+    """A ready-made pose image: its colours as they are, transparent areas black (no guidance)."""
+    if image.ndim == 2:
+        return np.repeat(image[..., None], 3, axis=2)
+    if image.shape[2] == 4:
+        alpha = image[..., 3:4].astype(np.uint32)
+        return ((image[..., :3].astype(np.uint32) * alpha + 127) // 255).astype(np.uint8)
+    return image[..., :3]
+
+
+def _to_canvas_size(hint: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Control layers of another size are stretched over the canvas."""
+    if hint.ndim == 2:
+        return resize_gray(hint, width, height)
+    return resize_rgb(np.ascontiguousarray(hint), width, height)
+
+
+def _check_image(image: np.ndarray, slot: str) -> None:
+    ok = image.dtype == np.uint8 and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4)))
+    if not ok or min(image.shape[:2]) < 1:
+        raise EngineInputError(
+            f"Control image {slot!r} must be H x W x 4 RGBA or H x W gray uint8, "
+            f"got {image.dtype} {image.shape}."
+        )
+
+
+def hint_image(
+    control: ControlParam, images: Mapping[str, np.ndarray], canvas_size: tuple[int, int], region: Region
+) -> np.ndarray:
+    """The control's hint as a generation-sized RGB image (region.gen_height x region.gen_width x 3)."""
+    width, height = canvas_size
+    if control.kind == "pose" and control.pose is not None:
+        try:
+            people = parse_people(control.pose)
+        except ValueError as error:
+            raise EngineInputError(str(error)) from None
+        content = render_pose(
+            people, canvas_size, (region.content_width, region.content_height), region.to_generation_point
+        )
+        pad = ((0, region.gen_height - content.shape[0]), (0, region.gen_width - content.shape[1]), (0, 0))
+        return np.pad(content, pad)
+    if control.image is None or control.image not in images:
+        raise EngineInputError(
+            f"The {control.kind} control's image {control.image!r} was not sent with the job."
+        )
+    image = images[control.image]
+    _check_image(image, control.image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    hint = scribble_hint(image) if control.kind == "scribble" else pose_image_hint(image)
+    hint = _to_canvas_size(hint, width, height)
+    return region.rgb_to_generation(region.crop(hint), fill="zero")
+
+
+def acts(control: ControlParam, steps: int) -> bool:
+    """Whether the control changes anything over `steps` steps (strength 0 or an empty range: it doesn't)."""
+    if control.strength == 0 or steps == 0:
+        return False
+    unit = ControlUnit(None, torch.empty(0), control.strength, control.start, control.end)
+    return any(unit.scale_at(i, steps) != 0 for i in range(steps))
+
+
+def build_controls(
+    models: Any,
+    controls: Sequence[ControlParam],
+    images: Mapping[str, np.ndarray],
+    canvas_size: tuple[int, int],
+    region: Region,
+    steps: int,
+    device: torch.device,
+) -> tuple[list[ControlUnit], list[str]]:
+    """ControlUnits for the controls that act, and the ControlNet names used (in order)."""
+    units: list[ControlUnit] = []
+    names: list[str] = []
+    for control in controls:
+        if not acts(control, steps):
+            names.append(control.model)  # skipped, never loaded: it would only add zeros
+            continue
+        name = choose_controlnet(models.store, control)
+        model = models.controlnet(name)
+        hint = control_to_tensor(hint_image(control, images, canvas_size, region), device, model.dtype)
+        units.append(ControlUnit(model, hint, control.strength, control.start, control.end))
+        names.append(name)
+    return units, names

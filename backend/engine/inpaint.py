@@ -1,0 +1,81 @@
+"""Inpaint of a selection's working area: the few-step loop with the unmasked area held to the original.
+
+A regular (4-channel) UNet sees the whole image and, after every step, has the latents outside the mask reset
+to the original noised to the current level. A dedicated inpainting UNet (9 channels) instead gets the mask
+and the masked image's latents as extra input, the way it was trained, and is left to run free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import vae as vae_codec
+from .context import GenerationContext
+from .img2img import noised_start
+from .loop import InpaintChannels, LatentHold, denoise
+
+
+@dataclass
+class InpaintInputs:
+    image: torch.Tensor  # 1 x 3 x H x W in [-1, 1]: the working area
+    pixel_mask: torch.Tensor  # 1 x 1 x H x W, 1 = redraw
+    latent_mask: torch.Tensor  # 1 x 1 x H/8 x W/8, 1 = redraw
+    dedicated_unet: bool  # a 9-channel inpainting checkpoint
+    from_noise: bool  # strength 1: start from pure noise, not from the noised original
+
+
+def inpaint(ctx: GenerationContext, inputs: InpaintInputs) -> torch.Tensor:
+    """Returns the decoded working area (1 x 3 x H x W, about [-1, 1])."""
+    if inputs.dedicated_unet:
+        return _inpaint_dedicated(ctx, inputs)
+    with ctx.timed("encode"):
+        clean = vae_codec.encode(ctx.vae, inputs.image, ctx.generator).to(ctx.dtype)
+        latents, noise = noised_start(ctx, clean)
+        if inputs.from_noise:
+            latents = noise * ctx.schedule.scheduler.init_noise_sigma
+    hold = LatentHold(clean, noise, inputs.latent_mask.to(ctx.dtype))
+    with ctx.timed("denoise"):
+        latents = denoise(
+            ctx.unet,
+            ctx.schedule,
+            latents,
+            ctx.guidance,
+            ctx.generator,
+            ctx.on_progress,
+            ctx.is_cancelled,
+            controls=ctx.controls,
+            hold=hold,
+        )
+    with ctx.timed("decode"):
+        return vae_codec.decode(ctx.vae, latents)
+
+
+def _inpaint_dedicated(ctx: GenerationContext, inputs: InpaintInputs) -> torch.Tensor:
+    # The masked image is gray (0) where the model should paint; it sees what surrounds the hole.
+    masked = inputs.image * (1 - inputs.pixel_mask.to(inputs.image.dtype))
+    with ctx.timed("encode"):
+        if inputs.from_noise:
+            masked_latents = vae_codec.encode(ctx.vae, masked, ctx.generator).to(ctx.dtype)
+            latents = ctx.randn(masked_latents.shape) * ctx.schedule.scheduler.init_noise_sigma
+        else:
+            # One VAE call for both images.
+            both = vae_codec.encode(ctx.vae, torch.cat([inputs.image, masked]), ctx.generator).to(ctx.dtype)
+            clean, masked_latents = both[:1], both[1:]
+            latents, _ = noised_start(ctx, clean)
+    channels = InpaintChannels(inputs.latent_mask.to(ctx.dtype), masked_latents)
+    with ctx.timed("denoise"):
+        latents = denoise(
+            ctx.unet,
+            ctx.schedule,
+            latents,
+            ctx.guidance,
+            ctx.generator,
+            ctx.on_progress,
+            ctx.is_cancelled,
+            controls=ctx.controls,
+            inpaint_channels=channels,
+        )
+    with ctx.timed("decode"):
+        return vae_codec.decode(ctx.vae, latents)

@@ -1,0 +1,39 @@
+"""What the server hands the engine and what it gets back (no torch here: the server imports this cheaply)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from protocol.messages import JobParams
+
+
+@dataclass
+class EngineJob:
+    mode: str  # "img2img" | "inpaint"
+    params: JobParams
+    canvas: np.ndarray  # H x W x 4 uint8, RGBA
+    mask: np.ndarray | None = None  # H x W uint8 (255 = redraw), inpaint only
+    # slot -> H x W x 4 RGBA or H x W uint8
+    control_images: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class EngineResult:
+    image: np.ndarray  # h x w x 4 uint8 RGBA: the layer to place
+    bounds: tuple[int, int, int, int]  # x, y, w, h of that layer within the canvas
+    params: dict[str, Any]  # effective parameters (resolved checkpoint name, seed, sampler, ...)
+    timings: dict[str, float]  # seconds per phase
+
+
+class JobCancelled(Exception):
+    """Raised at a step boundary when the job's is_cancelled() callback answers True."""
+
+
+class EngineInputError(ValueError):
+    """The job's inputs are unusable (wrong shapes, a missing control image, malformed pose data).
+
+    The message is written for the painter; the server reports it as a bad request.
+    """

@@ -1,0 +1,208 @@
+"""The few-step denoising loop shared by img2img and inpaint, with optional ControlNets and inpaint inputs.
+
+It follows the same arithmetic as diffusers' img2img pipelines (same scheduler calls in the same order, same
+random draws from the job's generator) so that its output can be checked against them, but holds no pipeline
+state: everything a job needs is passed in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .jobs import JobCancelled
+from .samplers import Schedule
+
+ProgressCallback = Callable[[int, int], None]
+CancelCheck = Callable[[], bool]
+
+
+@dataclass
+class Guidance:
+    """Prompt conditioning and classifier-free guidance for one job."""
+
+    cond: torch.Tensor  # 1 x 77 x D text embedding
+    # negative prompt embedding; None = single pass (cfg <= 1, or a guidance-distilled UNet)
+    uncond: torch.Tensor | None
+    scale: float
+    # guidance embedding for LCM-distilled UNets (those with time_cond_proj_dim)
+    timestep_cond: torch.Tensor | None = None
+
+    @property
+    def batched(self) -> bool:
+        return self.uncond is not None
+
+    def embeddings(self) -> torch.Tensor:
+        # Unconditional first, as diffusers orders the batch; both passes share one UNet call.
+        if self.uncond is None:
+            return self.cond
+        return torch.cat([self.uncond, self.cond])
+
+    def combine(self, prediction: torch.Tensor) -> torch.Tensor:
+        if self.uncond is None:
+            return prediction
+        uncond, cond = prediction.chunk(2)
+        return uncond + self.scale * (cond - uncond)
+
+
+def make_guidance(
+    cond: torch.Tensor, uncond: torch.Tensor | None, scale: float, time_cond_proj_dim: int | None
+) -> Guidance:
+    """CFG needs scale > 1; an LCM-distilled UNet takes the scale as an embedding and runs one pass."""
+    if time_cond_proj_dim is not None:
+        embedding = guidance_scale_embedding(scale - 1.0, time_cond_proj_dim).to(cond.device, cond.dtype)
+        return Guidance(cond, None, scale, embedding)
+    return Guidance(cond, uncond if scale > 1.0 else None, scale)
+
+
+def guidance_scale_embedding(w: float, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of the guidance weight, the conditioning LCM-distilled UNets were trained with."""
+    half = dim // 2
+    frequencies = torch.exp(torch.arange(half, dtype=torch.float32) * -(math.log(10000.0) / (half - 1)))
+    angles = torch.tensor([w * 1000.0], dtype=torch.float32)[:, None] * frequencies[None, :]
+    embedding = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    if dim % 2 == 1:
+        embedding = torch.nn.functional.pad(embedding, (0, 1))
+    return embedding
+
+
+@dataclass
+class ControlUnit:
+    """One ControlNet applied during the loop."""
+
+    model: Any  # diffusers ControlNetModel
+    image: torch.Tensor  # 1 x 3 x H x W hint in [0, 1], at the generation size
+    scale: float
+    start: float = 0.0  # fraction of the run steps where it starts acting
+    end: float = 1.0
+
+    def scale_at(self, index: int, total: int) -> float:
+        """Conditioning scale at step `index` of `total`: zero outside [start, end], as diffusers counts
+        steps."""
+        outside = index / total < self.start or (index + 1) / total > self.end
+        return 0.0 if outside else self.scale
+
+
+@dataclass
+class InpaintChannels:
+    """Extra UNet input for dedicated (9-channel) inpainting checkpoints: the mask and the masked image's
+    latents."""
+
+    mask: torch.Tensor  # 1 x 1 x h x w latent-resolution mask, 1 = redraw
+    masked_image_latents: torch.Tensor  # 1 x 4 x h x w
+
+
+@dataclass
+class LatentHold:
+    """Keeps latents outside the mask on the original image's trajectory (4-channel UNets).
+
+    After each step the unmasked area is replaced by the clean latents noised to the next step's level (and by
+    the clean latents after the last step), so the model paints the masked area in context.
+    """
+
+    clean: torch.Tensor  # scaled latents of the original image
+    noise: torch.Tensor  # the same noise that started the run
+    mask: torch.Tensor  # 1 x 1 x h x w, 1 = redraw
+
+
+def _repeat_for_batch(tensor: torch.Tensor, batched: bool) -> torch.Tensor:
+    return torch.cat([tensor, tensor]) if batched else tensor
+
+
+def _control_residuals(
+    controls: Sequence[ControlUnit],
+    model_input: torch.Tensor,
+    timestep: torch.Tensor,
+    embeddings: torch.Tensor,
+    guidance: Guidance,
+    index: int,
+    total: int,
+) -> dict[str, Any]:
+    """Sum of the active ControlNets' residuals as UNet keyword arguments (empty when none acts now)."""
+    down: list[torch.Tensor] | None = None
+    mid: torch.Tensor | None = None
+    for control in controls:
+        scale = control.scale_at(index, total)
+        if scale == 0.0:
+            continue  # skipping is exact: an inactive ControlNet only adds zeros
+        hint = _repeat_for_batch(control.image, guidance.batched)
+        down_i, mid_i = control.model(
+            model_input,
+            timestep,
+            encoder_hidden_states=embeddings,
+            controlnet_cond=hint,
+            conditioning_scale=scale,
+            return_dict=False,
+        )
+        if down is None:
+            down, mid = list(down_i), mid_i
+        else:
+            down = [a + b for a, b in zip(down, down_i, strict=True)]
+            mid = mid + mid_i
+    if down is None:
+        return {}
+    return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+
+
+def denoise(
+    unet: Any,
+    schedule: Schedule,
+    latents: torch.Tensor,
+    guidance: Guidance,
+    generator: torch.Generator,
+    on_progress: ProgressCallback,
+    is_cancelled: CancelCheck,
+    controls: Sequence[ControlUnit] = (),
+    inpaint_channels: InpaintChannels | None = None,
+    hold: LatentHold | None = None,
+) -> torch.Tensor:
+    """Run the schedule's steps from noised `latents`; returns the final (clean) latents.
+
+    is_cancelled() is asked before every step and once after the last (before the caller spends time
+    decoding); on_progress(i, n) is called after step i of n.
+    """
+    scheduler = schedule.scheduler
+    embeddings = guidance.embeddings()
+    total = len(schedule.timesteps)
+    extra: torch.Tensor | None = None
+    if inpaint_channels is not None:
+        extra = torch.cat([inpaint_channels.mask, inpaint_channels.masked_image_latents], dim=1)
+        extra = _repeat_for_batch(extra.to(latents.dtype), guidance.batched)
+    for index, timestep in enumerate(schedule.timesteps):
+        if is_cancelled():
+            raise JobCancelled()
+        model_input = _repeat_for_batch(latents, guidance.batched)
+        model_input = scheduler.scale_model_input(model_input, timestep)
+        residuals = _control_residuals(controls, model_input, timestep, embeddings, guidance, index, total)
+        if extra is not None:
+            model_input = torch.cat([model_input, extra], dim=1)
+        prediction = unet(
+            model_input,
+            timestep,
+            encoder_hidden_states=embeddings,
+            timestep_cond=guidance.timestep_cond,
+            return_dict=False,
+            **residuals,
+        )[0]
+        latents = scheduler.step(
+            guidance.combine(prediction), timestep, latents, generator=generator, return_dict=False
+        )[0]
+        if hold is not None:
+            latents = _apply_hold(scheduler, hold, latents, schedule.timesteps, index)
+        on_progress(index + 1, total)
+    if is_cancelled():
+        raise JobCancelled()
+    return latents
+
+
+def _apply_hold(
+    scheduler: Any, hold: LatentHold, latents: torch.Tensor, timesteps: torch.Tensor, index: int
+) -> torch.Tensor:
+    original = hold.clean
+    if index + 1 < len(timesteps):
+        original = scheduler.add_noise(hold.clean, hold.noise, timesteps[index + 1 : index + 2])
+    return (1 - hold.mask) * original + hold.mask * latents

@@ -1,0 +1,256 @@
+"""The Engine: turns an EngineJob into an EngineResult using the loaded models (one job at a time)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import images, masks
+from .context import GenerationContext
+from .controlnet import build_controls
+from .img2img import img2img
+from .inpaint import InpaintInputs, inpaint
+from .jobs import EngineInputError, EngineJob, EngineResult
+from .loop import Guidance, make_guidance
+from .models import Components, ModelChoice, ModelSource, choose_models, load_components
+from .prompts import PromptCache
+from .region import Region, native_region, unet_min_side, working_region
+from .samplers import SAMPLERS, SamplerFactory, denoise_steps
+
+MODES = ("img2img", "inpaint")
+ProgressCallback = Callable[[int, int], None]
+CancelCheck = Callable[[], bool]
+
+
+@dataclass
+class EngineSettings:
+    # long side of the working area a selection is scaled to (SD1.5's native size)
+    inpaint_resolution: int = 512
+    prompt_cache_size: int = 64
+    min_side: int | None = None  # smallest generation side in pixels; None: the least the UNet can take
+
+
+class Engine:
+    def __init__(
+        self,
+        models: ModelSource,
+        device: torch.device,
+        dtype: torch.dtype,
+        settings: EngineSettings | None = None,
+    ) -> None:
+        self.models = models
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.settings = settings or EngineSettings()
+        self.prompts = PromptCache(self.settings.prompt_cache_size)
+        self.samplers = SamplerFactory()
+        self.selections = masks.SelectionPreparer()
+
+    def run(self, job: EngineJob, on_progress: ProgressCallback, is_cancelled: CancelCheck) -> EngineResult:
+        """Run one job. Raises JobCancelled at a step boundary once is_cancelled() is True, EngineInputError
+        for unusable inputs and the model store's ModelError subclasses for models that can't be found or
+        loaded.
+        """
+        started = time.perf_counter()
+        _check_job(job)
+        choice = choose_models(self.models.store, job.params)
+        with torch.inference_mode():
+            if job.mode == "img2img":
+                result = self._img2img(job, choice, on_progress, is_cancelled)
+            else:
+                result = self._inpaint(job, choice, on_progress, is_cancelled)
+        result.timings["total"] = time.perf_counter() - started
+        return result
+
+    # --- modes ---------------------------------------------------------------------------------------------
+
+    def _img2img(
+        self, job: EngineJob, choice: ModelChoice, on_progress: ProgressCallback, is_cancelled: CancelCheck
+    ) -> EngineResult:
+        height, width = job.canvas.shape[:2]
+        params = job.params
+        timings: dict[str, float] = {}
+        run_steps = denoise_steps(params.steps, params.strength)
+        effective = _effective_params(job, choice, run_steps)
+        if run_steps == 0:
+            # Strength 0: the canvas itself, alpha included, without loading or running anything.
+            return EngineResult(job.canvas.copy(), (0, 0, width, height), effective, timings)
+        ctx, components = self._context(job, choice, timings, on_progress, is_cancelled)
+        region = native_region(width, height, self._min_side(ctx.unet))
+        self._add_controls(ctx, job, region, effective)
+        rgb = region.rgb_to_generation(images.flatten_on_white(job.canvas))  # the region is the whole canvas
+        image = images.to_tensor(rgb, self.device, ctx.vae.dtype)
+        if _dedicated_inpaint(components):
+            # An inpainting checkpoint needs its extra inputs even for img2img: a mask over everything.
+            full = np.full((region.gen_height, region.gen_width), 255, dtype=np.uint8)
+            decoded = inpaint(ctx, self._inpaint_inputs(image, full, True, params.strength))
+        else:
+            decoded = img2img(ctx, image)
+        with ctx.timed("decode"):
+            out = region.rgb_from_generation(images.to_uint8(images.to_unit_float(decoded)))
+        effective["generation_size"] = [region.gen_width, region.gen_height]
+        return EngineResult(images.with_alpha(out), region.bounds, effective, timings)
+
+    def _inpaint(
+        self, job: EngineJob, choice: ModelChoice, on_progress: ProgressCallback, is_cancelled: CancelCheck
+    ) -> EngineResult:
+        canvas = job.canvas
+        height, width = canvas.shape[:2]
+        params = job.params
+        timings: dict[str, float] = {}
+        try:
+            mask = masks.check_mask(job.mask, height, width)
+        except ValueError as error:
+            raise EngineInputError(str(error)) from None
+        start = time.perf_counter()
+        selection = self.selections.prepare(mask, params.inpaint.grow, params.inpaint.feather)
+        box, soft = selection.box, selection.soft
+        run_steps = denoise_steps(params.steps, params.strength)
+        effective = _effective_params(job, choice, run_steps)
+        if box is None:
+            # Nothing selected, nothing to redraw: a single transparent pixel changes nothing where it lands.
+            effective["empty_mask"] = True
+            return EngineResult(np.zeros((1, 1, 4), dtype=np.uint8), (0, 0, 1, 1), effective, timings)
+        bounds = masks.expand_box(box, params.inpaint.padding, width, height)
+        timings["mask"] = time.perf_counter() - start
+        x, y, w, h = bounds
+        canvas_crop = canvas[y : y + h, x : x + w]
+        soft_crop = soft[y : y + h, x : x + w]
+        if run_steps == 0:
+            layer = masks.selection_layer(canvas_crop, canvas_crop[..., :3], soft_crop)
+            return EngineResult(layer, bounds, effective, timings)
+
+        ctx, components = self._context(job, choice, timings, on_progress, is_cancelled)
+        region = working_region(x, y, w, h, self.settings.inpaint_resolution, self._min_side(ctx.unet))
+        self._add_controls(ctx, job, region, effective)
+        rgb = region.rgb_to_generation(images.flatten_on_white(canvas_crop))
+        image = images.to_tensor(rgb, self.device, ctx.vae.dtype)
+        inputs = self._inpaint_inputs(
+            image, region.gray_to_generation(soft_crop), _dedicated_inpaint(components), params.strength
+        )
+        decoded = inpaint(ctx, inputs)
+        with ctx.timed("decode"):
+            generated = region.rgb_from_generation(images.to_uint8(images.to_unit_float(decoded)))
+            layer = masks.selection_layer(canvas_crop, generated, soft_crop)
+        effective["generation_size"] = [region.gen_width, region.gen_height]
+        return EngineResult(layer, bounds, effective, timings)
+
+    # --- shared preparation --------------------------------------------------------------------------------
+
+    def _min_side(self, unet: Any) -> int:
+        return self.settings.min_side or unet_min_side(unet)
+
+    def _inpaint_inputs(
+        self, image: torch.Tensor, gen_mask: np.ndarray, dedicated: bool, strength: float
+    ) -> InpaintInputs:
+        return InpaintInputs(
+            image=image,
+            pixel_mask=masks.pixel_mask_tensor(gen_mask, self.device, image.dtype),
+            latent_mask=masks.latent_mask(gen_mask, self.device, image.dtype),
+            dedicated_unet=dedicated,
+            from_noise=strength >= 1.0,
+        )
+
+    def _add_controls(
+        self, ctx: GenerationContext, job: EngineJob, region: Region, effective: dict[str, Any]
+    ) -> None:
+        if not job.params.controls:
+            return
+        height, width = job.canvas.shape[:2]
+        with ctx.timed("control"):
+            units, names = build_controls(
+                self.models,
+                job.params.controls,
+                job.control_images,
+                (width, height),
+                region,
+                len(ctx.schedule),
+                self.device,
+            )
+        ctx.controls = units
+        effective["controlnets"] = names
+
+    def _context(
+        self,
+        job: EngineJob,
+        choice: ModelChoice,
+        timings: dict[str, float],
+        on_progress: ProgressCallback,
+        is_cancelled: CancelCheck,
+    ) -> tuple[GenerationContext, Components]:
+        params = job.params
+        start = time.perf_counter()
+        components = load_components(self.models, choice)
+        timings["load"] = time.perf_counter() - start
+        schedule = self.samplers.schedule(
+            params.sampler, dict(components.scheduler_config), params.steps, params.strength, self.device
+        )
+        start = time.perf_counter()
+        guidance = self._guidance(components, choice, params.prompt, params.negative_prompt, params.cfg)
+        timings["prompt"] = time.perf_counter() - start
+        ctx = GenerationContext(
+            unet=components.unet,
+            vae=components.vae,
+            schedule=schedule,
+            guidance=guidance,
+            generator=torch.Generator("cpu").manual_seed(params.seed),
+            device=self.device,
+            dtype=components.unet.dtype,
+            on_progress=on_progress,
+            is_cancelled=is_cancelled,
+            timings=timings,
+        )
+        return ctx, components
+
+    def _guidance(
+        self, components: Components, choice: ModelChoice, prompt: str, negative: str, cfg: float
+    ) -> Guidance:
+        unet = components.unet
+        model_key = (components.name, id(components.text_encoder), choice.text_encoder_state())
+
+        def embed(text: str) -> torch.Tensor:
+            return self.prompts.embed(
+                components.tokenizer, components.text_encoder, model_key, text, self.device, unet.dtype
+            )
+
+        distilled = getattr(unet.config, "time_cond_proj_dim", None)
+        uncond = embed(negative) if cfg > 1.0 and distilled is None else None
+        return make_guidance(embed(prompt), uncond, cfg, distilled)
+
+
+def _dedicated_inpaint(components: Components) -> bool:
+    return bool(getattr(components, "is_inpaint", False)) or components.unet.config.in_channels == 9
+
+
+def _check_job(job: EngineJob) -> None:
+    if job.mode not in MODES:
+        raise EngineInputError(f"Unknown mode {job.mode!r}; expected one of {', '.join(MODES)}.")
+    try:
+        images.check_rgba(job.canvas)
+    except ValueError as error:
+        raise EngineInputError(str(error)) from None
+    if job.params.sampler not in SAMPLERS:
+        raise EngineInputError(f"Unknown sampler {job.params.sampler!r}; known: {', '.join(SAMPLERS)}.")
+    if job.params.steps < 1:
+        raise EngineInputError("'steps' must be at least 1.")
+
+
+def _effective_params(job: EngineJob, choice: ModelChoice, run_steps: int) -> dict[str, Any]:
+    """The job's parameters with every default resolved, so a result says exactly what made it."""
+    height, width = job.canvas.shape[:2]
+    effective = job.params.to_dict()
+    effective.update(
+        mode=job.mode,
+        checkpoint=choice.checkpoint,
+        vae=choice.vae,
+        lcm_lora=choice.lcm_lora.name if choice.lcm_lora else None,
+        lcm_lora_strength=choice.lcm_lora.model_strength if choice.lcm_lora else 0.0,
+        denoise_steps=run_steps,
+        generation_size=[width, height],
+    )
+    return effective
