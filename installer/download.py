@@ -11,6 +11,7 @@ import hashlib
 import http.client
 import os
 import shutil
+import socket
 import sys
 import time
 import urllib.error
@@ -37,6 +38,10 @@ class DownloadError(RuntimeError):
 
 class RetryableError(DownloadError):
     """A failure that may pass: server errors, rate limits, a stale partial file."""
+
+
+class UnreachableError(DownloadError):
+    """The host's name does not resolve: this machine is offline or the host is gone; waiting won't help."""
 
 
 class NotFoundError(DownloadError):
@@ -129,6 +134,11 @@ class Downloader:
                 reason = str(exc)
             except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
                 reason = f"network error: {getattr(exc, 'reason', exc)}"
+                if isinstance(getattr(exc, "reason", None), socket.gaierror):
+                    host = urllib.parse.urlsplit(url).hostname
+                    raise UnreachableError(
+                        f"{url}: cannot resolve {host}; is this machine offline?"
+                    ) from None
             attempt += 1
             if attempt > self.retries:
                 raise DownloadError(

@@ -9,6 +9,7 @@ is listed with where it goes and where it comes from.
 from __future__ import annotations
 
 import json
+import urllib.parse
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from installer.download import (
     DiskSpaceError,
     Downloader,
     DownloadError,
+    UnreachableError,
     apply_mirror,
     check_disk_space,
     sha256_of,
@@ -179,9 +181,14 @@ def _download_all(
             for status in statuses:
                 status.problem = "not downloaded: not enough disk space"
             return
+    unreachable: set[str] = set()
     for status in statuses:
         entry = status.entry
         url = apply_mirror(entry.url, options.mirror)
+        host = urllib.parse.urlsplit(url).hostname or ""
+        if host in unreachable:
+            status.problem = f"not downloaded: {host} cannot be reached"
+            continue
         reporter.info(STEP, f"downloading {entry.file} ({_size_text(entry)}) from {url}")
         try:
             result = downloader.fetch(
@@ -190,6 +197,11 @@ def _download_all(
         except DiskSpaceError as exc:
             reporter.fail(STEP, str(exc))
             status.problem = "not downloaded: not enough disk space"
+            continue
+        except UnreachableError as exc:
+            unreachable.add(host)
+            status.problem = f"download failed: {exc}"
+            reporter.warn(STEP, f"{entry.file}: {exc}")
             continue
         except DownloadError as exc:
             status.problem = f"download failed: {exc}"

@@ -275,3 +275,30 @@ def test_files_in_subfolders_and_an_application_folder_are_found(
     out = capsys.readouterr().out
     assert "models: 5 present, 0 missing" in out and str(nested / "tiny_checkpoint.safetensors") in out
     assert json.loads((fake_repo / "models" / "extra_paths.json").read_text()) == {"paths": [str(comfy)]}
+
+
+def test_an_unresolvable_host_is_tried_once_then_skipped(fake_repo: Path) -> None:
+    """Offline machines must reach the 'models missing' message at once, not after minutes of retries."""
+    import io
+    import socket
+    import urllib.error
+
+    from installer.download import Downloader
+    from installer.models import ModelOptions, run_models_step
+    from installer.report import Reporter
+
+    attempts: list[str] = []
+
+    def offline_opener(request: object, timeout: float | None = None) -> object:
+        attempts.append(getattr(request, "full_url", str(request)))
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+
+    out = io.StringIO()
+    manifest = load_manifest(fake_repo / "models" / "manifest.json")
+    downloader = Downloader(opener=offline_opener, sleep=lambda _: None, stream=out)
+    statuses = run_models_step(fake_repo, manifest, ModelOptions(), downloader, Reporter(stream=out))
+    assert len(attempts) == 1
+    missing = [s for s in statuses if s.problem]
+    assert len(missing) == len(TEST_MODELS)
+    assert "is this machine offline?" in out.getvalue()
+    assert all("cannot" in s.problem for s in missing)
