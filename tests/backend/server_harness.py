@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +13,11 @@ from typing import Any
 from backend.config import ServerConfig
 from backend.engine_host import EngineHost
 from backend.server import Server
+
+
+def run(coroutine: Coroutine[Any, Any, Any], timeout: float = 300) -> Any:
+    """Run a client scenario to completion, failing instead of hanging when the server never answers."""
+    return asyncio.run(asyncio.wait_for(coroutine, timeout))
 
 
 class RunningServer:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import numpy as np
@@ -10,20 +9,10 @@ import pytest
 
 from backend.client import Client
 from protocol import Bounds, ControlParam, Error, InpaintParam, JobParams
-from tests.backend.server_harness import running_server
+from tests.backend.server_harness import run
 from tests.fixtures.tiny_models import TinyModels
 
 PADDING = 6
-
-
-def run(coroutine):  # type: ignore[no-untyped-def]
-    return asyncio.run(asyncio.wait_for(coroutine, 300))
-
-
-@pytest.fixture(scope="module")
-def server(tiny_models: TinyModels):  # type: ignore[no-untyped-def]
-    with running_server(tiny_models.root, model_config_dir=tiny_models.config_dir) as running:
-        yield running
 
 
 def painting(width: int, height: int, seed: int) -> np.ndarray:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import pytest
 
 from backend.client import Client
 from backend.engine_host import EngineHost, JobInput, JobOutput
 from protocol import Accepted, Bounds, Cancelled, Error, JobParams, Progress, Result
-from tests.backend.server_harness import running_server
+from tests.backend.server_harness import run, running_server
 from tests.fixtures.tiny_models import TinyModels
 
 
@@ -35,10 +33,6 @@ def params(models: TinyModels, **overrides: Any) -> JobParams:
     return JobParams(**base)
 
 
-def run(coroutine):  # type: ignore[no-untyped-def]
-    return asyncio.run(asyncio.wait_for(coroutine, 240))
-
-
 class SlowStepsHost(EngineHost):
     """The real engine, with a pause after each step so a test can act while a job is in flight."""
 
@@ -52,12 +46,6 @@ class SlowStepsHost(EngineHost):
             time.sleep(self.step_pause_s)
 
         return super().run(job, slow_progress, is_cancelled)
-
-
-@pytest.fixture(scope="module")
-def server(tiny_models: TinyModels):  # type: ignore[no-untyped-def]
-    with running_server(tiny_models.root, model_config_dir=tiny_models.config_dir) as running:
-        yield running
 
 
 def test_img2img_returns_the_sent_size_deterministically(server: Any, tiny_models: TinyModels) -> None:

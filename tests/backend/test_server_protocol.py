@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from protocol import (
     Welcome,
     encode_frame,
 )
-from tests.backend.server_harness import running_server
+from tests.backend.server_harness import run, running_server
 
 CANVAS = np.full((8, 8, 4), 200, dtype=np.uint8)
 
@@ -45,10 +44,6 @@ def named_models(tmp_path: Path) -> Path:
     (root / "loras").mkdir()
     (tmp_path / "secret.safetensors").write_bytes(b"")
     return root
-
-
-def run(coroutine):  # type: ignore[no-untyped-def]
-    return asyncio.run(asyncio.wait_for(coroutine, 60))
 
 
 async def raw_exchange(url: str, *messages: str | bytes, replies: int = 1) -> list[dict]:
