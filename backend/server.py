@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
+import numpy as np
 from websockets.asyncio.server import Server as WebSocketServer
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -228,13 +229,11 @@ class Connection:
         request = pending.request
         job_id = request.job_id
         try:
-            arrays = await asyncio.to_thread(
-                lambda: {s: frame_to_array(f) for s, f in pending.frames.items()}
-            )
+            # Decoding and hashing megapixels would stall every other client: both run off the event loop.
+            arrays, key = await asyncio.to_thread(_decode_job_images, request, pending.frames)
         except ProtocolError as error:
             error.job_id = job_id
             raise
-        key = _input_key(request, pending.frames) if request.live else None
         if key is not None and self.live_cache is not None and self.live_cache[0] == key:
             # An unchanged canvas resent costs no GPU work: answer with the result it already has.
             for old in self.server.scheduler.supersede_live(self.client_id):
@@ -308,6 +307,14 @@ class Connection:
         if code is ErrorCode.INTERNAL:
             log.error("job %s failed", job.job_id, exc_info=error)
         self.send(Error(code.value, message, job.job_id))
+
+
+def _decode_job_images(
+    request: JobRequest, frames: dict[str, ImageFrame]
+) -> tuple[dict[str, np.ndarray], str | None]:
+    """The job's images as arrays, and for live jobs a key that is equal exactly when the inputs are."""
+    arrays = {slot: frame_to_array(frame) for slot, frame in frames.items()}
+    return arrays, _input_key(request, frames) if request.live else None
 
 
 def _input_key(request: JobRequest, frames: dict[str, ImageFrame]) -> str:
