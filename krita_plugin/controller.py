@@ -65,6 +65,7 @@ class Controller(QObject):
         self.visible = True
         self.stats = {"sent": 0, "results": 0, "stale": 0}
         self.last_result: ResultReady | None = None  # the last result shown (for diagnostics and tests)
+        self.apply_job: str | None = None  # the full-quality render that Apply is waiting for
         self._settings_dirty = False
         self._last_pose_key = ""
         self._timers: list[QTimer] = []
@@ -141,6 +142,19 @@ class Controller(QObject):
         doc = self.app.activeDocument()
         if doc is None:
             return
+        shown = self.results.current(doc)
+        server_params = shown.record.get("server_params", {}) if shown is not None else {}
+        if shown is not None and server_params.get("decoder") == "taesd" and self.status is Status.CONNECTED:
+            # Live previews use the fast approximate decoder; the layer a painter keeps is rendered again at
+            # full quality from the same inputs and seed, and applied when it arrives.
+            job_id = self._send(doc, live=False, seed=int(shown.record.get("seed", 0)))
+            if job_id is not None:
+                self.apply_job = job_id
+                self.panel.set_message("Rendering at full quality for Apply…")
+            return
+        self._apply_shown(doc)
+
+    def _apply_shown(self, doc: Any) -> None:
         layer = self.results.apply(doc)
         if layer is None:
             self.panel.set_message("Nothing to apply yet: generate something first.", error=True)
@@ -264,6 +278,8 @@ class Controller(QObject):
         elif isinstance(message, protocol.Accepted):
             self.tracker.touch(message.job_id)
         elif isinstance(message, protocol.Cancelled):
+            if message.job_id == self.apply_job:
+                self.apply_job = None
             self.live.ended(message.job_id)
             if self.tracker.finish(message.job_id):
                 self.panel.set_idle()
@@ -277,6 +293,8 @@ class Controller(QObject):
 
     def _on_error(self, error: protocol.Error) -> None:
         text = describe_error(error.code, error.message)
+        if error.job_id is not None and error.job_id == self.apply_job:
+            self.apply_job = None
         if error.job_id is None:
             self.panel.set_message(text, error=True)
             return
@@ -292,7 +310,11 @@ class Controller(QObject):
         result, frame = event.result, event.frame
         self.live.ended(result.job_id)
         record = self.records.pop(result.job_id, None)
-        if not self.tracker.finish(result.job_id) or record is None:
+        for_apply = result.job_id == self.apply_job
+        if for_apply:
+            self.apply_job = None
+        # A render for Apply is wanted even when live frames were sent after it.
+        if not (self.tracker.finish(result.job_id) or for_apply) or record is None:
             self.stats["stale"] += 1  # superseded by a newer request or cancelled: never shown
             return
         self.panel.set_idle()
@@ -317,6 +339,8 @@ class Controller(QObject):
         done = f"Done in {total * 1000:.0f} ms." if isinstance(total, (int, float)) else "Done."
         self.panel.set_message(done + ("" if record.get("live") else " Apply keeps it as a layer."))
         self._mark_ready()
+        if for_apply:
+            self._apply_shown(doc)
 
     def _mark_ready(self) -> None:
         if self.status is Status.CONNECTED and self.welcome is not None and not self.welcome.ready:
@@ -344,9 +368,12 @@ class Controller(QObject):
             extra.append(repr(read_pose(pose_node, doc.xRes(), doc.yRes())))
         return self.watcher.fingerprint(doc, exclude=self._excluded(doc, settings), extra="|".join(extra))
 
-    def _send(self, doc: Any, *, live: bool, fingerprint: str = "") -> None:
+    def _send(self, doc: Any, *, live: bool, fingerprint: str = "", seed: int | None = None) -> str | None:
+        """Capture and send a job; returns its id, or None when nothing could be sent (the panel says why)."""
         settings = self.panel.settings()
-        if not live and not settings.seed_locked:
+        if seed is not None:
+            settings.seed = seed
+        elif not live and not settings.seed_locked:
             settings.seed = random_seed()
             self.panel.set_seed(settings.seed)
         request = CaptureRequest(
@@ -363,12 +390,12 @@ class Controller(QObject):
                 self.panel.set_message(str(problem), error=True)
                 if live:
                     self.live.sent_fingerprint = fingerprint  # don't repeat the message 10x a second
-            return
+            return None
         job_id = self.ids.next("live" if live else settings.mode.value)
         job = build_job(job_id, settings, snapshot, live=live, models=self.models)
         if not self.network.send(job.request, *job.frames):
             self.panel.set_message("Not connected to the backend (see the status above).", error=True)
-            return
+            return None
         self.records[job_id] = {
             **job.request.params.to_dict(),
             "mode": job.request.mode,
@@ -385,6 +412,7 @@ class Controller(QObject):
             self.panel.set_waiting()
             self.panel.set_message("Working…")
         self.stats["sent"] += 1
+        return job_id
 
     def _check_limits(self, width: int, height: int) -> None:
         limits = self.welcome.limits if self.welcome is not None else protocol.Limits()

@@ -352,3 +352,39 @@ def test_pose_layer_created_while_a_job_runs_stays_above_the_preview(setup) -> N
     controller.on_create_pose()
     controller.handle_event(result_for(job))
     assert doc.names()[-2:] == [PREVIEW_NAME, "Pose (Live Diffusion)"]
+
+
+def test_apply_renders_a_taesd_preview_again_at_full_quality(setup) -> None:
+    controller, network, doc, panel, _ = setup
+    panel.set_live(True)
+    controller.tick()
+    (live,) = network.jobs()
+    preview_result = result_for(live, b"\x10\x10\x10\xff")
+    preview_result.result.params["decoder"] = "taesd"
+    controller.handle_event(preview_result)
+    layers_before = doc.names()
+    controller.on_apply()
+    assert doc.names() == layers_before  # nothing applied yet: the full-quality render is on its way
+    full = network.jobs()[-1]
+    assert not full.live and full.params.seed == live.params.seed and full.params.prompt == live.params.prompt
+    paint(doc)  # the painter keeps painting: a newer live frame leaves while the render runs
+    controller.tick()
+    assert network.jobs()[-1].live
+    final = result_for(full, b"\x20\x30\x40\xff")
+    final.result.params["decoder"] = "vae"
+    controller.handle_event(final)
+    applied = doc.find(doc.names()[-2])
+    assert applied.name().endswith(f"seed {live.params.seed}")
+    assert applied.pixelData(0, 0, 1, 1) == b"\x20\x30\x40\xff"
+    assert controller.apply_job is None
+
+
+def test_apply_of_a_full_quality_result_is_immediate(setup) -> None:
+    controller, network, doc, panel, _ = setup
+    panel.set_live(True)
+    controller.tick()
+    (live,) = network.jobs()
+    controller.handle_event(result_for(live))  # decoded with the full VAE (no "decoder": "taesd")
+    controller.on_apply()
+    assert len(network.jobs()) == 1
+    assert doc.names()[-2].endswith(f"seed {live.params.seed}")
