@@ -6,12 +6,21 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from .loop import CancelCheck, ControlUnit, Guidance, ProgressCallback
+from . import vae as vae_codec
+from .loop import CancelCheck, ControlUnit, Guidance, Predictor, ProgressCallback
 from .samplers import Schedule
+
+
+class VaeCalls(Protocol):
+    """Replacement encode/decode (the accelerated TAESD calls); same contract as vae.encode/vae.decode."""
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor: ...
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
@@ -27,6 +36,19 @@ class GenerationContext:
     is_cancelled: CancelCheck
     controls: Sequence[ControlUnit] = ()
     timings: dict[str, float] = field(default_factory=dict)
+    predict: Predictor | None = None  # None: the plain UNet call (loop.EagerPredictor)
+    vae_calls: VaeCalls | None = None  # None: vae.encode / vae.decode on `vae`
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """Image in [-1, 1] -> latents in the UNet's scale and dtype."""
+        if self.vae_calls is not None:
+            return self.vae_calls.encode(image).to(self.dtype)
+        return vae_codec.encode(self.vae, image, self.generator).to(self.dtype)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.vae_calls is not None:
+            return self.vae_calls.decode(latents)
+        return vae_codec.decode(self.vae, latents)
 
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:

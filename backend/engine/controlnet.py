@@ -14,6 +14,7 @@ from protocol.messages import ControlParam
 from .images import control_to_tensor, resize_gray, resize_rgb
 from .jobs import EngineInputError
 from .loop import ControlUnit
+from .modules import model_dtype
 from .pose import parse_people, render_pose
 from .region import Region
 
@@ -146,7 +147,7 @@ def build_controls(
             continue
         name = choose_controlnet(models.store, control)
         model = models.controlnet(name)
-        hint = control_to_tensor(hint_image(control, images, canvas_size, region), device, model.dtype)
+        hint = control_to_tensor(hint_image(control, images, canvas_size, region), device, model_dtype(model))
         units.append(ControlUnit(model, hint, control.strength, control.start, control.end))
         names.append(name)
     return units, names

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from . import vae as vae_codec
 from .context import GenerationContext
 from .loop import denoise
 
@@ -19,7 +18,7 @@ def noised_start(ctx: GenerationContext, clean: torch.Tensor) -> tuple[torch.Ten
 def img2img(ctx: GenerationContext, image: torch.Tensor) -> torch.Tensor:
     """image: 1 x 3 x H x W in [-1, 1], H and W multiples of 8 -> decoded image (same shape, ~[-1, 1])."""
     with ctx.timed("encode"):
-        clean = vae_codec.encode(ctx.vae, image, ctx.generator).to(ctx.dtype)
+        clean = ctx.encode(image)
         latents, _ = noised_start(ctx, clean)
     with ctx.timed("denoise"):
         latents = denoise(
@@ -31,6 +30,7 @@ def img2img(ctx: GenerationContext, image: torch.Tensor) -> torch.Tensor:
             ctx.on_progress,
             ctx.is_cancelled,
             controls=ctx.controls,
+            predict=ctx.predict,
         )
     with ctx.timed("decode"):
-        return vae_codec.decode(ctx.vae, latents)
+        return ctx.decode(latents)

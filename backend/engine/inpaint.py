@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import torch
 
-from . import vae as vae_codec
 from .context import GenerationContext
 from .img2img import noised_start
 from .loop import InpaintChannels, LatentHold, denoise
@@ -31,7 +30,7 @@ def inpaint(ctx: GenerationContext, inputs: InpaintInputs) -> torch.Tensor:
     if inputs.dedicated_unet:
         return _inpaint_dedicated(ctx, inputs)
     with ctx.timed("encode"):
-        clean = vae_codec.encode(ctx.vae, inputs.image, ctx.generator).to(ctx.dtype)
+        clean = ctx.encode(inputs.image)
         latents, noise = noised_start(ctx, clean)
         if inputs.from_noise:
             latents = noise * ctx.schedule.scheduler.init_noise_sigma
@@ -46,10 +45,11 @@ def inpaint(ctx: GenerationContext, inputs: InpaintInputs) -> torch.Tensor:
             ctx.on_progress,
             ctx.is_cancelled,
             controls=ctx.controls,
+            predict=ctx.predict,
             hold=hold,
         )
     with ctx.timed("decode"):
-        return vae_codec.decode(ctx.vae, latents)
+        return ctx.decode(latents)
 
 
 def _inpaint_dedicated(ctx: GenerationContext, inputs: InpaintInputs) -> torch.Tensor:
@@ -57,11 +57,11 @@ def _inpaint_dedicated(ctx: GenerationContext, inputs: InpaintInputs) -> torch.T
     masked = inputs.image * (1 - inputs.pixel_mask.to(inputs.image.dtype))
     with ctx.timed("encode"):
         if inputs.from_noise:
-            masked_latents = vae_codec.encode(ctx.vae, masked, ctx.generator).to(ctx.dtype)
+            masked_latents = ctx.encode(masked)
             latents = ctx.randn(masked_latents.shape) * ctx.schedule.scheduler.init_noise_sigma
         else:
             # One VAE call for both images.
-            both = vae_codec.encode(ctx.vae, torch.cat([inputs.image, masked]), ctx.generator).to(ctx.dtype)
+            both = ctx.encode(torch.cat([inputs.image, masked]))
             clean, masked_latents = both[:1], both[1:]
             latents, _ = noised_start(ctx, clean)
     channels = InpaintChannels(inputs.latent_mask.to(ctx.dtype), masked_latents)
@@ -75,7 +75,8 @@ def _inpaint_dedicated(ctx: GenerationContext, inputs: InpaintInputs) -> torch.T
             ctx.on_progress,
             ctx.is_cancelled,
             controls=ctx.controls,
+            predict=ctx.predict,
             inpaint_channels=channels,
         )
     with ctx.timed("decode"):
-        return vae_codec.decode(ctx.vae, latents)
+        return ctx.decode(latents)

@@ -18,6 +18,9 @@ class EngineJob:
     mask: np.ndarray | None = None  # H x W uint8 (255 = redraw), inpaint only
     # slot -> H x W x 4 RGBA or H x W uint8
     control_images: dict[str, np.ndarray] = field(default_factory=dict)
+    # A live preview frame: may decode with TAESD and run on the accelerated path. Generate/Apply jobs keep
+    # False so the layer a painter keeps is always rendered with the full VAE.
+    preview: bool = False
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -109,7 +109,7 @@ class LatentHold:
     mask: torch.Tensor  # 1 x 1 x h x w, 1 = redraw
 
 
-def _repeat_for_batch(tensor: torch.Tensor, batched: bool) -> torch.Tensor:
+def repeat_for_batch(tensor: torch.Tensor, batched: bool) -> torch.Tensor:
     return torch.cat([tensor, tensor]) if batched else tensor
 
 
@@ -129,7 +129,7 @@ def _control_residuals(
         scale = control.scale_at(index, total)
         if scale == 0.0:
             continue  # skipping is exact: an inactive ControlNet only adds zeros
-        hint = _repeat_for_batch(control.image, guidance.batched)
+        hint = repeat_for_batch(control.image, guidance.batched)
         down_i, mid_i = control.model(
             model_input,
             timestep,
@@ -148,6 +148,52 @@ def _control_residuals(
     return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
 
 
+class Predictor(Protocol):
+    """One step's model call: the active ControlNets and the UNet -> the (batched) noise prediction."""
+
+    def __call__(
+        self,
+        model_input: torch.Tensor,
+        timestep: torch.Tensor,
+        embeddings: torch.Tensor,
+        guidance: Guidance,
+        controls: Sequence[ControlUnit],
+        index: int,
+        total: int,
+        extra: torch.Tensor | None,
+    ) -> torch.Tensor: ...
+
+
+@dataclass
+class EagerPredictor:
+    """The plain path: diffusers' modules called directly, as the reference pipelines call them."""
+
+    unet: Any
+
+    def __call__(
+        self,
+        model_input: torch.Tensor,
+        timestep: torch.Tensor,
+        embeddings: torch.Tensor,
+        guidance: Guidance,
+        controls: Sequence[ControlUnit],
+        index: int,
+        total: int,
+        extra: torch.Tensor | None,
+    ) -> torch.Tensor:
+        residuals = _control_residuals(controls, model_input, timestep, embeddings, guidance, index, total)
+        if extra is not None:
+            model_input = torch.cat([model_input, extra], dim=1)
+        return self.unet(
+            model_input,
+            timestep,
+            encoder_hidden_states=embeddings,
+            timestep_cond=guidance.timestep_cond,
+            return_dict=False,
+            **residuals,
+        )[0]
+
+
 def denoise(
     unet: Any,
     schedule: Schedule,
@@ -159,35 +205,29 @@ def denoise(
     controls: Sequence[ControlUnit] = (),
     inpaint_channels: InpaintChannels | None = None,
     hold: LatentHold | None = None,
+    predict: Predictor | None = None,
 ) -> torch.Tensor:
     """Run the schedule's steps from noised `latents`; returns the final (clean) latents.
+
+    `predict` replaces the plain UNet/ControlNet call (the accelerated path); None = `EagerPredictor(unet)`.
 
     is_cancelled() is asked before every step and once after the last (before the caller spends time
     decoding); on_progress(i, n) is called after step i of n.
     """
     scheduler = schedule.scheduler
+    predict = predict or EagerPredictor(unet)
     embeddings = guidance.embeddings()
     total = len(schedule.timesteps)
     extra: torch.Tensor | None = None
     if inpaint_channels is not None:
         extra = torch.cat([inpaint_channels.mask, inpaint_channels.masked_image_latents], dim=1)
-        extra = _repeat_for_batch(extra.to(latents.dtype), guidance.batched)
+        extra = repeat_for_batch(extra.to(latents.dtype), guidance.batched)
     for index, timestep in enumerate(schedule.timesteps):
         if is_cancelled():
             raise JobCancelled()
-        model_input = _repeat_for_batch(latents, guidance.batched)
+        model_input = repeat_for_batch(latents, guidance.batched)
         model_input = scheduler.scale_model_input(model_input, timestep)
-        residuals = _control_residuals(controls, model_input, timestep, embeddings, guidance, index, total)
-        if extra is not None:
-            model_input = torch.cat([model_input, extra], dim=1)
-        prediction = unet(
-            model_input,
-            timestep,
-            encoder_hidden_states=embeddings,
-            timestep_cond=guidance.timestep_cond,
-            return_dict=False,
-            **residuals,
-        )[0]
+        prediction = predict(model_input, timestep, embeddings, guidance, controls, index, total, extra)
         latents = scheduler.step(
             guidance.combine(prediction), timestep, latents, generator=generator, return_dict=False
         )[0]

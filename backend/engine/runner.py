@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
+from protocol.messages import JobParams
+
 from . import images, masks
 from .context import GenerationContext
 from .controlnet import build_controls
+from .fast import Accelerator, AcceleratorSettings
+from .fast.denoiser import AcceleratedPredictor
+from .fast.host import HostStaging
+from .fast.vae_calls import AcceleratedTaesd, is_tiny_autoencoder
 from .img2img import img2img
 from .inpaint import InpaintInputs, inpaint
 from .jobs import EngineInputError, EngineJob, EngineResult
 from .loop import Guidance, make_guidance
 from .models import Components, ModelChoice, ModelSource, choose_models, load_components
+from .modules import model_dtype
 from .prompts import PromptCache
 from .region import Region, native_region, unet_min_side, working_region
 from .samplers import SAMPLERS, SamplerFactory, denoise_steps
@@ -33,6 +40,11 @@ class EngineSettings:
     inpaint_resolution: int = 512
     prompt_cache_size: int = 64
     min_side: int | None = None  # smallest generation side in pixels; None: the least the UNet can take
+    # Preview (live) jobs: "auto" = compiled + CUDA graphs on CUDA, eager elsewhere; "off"; "compile";
+    # "cuda_graphs" (graphs of the eager UNet: no compile wait). Final renders always run the plain path.
+    accelerate: str = "auto"
+    fast: AcceleratorSettings = field(default_factory=AcceleratorSettings)  # details; its mode is ignored
+    preview_taesd: bool = True  # preview jobs decode with TAESD when its files are present
 
 
 class Engine:
@@ -50,6 +62,12 @@ class Engine:
         self.prompts = PromptCache(self.settings.prompt_cache_size)
         self.samplers = SamplerFactory()
         self.selections = masks.SelectionPreparer()
+        self.accelerator = Accelerator(
+            replace(self.settings.fast, mode=self.settings.accelerate), self.device
+        )
+        self.staging = HostStaging(self.device)
+        # (checkpoint name, id of its UNet) that the accelerator's slots belong to
+        self._accelerated_for: tuple[str, int] | None = None
 
     def run(self, job: EngineJob, on_progress: ProgressCallback, is_cancelled: CancelCheck) -> EngineResult:
         """Run one job. Raises JobCancelled at a step boundary once is_cancelled() is True, EngineInputError
@@ -80,11 +98,11 @@ class Engine:
         if run_steps == 0:
             # Strength 0: the canvas itself, alpha included, without loading or running anything.
             return EngineResult(job.canvas.copy(), (0, 0, width, height), effective, timings)
-        ctx, components = self._context(job, choice, timings, on_progress, is_cancelled)
-        region = native_region(width, height, self._min_side(ctx.unet))
+        ctx, components = self._context(job, choice, timings, on_progress, is_cancelled, effective)
+        region = self._bucketed(native_region(width, height, self._min_side(ctx.unet)), ctx)
         self._add_controls(ctx, job, region, effective)
         rgb = region.rgb_to_generation(images.flatten_on_white(job.canvas))  # the region is the whole canvas
-        image = images.to_tensor(rgb, self.device, ctx.vae.dtype)
+        image = self._to_tensor(rgb, ctx)
         if _dedicated_inpaint(components):
             # An inpainting checkpoint needs its extra inputs even for img2img: a mask over everything.
             full = np.full((region.gen_height, region.gen_width), 255, dtype=np.uint8)
@@ -92,7 +110,7 @@ class Engine:
         else:
             decoded = img2img(ctx, image)
         with ctx.timed("decode"):
-            out = region.rgb_from_generation(images.to_uint8(images.to_unit_float(decoded)))
+            out = region.rgb_from_generation(self._to_uint8(decoded, ctx))
         effective["generation_size"] = [region.gen_width, region.gen_height]
         return EngineResult(images.with_alpha(out), region.bounds, effective, timings)
 
@@ -125,17 +143,18 @@ class Engine:
             layer = masks.selection_layer(canvas_crop, canvas_crop[..., :3], soft_crop)
             return EngineResult(layer, bounds, effective, timings)
 
-        ctx, components = self._context(job, choice, timings, on_progress, is_cancelled)
+        ctx, components = self._context(job, choice, timings, on_progress, is_cancelled, effective)
         region = working_region(x, y, w, h, self.settings.inpaint_resolution, self._min_side(ctx.unet))
+        region = self._bucketed(region, ctx)
         self._add_controls(ctx, job, region, effective)
         rgb = region.rgb_to_generation(images.flatten_on_white(canvas_crop))
-        image = images.to_tensor(rgb, self.device, ctx.vae.dtype)
+        image = self._to_tensor(rgb, ctx)
         inputs = self._inpaint_inputs(
             image, region.gray_to_generation(soft_crop), _dedicated_inpaint(components), params.strength
         )
         decoded = inpaint(ctx, inputs)
         with ctx.timed("decode"):
-            generated = region.rgb_from_generation(images.to_uint8(images.to_unit_float(decoded)))
+            generated = region.rgb_from_generation(self._to_uint8(decoded, ctx))
             layer = masks.selection_layer(canvas_crop, generated, soft_crop)
         effective["generation_size"] = [region.gen_width, region.gen_height]
         return EngineResult(layer, bounds, effective, timings)
@@ -182,11 +201,19 @@ class Engine:
         timings: dict[str, float],
         on_progress: ProgressCallback,
         is_cancelled: CancelCheck,
+        effective: dict[str, Any],
     ) -> tuple[GenerationContext, Components]:
         params = job.params
         start = time.perf_counter()
+        if self._accelerated_for is not None and self._accelerated_for[0] != choice.checkpoint:
+            # The manager is about to unload this checkpoint: drop the graphs first, they hold its models
+            # alive (and must never be replayed on freed weights).
+            self.accelerator.reset()
+            self._accelerated_for = None
         components = load_components(self.models, choice)
+        vae = self._preview_vae(job) or components.vae
         timings["load"] = time.perf_counter() - start
+        effective["decoder"] = "taesd" if is_tiny_autoencoder(vae) else "vae"
         schedule = self.samplers.schedule(
             params.sampler, dict(components.scheduler_config), params.steps, params.strength, self.device
         )
@@ -195,27 +222,82 @@ class Engine:
         timings["prompt"] = time.perf_counter() - start
         ctx = GenerationContext(
             unet=components.unet,
-            vae=components.vae,
+            vae=vae,
             schedule=schedule,
             guidance=guidance,
             generator=torch.Generator("cpu").manual_seed(params.seed),
             device=self.device,
-            dtype=components.unet.dtype,
+            dtype=model_dtype(components.unet),
             on_progress=on_progress,
             is_cancelled=is_cancelled,
             timings=timings,
         )
+        fast = job.preview and self.accelerator.active
+        effective["accelerated"] = fast
+        if fast:
+            self._accelerate(ctx, choice.checkpoint)
         return ctx, components
+
+    # --- preview (live) paths ------------------------------------------------------------------------------
+
+    def _preview_vae(self, job: EngineJob) -> Any:
+        """TAESD for preview jobs when the model source has its files; None = the checkpoint's VAE."""
+        if not (job.preview and self.settings.preview_taesd):
+            return None
+        taesd = getattr(self.models, "taesd", None)
+        return taesd() if callable(taesd) else None
+
+    def _accelerate(self, ctx: GenerationContext, checkpoint: str) -> None:
+        owner = (checkpoint, id(ctx.unet))
+        if self._accelerated_for != owner:
+            # Other models: the old graphs can't serve them. (LoRA re-fuses keep the UNet object and copy
+            # weights in place, which the graphs and the compiled code read: no reset for those.)
+            self.accelerator.reset()
+            self._accelerated_for = owner
+        ctx.predict = AcceleratedPredictor(self.accelerator, ctx.unet)
+        if is_tiny_autoencoder(ctx.vae):
+            ctx.vae_calls = AcceleratedTaesd(self.accelerator, ctx.vae)
+
+    def _bucketed(self, region: Region, ctx: GenerationContext) -> Region:
+        """Accelerated jobs generate at the bucket size (edge-padded, cropped back) so that small size
+        changes reuse compiled graphs."""
+        if ctx.predict is None:
+            return region
+        return replace(
+            region,
+            gen_width=self.accelerator.bucket(region.gen_width),
+            gen_height=self.accelerator.bucket(region.gen_height),
+        )
+
+    def _to_tensor(self, rgb: np.ndarray, ctx: GenerationContext) -> torch.Tensor:
+        if ctx.predict is not None and self.staging.pinned:
+            return self.staging.upload(rgb, model_dtype(ctx.vae))
+        return images.to_tensor(rgb, self.device, model_dtype(ctx.vae))
+
+    def _to_uint8(self, decoded: torch.Tensor, ctx: GenerationContext) -> np.ndarray:
+        if ctx.predict is not None and self.staging.pinned:
+            return self.staging.download(decoded)
+        return images.to_uint8(images.to_unit_float(decoded))
+
+    def warm_up(self, width: int = 512, height: int = 512, params: JobParams | None = None) -> dict[str, Any]:
+        """Run one preview frame now, so that model loading, cudnn plans and (in the background) the compile
+        of the live path start before the painter's first stroke. Returns the accelerator's status."""
+        canvas = np.full((height, width, 4), 128, dtype=np.uint8)
+        canvas[..., 3] = 255
+        params = params or JobParams(prompt="", sampler="lcm", steps=8, strength=0.5, cfg=1.0)
+        self.run(EngineJob("img2img", params, canvas, preview=True), lambda i, n: None, lambda: False)
+        return self.accelerator.status()
 
     def _guidance(
         self, components: Components, choice: ModelChoice, prompt: str, negative: str, cfg: float
     ) -> Guidance:
         unet = components.unet
+        unet_dtype = model_dtype(unet)
         model_key = (components.name, id(components.text_encoder), choice.text_encoder_state())
 
         def embed(text: str) -> torch.Tensor:
             return self.prompts.embed(
-                components.tokenizer, components.text_encoder, model_key, text, self.device, unet.dtype
+                components.tokenizer, components.text_encoder, model_key, text, self.device, unet_dtype
             )
 
         distilled = getattr(unet.config, "time_cond_proj_dim", None)

@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from .modules import model_dtype
+
 
 def scaling_factor(vae: Any) -> float:
     return float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
@@ -17,7 +19,7 @@ def encode(vae: Any, image: torch.Tensor, generator: torch.Generator | None) -> 
     AutoencoderKL gives a distribution: we draw from it with the job's generator, as diffusers' pipelines do,
     so that the same seed reproduces their output (and the draw is deterministic per seed anyway).
     """
-    output = vae.encode(image.to(dtype=vae.dtype))
+    output = vae.encode(image.to(dtype=model_dtype(vae)))
     if hasattr(output, "latent_dist"):
         latents = output.latent_dist.sample(generator)
     else:
@@ -27,4 +29,4 @@ def encode(vae: Any, image: torch.Tensor, generator: torch.Generator | None) -> 
 
 def decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:
     """Latents -> image (N x 3 x H x W, about [-1, 1])."""
-    return vae.decode((latents / scaling_factor(vae)).to(dtype=vae.dtype), return_dict=False)[0]
+    return vae.decode((latents / scaling_factor(vae)).to(dtype=model_dtype(vae)), return_dict=False)[0]

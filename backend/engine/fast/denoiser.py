@@ -1,0 +1,123 @@
+"""The per-step model call (active ControlNets + UNet) as a function of tensors only, for the accelerator.
+
+Everything that varies between frames is a tensor argument (latents, timestep as a 0-dim tensor, prompt
+embedding, guidance embedding, hints, ControlNet scales as 0-dim tensors), so one compiled/captured version
+serves every frame of a shape: a Python number would be baked in and force a recompile whenever it changed.
+What selects the code path (which ControlNets act, whether there is a guidance embedding or inpaint channels)
+is part of the accelerator key instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..loop import ControlUnit, Guidance, repeat_for_batch
+from .accelerator import Accelerator
+from .static_call import TensorFn
+
+
+def build_denoiser(
+    unet: Any, control_models: Sequence[Any], has_timestep_cond: bool, has_extra: bool
+) -> TensorFn:
+    """fn(sample, timestep, embeddings, [timestep_cond], [extra], *hints, *scales) -> noise prediction."""
+    controls = tuple(control_models)
+    count = len(controls)
+
+    def predict(sample: torch.Tensor, timestep: torch.Tensor, embeddings: torch.Tensor, *rest: torch.Tensor):
+        index = 0
+        timestep_cond = None
+        if has_timestep_cond:
+            timestep_cond, index = rest[0], 1
+        extra = None
+        if has_extra:
+            extra, index = rest[index], index + 1
+        hints, scales = rest[index : index + count], rest[index + count : index + 2 * count]
+        down: list[torch.Tensor] | None = None
+        mid: torch.Tensor | None = None
+        for model, hint, scale in zip(controls, hints, scales, strict=True):
+            down_i, mid_i = model(
+                sample,
+                timestep,
+                encoder_hidden_states=embeddings,
+                controlnet_cond=hint,
+                conditioning_scale=scale,
+                return_dict=False,
+            )
+            if down is None:
+                down, mid = list(down_i), mid_i
+            else:
+                down = [a + b for a, b in zip(down, down_i, strict=True)]
+                mid = mid + mid_i
+        residuals: dict[str, Any] = {}
+        if down is not None:
+            residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        unet_input = sample if extra is None else torch.cat([sample, extra], dim=1)
+        return unet(
+            unet_input,
+            timestep,
+            encoder_hidden_states=embeddings,
+            timestep_cond=timestep_cond,
+            return_dict=False,
+            **residuals,
+        )[0]
+
+    return predict
+
+
+@dataclass
+class AcceleratedPredictor:
+    """Drop-in for the loop's eager prediction (`loop.Predictor`), routed through the accelerator."""
+
+    accelerator: Accelerator
+    unet: Any
+    # ControlNet scales as device tensors, made once per value: a new tensor from a Python float is a
+    # blocking host-to-device copy that would stall the CPU until the GPU finished the previous step.
+    _scales: dict[tuple[float, torch.device], torch.Tensor] = field(default_factory=dict)
+
+    def __call__(
+        self,
+        model_input: torch.Tensor,
+        timestep: torch.Tensor,
+        embeddings: torch.Tensor,
+        guidance: Guidance,
+        controls: Sequence[ControlUnit],
+        index: int,
+        total: int,
+        extra: torch.Tensor | None,
+    ) -> torch.Tensor:
+        active = [(c, c.scale_at(index, total)) for c in controls]
+        active = [(c, s) for c, s in active if s != 0.0]  # as the eager path: an inactive ControlNet adds 0
+        device = model_input.device
+        args: list[torch.Tensor] = [model_input, _as_0dim(timestep, device), embeddings]
+        if guidance.timestep_cond is not None:
+            args.append(guidance.timestep_cond)
+        if extra is not None:
+            args.append(extra)
+        args += [repeat_for_batch(c.image, guidance.batched) for c, _ in active]
+        args += [self._scale(s, device) for _, s in active]
+        models = tuple(c.model for c, _ in active)
+        for model in (self.unet, *models):
+            self.accelerator.prepare_module(model)
+        has_cond, has_extra = guidance.timestep_cond is not None, extra is not None
+        key = ("denoise", id(self.unet), tuple(id(m) for m in models), has_cond, has_extra)
+        return self.accelerator.call(
+            key, lambda: build_denoiser(self.unet, models, has_cond, has_extra), args
+        )
+
+    def _scale(self, value: float, device: torch.device) -> torch.Tensor:
+        key = (value, device)
+        tensor = self._scales.get(key)
+        if tensor is None:
+            tensor = self._scales[key] = torch.tensor(value, dtype=torch.float32, device=device)
+        return tensor
+
+
+def _as_0dim(timestep: torch.Tensor | float, device: torch.device) -> torch.Tensor:
+    """Timesteps as 0-dim device tensors: a Python number would be a constant to torch.compile."""
+    if not isinstance(timestep, torch.Tensor):
+        timestep = torch.tensor(timestep)
+    return timestep.reshape(()).to(device)

@@ -1,0 +1,60 @@
+"""uint8 pixels between the host and the GPU through pinned buffers, converted on the device.
+
+The plain path converts on the CPU in numpy (float32 arrays four times the size of the pixels) and copies
+pageable memory. Live frames instead copy the uint8 pixels (a quarter of the bytes) from page-locked buffers,
+which the GPU reads by DMA, and do the float arithmetic on the device. The arithmetic is the same as
+images.to_tensor / to_unit_float / to_uint8, in the same order and precision, so the values are identical.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class HostStaging:
+    def __init__(self, device: torch.device) -> None:
+        self.device = torch.device(device)
+        self.pinned = self.device.type == "cuda"
+        self._buffers: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
+        self._copied: dict[tuple[int, ...], torch.cuda.Event] = {}  # an upload buffer's copy in flight
+
+    def _buffer(self, role: str, shape: tuple[int, ...]) -> torch.Tensor:
+        key = (role, shape)
+        buffer = self._buffers.get(key)
+        if buffer is None:
+            buffer = torch.empty(shape, dtype=torch.uint8, pin_memory=self.pinned)
+            self._buffers[key] = buffer
+        return buffer
+
+    def upload(self, rgb: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        """H x W x 3 uint8 -> 1 x 3 x H x W in [-1, 1] on the device (as images.to_tensor)."""
+        if not self.pinned:
+            pixels = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device)
+        else:
+            host = self._buffer("in", rgb.shape)
+            in_flight = self._copied.get(rgb.shape)
+            if in_flight is not None:
+                in_flight.synchronize()  # the previous frame's copy must have read the buffer first
+            host.numpy()[...] = rgb
+            pixels = host.to(self.device, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(self.device))
+            self._copied[rgb.shape] = event
+        unit = pixels.permute(2, 0, 1)[None].to(torch.float32) / 255.0
+        return (2.0 * unit - 1.0).to(dtype)
+
+    def download(self, decoded: torch.Tensor) -> np.ndarray:
+        """1 x 3 x H x W decoder output -> H x W x 3 uint8 (as images.to_uint8(images.to_unit_float(...))).
+
+        On CUDA the array is a view of a pinned buffer that the next download overwrites: callers copy it
+        (the engine always builds a new RGBA array from it).
+        """
+        unit = (decoded / 2 + 0.5).clamp(0, 1)
+        pixels = (unit[0].permute(1, 2, 0).float() * 255).round().to(torch.uint8)
+        if not self.pinned:
+            return pixels.cpu().numpy()
+        host = self._buffer("out", tuple(pixels.shape))
+        host.copy_(pixels, non_blocking=True)
+        torch.cuda.current_stream(self.device).synchronize()
+        return host.numpy()
