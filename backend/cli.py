@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-message-mb", type=int, default=80, help="largest WebSocket message in MiB (default: 80)"
     )
+    parser.add_argument(
+        "--accelerate",
+        choices=["auto", "off", "compile", "cuda_graphs"],
+        default="auto",
+        help="live path speed-ups: auto = torch.compile + CUDA graphs on CUDA (an eager path serves while it "
+        "compiles), off = plain eager (default: auto)",
+    )
     parser.add_argument("--no-preload", action="store_true", help="load the checkpoint on the first job")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
@@ -86,6 +93,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             max_message_bytes=args.max_message_mb * 1024 * 1024,
         ),
         preload=not args.no_preload,
+        accelerate=args.accelerate,
     )
 
 

@@ -24,6 +24,7 @@ class ServerConfig:
     device: str | None = None
     limits: Limits = field(default_factory=Limits)
     preload: bool = True
+    accelerate: str = "auto"  # live path: auto (compile + CUDA graphs on CUDA), off, compile, cuda_graphs
 
     def binding_problem(self) -> str | None:
         """Why this configuration must not start, in words for the person starting it; None if it may."""

@@ -35,6 +35,7 @@ class JobInput:
     mask: np.ndarray | None = None
     control_images: dict[str, np.ndarray] = field(default_factory=dict)
     cache_key: str | None = None
+    preview: bool = False  # a live frame: fast decoder and accelerated path; Generate/Apply get full quality
 
 
 @dataclass
@@ -71,17 +72,21 @@ class EngineHost:
     def _load(self) -> None:
         started = time.perf_counter()
         try:
-            from .engine import Engine, select_device
+            from .engine import Engine, EngineSettings, select_device
             from .loading.manager import ModelManager
 
             choice = select_device(self.config.device)
             device, dtype = choice
             self.device_name = choice.label
             self._manager = ModelManager(self.store, device, dtype, config_dir=self.config.model_config_dir)
-            self._engine = Engine(self._manager, device, dtype)
+            settings = EngineSettings(accelerate=self.config.accelerate)
+            self._engine = Engine(self._manager, device, dtype, settings)
             checkpoint = self.store.default_checkpoint()
             if self.config.preload and checkpoint is not None:
                 self._manager.components(checkpoint)
+                if self._engine.accelerator.active:
+                    # One frame now, so the first stroke doesn't pay for it; the compile goes on behind it.
+                    log.info("live path: %s", self._engine.warm_up())
             log.info("engine ready on %s in %.1f s", self.device_name, time.perf_counter() - started)
         except BaseException as error:
             self._load_error = error
@@ -135,7 +140,7 @@ class EngineHost:
             raise ProtocolError(ErrorCode.INTERNAL, f"The engine failed to start: {self._load_error}")
         from .engine import EngineJob, JobCancelled
 
-        engine_job = EngineJob(job.mode, job.params, job.canvas, job.mask, job.control_images)
+        engine_job = EngineJob(job.mode, job.params, job.canvas, job.mask, job.control_images, job.preview)
         try:
             result = self._engine.run(engine_job, on_progress, is_cancelled)
         except JobCancelled:

@@ -250,6 +250,7 @@ class Connection:
             mask=arrays.pop("mask", None),
             control_images=arrays,
             cache_key=key,
+            preview=request.live,
         )
         job = ScheduledJob(self.client_id, job_id, request.live, job_input)
         try:

@@ -165,3 +165,20 @@ def test_a_client_that_disconnects_mid_job_frees_the_worker(tiny_models: TinyMod
 
     with running_server(tiny_models.root, SlowStepsHost, model_config_dir=tiny_models.config_dir) as server:
         run(scenario(server.url))
+
+
+def test_live_frames_decode_with_taesd_and_generate_with_the_full_vae(
+    server: Any, tiny_models: TinyModels
+) -> None:
+    async def scenario() -> None:
+        client = await Client.connect(server.url)
+        image = canvas(32, 32, 4)
+        live = await client.run(image, params(tiny_models), live=True)
+        final = await client.run(image, params(tiny_models), live=False)
+        assert live.result is not None and final.result is not None
+        assert live.result.params["decoder"] == "taesd"
+        assert final.result.params["decoder"] == "vae"
+        assert live.image is not None and final.image is not None and live.image.shape == final.image.shape
+        await client.close()
+
+    run(scenario())
