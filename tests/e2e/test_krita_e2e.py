@@ -276,27 +276,34 @@ result = 1
 
 def test_apply_keeps_the_result_as_a_named_layer(krita: KritaSession) -> None:
     run(krita, "panel.live.setChecked(False)\nresult = 1")
+    click = """
+shown = c.results.current(doc)
+assert shown.record["server_params"]["decoder"] == "taesd"  # live frames use the fast decoder
+c.apply_before = [n.name() for n in doc.rootNode().childNodes()]
+c.apply_seed = shown.record["seed"]
+panel.apply.click()
+result = c.apply_job
+"""
+    assert run(krita, click) is not None  # Apply first renders the result again with the full VAE
+    wait(krita, "c.apply_job is None and len(doc.rootNode().childNodes()) > len(c.apply_before)")
     apply = """
 node = preview()
-shown = c.results.current(doc)
-x, y, w, h = shown.rect
-pixels = bytes(node.pixelData(x, y, w, h))
-seed = shown.record["seed"]
-before = [n.name() for n in doc.rootNode().childNodes()]
-panel.apply.click()
-names = [n.name() for n in doc.rootNode().childNodes()]
-applied = next(n for n in doc.rootNode().childNodes() if n.name() not in before)
+applied = next(n for n in doc.rootNode().childNodes() if n.name() not in c.apply_before)
+final = c.last_result
+x, y, w, h = final.result.bounds
 from krita_live_diffusion.layers import read_parameters
 record = read_parameters(doc).get(applied.uniqueId().toString(), {})
 result = {
-    "names": names, "applied": applied.name(), "seed": seed,
-    "same": bytes(applied.pixelData(x, y, w, h)) == pixels,
+    "names": [n.name() for n in doc.rootNode().childNodes()], "applied": applied.name(), "seed": c.apply_seed,
+    "same": bytes(applied.pixelData(x, y, w, h)) == final.frame.payload,
+    "decoder": final.result.params["decoder"],
     "record_prompt": record.get("prompt"), "record_seed": record.get("seed"),
     "record_steps": record.get("steps"),
     "preview_empty": node.bounds().isEmpty(),
 }
 """
     state = run(krita, apply)
+    assert state["decoder"] == "vae"  # the kept layer is the full-quality render
     assert state["applied"] == f"{PROMPT} · seed {state['seed']}"
     names = state["names"]
     assert (
