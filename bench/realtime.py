@@ -297,8 +297,8 @@ class Live:
 # --- through the server -------------------------------------------------------------------------------------
 
 
-class PreviewEngine:
-    """The engine as the server will drive it once `preview = live` is wired: every job a preview job."""
+class CountingEngine:
+    """The engine, counting its runs (an unchanged canvas resent must not reach it)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -306,7 +306,7 @@ class PreviewEngine:
 
     def run(self, job: EngineJob, on_progress: Any, is_cancelled: Any) -> Any:
         self.runs += 1
-        return self.engine.run(replace(job, preview=True), on_progress, is_cancelled)
+        return self.engine.run(job, on_progress, is_cancelled)
 
 
 async def websocket_case(bench: Live, variant: str) -> None:
@@ -315,7 +315,7 @@ async def websocket_case(bench: Live, variant: str) -> None:
     from backend.engine_host import EngineHost
     from backend.server import Server
 
-    preview = PreviewEngine(bench.engines[variant])
+    preview = CountingEngine(bench.engines[variant])
 
     class BenchHost(EngineHost):
         """The real host, with the bench's already-loaded engine instead of loading from a model folder."""
