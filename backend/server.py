@@ -73,7 +73,6 @@ class Connection:
         self.server = server
         self.socket = socket
         self.client_id = client_id
-        self.greeted = False
         self.pending: PendingJob | None = None
         # Frames still in flight for a job we already answered with an error are dropped without more noise.
         self.refused_job: str | None = None
@@ -161,7 +160,6 @@ class Connection:
         if not self.server.token_accepted(self.socket.request, message.token):
             await self.refuse(ProtocolError(ErrorCode.UNAUTHORIZED, "Wrong or missing access token."))
             return False
-        self.greeted = True
         self.send(self.server.welcome())
         return True
 
