@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import torch
 
 from . import vae as vae_codec
-from .loop import CancelCheck, ControlUnit, Guidance, Predictor, ProgressCallback
+from .loop import CancelCheck, ControlUnit, Guidance, Predictor, ProgressCallback, denoise
 from .samplers import Schedule
 
 
@@ -61,6 +61,23 @@ class GenerationContext:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - start
+
+    def denoise(self, latents: torch.Tensor, **mode_inputs: Any) -> torch.Tensor:
+        """The few-step loop with this job's schedule, guidance, controls and callbacks (see loop.denoise);
+        `mode_inputs` are what a mode adds: `hold` (inpaint) or `inpaint_channels` (9-channel UNets)."""
+        with self.timed("denoise"):
+            return denoise(
+                self.unet,
+                self.schedule,
+                latents,
+                self.guidance,
+                self.generator,
+                self.on_progress,
+                self.is_cancelled,
+                controls=self.controls,
+                predict=self.predict,
+                **mode_inputs,
+            )
 
     def randn(self, shape: Sequence[int]) -> torch.Tensor:
         """Gaussian noise drawn on the CPU from the job's generator, then moved (as diffusers' randn_tensor

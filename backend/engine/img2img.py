@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from .context import GenerationContext
-from .loop import denoise
 
 
 def noised_start(ctx: GenerationContext, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -20,17 +19,6 @@ def img2img(ctx: GenerationContext, image: torch.Tensor) -> torch.Tensor:
     with ctx.timed("encode"):
         clean = ctx.encode(image)
         latents, _ = noised_start(ctx, clean)
-    with ctx.timed("denoise"):
-        latents = denoise(
-            ctx.unet,
-            ctx.schedule,
-            latents,
-            ctx.guidance,
-            ctx.generator,
-            ctx.on_progress,
-            ctx.is_cancelled,
-            controls=ctx.controls,
-            predict=ctx.predict,
-        )
+    latents = ctx.denoise(latents)
     with ctx.timed("decode"):
         return ctx.decode(latents)

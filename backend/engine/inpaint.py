@@ -13,7 +13,7 @@ import torch
 
 from .context import GenerationContext
 from .img2img import noised_start
-from .loop import InpaintChannels, LatentHold, denoise
+from .loop import InpaintChannels, LatentHold
 
 
 @dataclass
@@ -35,19 +35,7 @@ def inpaint(ctx: GenerationContext, inputs: InpaintInputs) -> torch.Tensor:
         if inputs.from_noise:
             latents = noise * ctx.schedule.scheduler.init_noise_sigma
     hold = LatentHold(clean, noise, inputs.latent_mask.to(ctx.dtype))
-    with ctx.timed("denoise"):
-        latents = denoise(
-            ctx.unet,
-            ctx.schedule,
-            latents,
-            ctx.guidance,
-            ctx.generator,
-            ctx.on_progress,
-            ctx.is_cancelled,
-            controls=ctx.controls,
-            predict=ctx.predict,
-            hold=hold,
-        )
+    latents = ctx.denoise(latents, hold=hold)
     with ctx.timed("decode"):
         return ctx.decode(latents)
 
@@ -65,18 +53,6 @@ def _inpaint_dedicated(ctx: GenerationContext, inputs: InpaintInputs) -> torch.T
             clean, masked_latents = both[:1], both[1:]
             latents, _ = noised_start(ctx, clean)
     channels = InpaintChannels(inputs.latent_mask.to(ctx.dtype), masked_latents)
-    with ctx.timed("denoise"):
-        latents = denoise(
-            ctx.unet,
-            ctx.schedule,
-            latents,
-            ctx.guidance,
-            ctx.generator,
-            ctx.on_progress,
-            ctx.is_cancelled,
-            controls=ctx.controls,
-            predict=ctx.predict,
-            inpaint_channels=channels,
-        )
+    latents = ctx.denoise(latents, inpaint_channels=channels)
     with ctx.timed("decode"):
         return ctx.decode(latents)

@@ -123,28 +123,33 @@ def _control_residuals(
     total: int,
 ) -> dict[str, Any]:
     """Sum of the active ControlNets' residuals as UNet keyword arguments (empty when none acts now)."""
-    down: list[torch.Tensor] | None = None
-    mid: torch.Tensor | None = None
+    outputs = []
     for control in controls:
         scale = control.scale_at(index, total)
         if scale == 0.0:
             continue  # skipping is exact: an inactive ControlNet only adds zeros
         hint = repeat_for_batch(control.image, guidance.batched)
-        down_i, mid_i = control.model(
-            model_input,
-            timestep,
-            encoder_hidden_states=embeddings,
-            controlnet_cond=hint,
-            conditioning_scale=scale,
-            return_dict=False,
+        outputs.append(
+            control.model(
+                model_input,
+                timestep,
+                encoder_hidden_states=embeddings,
+                controlnet_cond=hint,
+                conditioning_scale=scale,
+                return_dict=False,
+            )
         )
-        if down is None:
-            down, mid = list(down_i), mid_i
-        else:
-            down = [a + b for a, b in zip(down, down_i, strict=True)]
-            mid = mid + mid_i
-    if down is None:
+    return sum_control_residuals(outputs)
+
+
+def sum_control_residuals(outputs: Sequence[tuple[Sequence[torch.Tensor], torch.Tensor]]) -> dict[str, Any]:
+    """ControlNet outputs (down, mid residuals) summed as the UNet's keyword arguments ({} if none)."""
+    if not outputs:
         return {}
+    down, mid = list(outputs[0][0]), outputs[0][1]
+    for down_i, mid_i in outputs[1:]:
+        down = [a + b for a, b in zip(down, down_i, strict=True)]
+        mid = mid + mid_i
     return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..loop import ControlUnit, Guidance, repeat_for_batch
+from ..loop import ControlUnit, Guidance, repeat_for_batch, sum_control_residuals
 from .accelerator import Accelerator
 from .static_call import TensorFn
 
@@ -36,25 +36,19 @@ def build_denoiser(
         if has_extra:
             extra, index = rest[index], index + 1
         hints, scales = rest[index : index + count], rest[index + count : index + 2 * count]
-        down: list[torch.Tensor] | None = None
-        mid: torch.Tensor | None = None
-        for model, hint, scale in zip(controls, hints, scales, strict=True):
-            down_i, mid_i = model(
-                sample,
-                timestep,
-                encoder_hidden_states=embeddings,
-                controlnet_cond=hint,
-                conditioning_scale=scale,
-                return_dict=False,
-            )
-            if down is None:
-                down, mid = list(down_i), mid_i
-            else:
-                down = [a + b for a, b in zip(down, down_i, strict=True)]
-                mid = mid + mid_i
-        residuals: dict[str, Any] = {}
-        if down is not None:
-            residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        residuals = sum_control_residuals(
+            [
+                model(
+                    sample,
+                    timestep,
+                    encoder_hidden_states=embeddings,
+                    controlnet_cond=hint,
+                    conditioning_scale=scale,
+                    return_dict=False,
+                )
+                for model, hint, scale in zip(controls, hints, scales, strict=True)
+            ]
+        )
         unet_input = sample if extra is None else torch.cat([sample, extra], dim=1)
         return unet(
             unet_input,
