@@ -99,7 +99,7 @@ class EngineHost:
         if self._load_error is not None:
             return f"The engine failed to start: {self._load_error}"
         if not self.store.list_kind("checkpoints"):
-            return no_checkpoint_message(self.store)
+            return self.store.no_checkpoint_error().message
         if not self._loaded.is_set():
             return "Loading the engine; jobs sent now start when it is ready."
         return "Ready."
@@ -116,7 +116,7 @@ class EngineHost:
         try:
             if params.checkpoint is None:
                 if self.store.default_checkpoint() is None:
-                    raise ProtocolError(ErrorCode.NO_MODEL, no_checkpoint_message(self.store), request.job_id)
+                    raise self.store.no_checkpoint_error()
             else:
                 self.store.resolve("checkpoints", params.checkpoint)
             for lora in params.loras:
@@ -148,25 +148,15 @@ class EngineHost:
         return JobOutput(result.image, tuple(result.bounds), result.params, result.timings)
 
 
-def no_checkpoint_message(store: ModelStore) -> str:
-    return (
-        f"No checkpoint found. Put an SD1.5 .safetensors checkpoint in {store.folder('checkpoints')} "
-        f"(and the LCM-LoRA for SD1.5 in {store.folder('loras')}), or run `python install.py` to fetch the "
-        "default models."
-    )
-
-
 def describe_failure(error: BaseException) -> tuple[ErrorCode, str]:
     """The error code and painter-readable sentence for anything a job can fail with."""
     if isinstance(error, ProtocolError):
         return error.code, error.message
     if isinstance(error, ModelError):
-        code = {"model_not_found": ErrorCode.MODEL_NOT_FOUND, "unsafe_name": ErrorCode.UNSAFE_NAME}.get(
-            getattr(error, "code", ""), ErrorCode.MODEL_ERROR
-        )
-        if "No checkpoint found" in error.message:
-            code = ErrorCode.NO_MODEL
-        return code, error.message
+        try:
+            return ErrorCode(error.code), error.message
+        except ValueError:
+            return ErrorCode.MODEL_ERROR, error.message
     from .engine import EngineInputError
 
     if isinstance(error, EngineInputError):

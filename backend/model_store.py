@@ -78,6 +78,12 @@ class UnsafeModelNameError(ModelError):
     code = "unsafe_name"
 
 
+class NoCheckpointError(ModelNotFoundError):
+    """The store has no checkpoint at all: the painter has to put one in place first."""
+
+    code = "no_model"
+
+
 @dataclass(frozen=True)
 class ModelRoot:
     """One `models` folder and, per kind, the subfolders that hold that kind."""
@@ -232,6 +238,13 @@ class ModelStore:
                     return candidate
         raise ModelNotFoundError(
             f"No {SINGULAR[kind]} named {name!r}. Put {HINTS[kind]} in {self.folder(kind)}"
+        )
+
+    def no_checkpoint_error(self) -> NoCheckpointError:
+        return NoCheckpointError(
+            f"No checkpoint found. Put an SD1.5 .safetensors checkpoint in {self.folder('checkpoints')} "
+            f"(and the LCM-LoRA for SD1.5 in {self.folder('loras')}), or run `python install.py` to fetch "
+            "the default models."
         )
 
     def default_checkpoint(self) -> str | None:

@@ -58,13 +58,6 @@ class ModelChoice:
         return tuple((lora.name, lora.clip_strength) for lora in fused if lora.clip_strength != 0)
 
 
-def _no_checkpoint_error(store: Any) -> Exception:
-    from backend.model_store import ModelNotFoundError
-
-    folder = store.folder("checkpoints") if hasattr(store, "folder") else "models/checkpoints"
-    return ModelNotFoundError(f"No checkpoint found, put SD1.5 .safetensors files in {folder}")
-
-
 def find_lcm_lora(store: Any) -> str | None:
     """The first LoRA whose name mentions LCM, for LCM sampling when the job names none."""
     for name in store.list_kind("loras"):
@@ -81,7 +74,7 @@ def choose_models(store: Any, params: JobParams) -> ModelChoice:
     if checkpoint is None:
         checkpoint = store.default_checkpoint()
         if checkpoint is None:
-            raise _no_checkpoint_error(store)
+            raise store.no_checkpoint_error()
     lcm_name = params.lcm_lora
     if lcm_name is None and params.sampler == "lcm":
         lcm_name = find_lcm_lora(store)

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from backend.engine import Engine, EngineJob, EngineSettings
+from backend.model_store import ModelStore
 from protocol.messages import JobParams
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -57,6 +58,8 @@ class FakeStore:
 
     def folder(self, kind: str) -> Path:
         return Path("/models") / kind
+
+    no_checkpoint_error = ModelStore.no_checkpoint_error  # the real advice, naming this store's folders
 
 
 class FakeModels:
