@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None, repo: Path | None = None) -> int:
     command = [str(venv_python(venv)), "-m", "backend"]
     if args.run:
         return _run_backend(command, repo, reporter)
-    reporter.info("start", f"start the backend with: cd {shlex.quote(str(repo))} && {shlex.join(command)}")
+    reporter.info("start", f"start the backend with: {start_hint(str(repo), command)}")
     reporter.info("start", "then (re)start Krita: the plugin is enabled and connects to the backend")
     _summary(reporter)
     return reporter.exit_code()
@@ -140,11 +140,24 @@ def _run_backend(command: list[str], repo: Path, reporter: Reporter) -> int:
         return reporter.exit_code()
     _summary(reporter)
     # The backend starts even with models missing: it answers handshakes and reports what it lacks.
-    reporter.info("start", f"starting the backend: {shlex.join(command)} (Ctrl+C stops it)")
+    reporter.info("start", f"starting the backend: {shell_line(command)} (Ctrl+C stops it)")
     try:
         return subprocess.call(command, cwd=repo)
     except KeyboardInterrupt:
         return 130
+
+
+def shell_line(parts: Sequence[str], windows: bool | None = None) -> str:
+    """A command line to paste into the platform's shell: shlex's single quotes mean nothing to cmd.exe,
+    and every Windows path (backslashes) would get them."""
+    windows = sys.platform.startswith("win") if windows is None else windows
+    return subprocess.list2cmdline(list(parts)) if windows else shlex.join(parts)
+
+
+def start_hint(repo: str, command: Sequence[str], windows: bool | None = None) -> str:
+    windows = sys.platform.startswith("win") if windows is None else windows
+    cd = ["cd", "/d", repo] if windows else ["cd", repo]  # /d: the repo may be on another drive
+    return f"{shell_line(cd, windows)} && {shell_line(command, windows)}"
 
 
 def _summary(reporter: Reporter) -> None:

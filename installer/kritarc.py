@@ -7,6 +7,9 @@ what we added is recorded so that removing it gives back the original file exact
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,7 +47,7 @@ def enable(path: Path, plugin: str) -> tuple[bool, KritarcChange]:
     change = KritarcChange(path=str(path), key=key)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(f"[{SECTION}]\n{key}=true\n".encode())
+        _write(path, f"[{SECTION}]\n{key}=true\n".encode())
         change.created_file = True
         change.created_section = True
         return True, change
@@ -62,7 +65,7 @@ def enable(path: Path, plugin: str) -> tuple[bool, KritarcChange]:
             addition += newline
             change.added_separator = True
         addition += f"[{SECTION}]".encode() + newline + wanted
-        path.write_bytes(data + addition)
+        _write(path, data + addition)
         change.created_section = True
         return True, change
     index = _key_line(lines, start, end, key)
@@ -77,7 +80,7 @@ def enable(path: Path, plugin: str) -> tuple[bool, KritarcChange]:
             lines[insert_at - 1] += newline
             change.added_final_newline = True
         lines.insert(insert_at, wanted)
-    path.write_bytes(b"".join(lines))
+    _write(path, b"".join(lines))
     return True, change
 
 
@@ -106,7 +109,7 @@ def disable(path: Path, change: KritarcChange) -> bool:
         return False
     if change.previous_line is not None:
         lines[index] = change.previous_line.encode("latin-1")
-        path.write_bytes(b"".join(lines))
+        _write(path, b"".join(lines))
         return True
     del lines[index]
     removed_at = index
@@ -123,8 +126,23 @@ def disable(path: Path, change: KritarcChange) -> bool:
             removed_at = start - 1
     if change.added_final_newline and removed_at == len(lines) and lines:
         lines[-1] = lines[-1].rstrip(b"\r\n")
-    path.write_bytes(b"".join(lines))
+    _write(path, b"".join(lines))
     return True
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Replace the file's content all at once: a full disk or a crash mid-write must not truncate kritarc
+    (it holds all of the painter's Krita settings). A linked kritarc (dotfiles) stays a link."""
+    target = Path(os.path.realpath(path))
+    tmp = target.with_name(target.name + ".kld-tmp")
+    try:
+        tmp.write_bytes(data)
+        if target.exists():
+            shutil.copymode(target, tmp)
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def _newline_of(lines: list[bytes]) -> bytes:

@@ -129,6 +129,8 @@ def install(profile: KritaProfile, repo: Path, websockets: VendorSource, reporte
         reporter.warn(STEP, warning)
     pykrita = profile.pykrita
     plugin_dir = pykrita / PLUGIN_NAME
+    if _linked(plugin_dir, reporter):
+        return
     fresh = not plugin_dir.exists()
     old = read_record(plugin_dir) or {}
 
@@ -149,16 +151,18 @@ def install(profile: KritaProfile, repo: Path, websockets: VendorSource, reporte
     _prune_empty_dirs(plugin_dir)
 
     rc_changed, change = kritarc.enable(profile.kritarc, PLUGIN_NAME)
+    # A key that was already set is the painter's (or Krita's): uninstall must leave it, so record nothing.
+    undo: kritarc.KritarcChange | None = change if rc_changed else None
     # The first change we ever made is the one to undo: keep it across later runs.
     old_change = old.get("kritarc")
     if old_change and old_change.get("path") == str(profile.kritarc):
-        change = kritarc.KritarcChange.from_json(old_change)
+        undo = kritarc.KritarcChange.from_json(old_change)
     record = {
         "version": 1,
         "plugin": PLUGIN_NAME,
         "desktop": DESKTOP_FILE,
         "files": sorted(files),
-        "kritarc": change.to_json(),
+        "kritarc": undo.to_json() if undo is not None else None,
         "vendored": {"websockets": websockets.version},
         "source": str(repo.resolve()),
     }
@@ -188,6 +192,8 @@ def install(profile: KritaProfile, repo: Path, websockets: VendorSource, reporte
 def uninstall(profile: KritaProfile, reporter: Reporter) -> None:
     pykrita = profile.pykrita
     plugin_dir = pykrita / PLUGIN_NAME
+    if _linked(plugin_dir, reporter):
+        return
     record = read_record(plugin_dir)
     if record is None:
         if plugin_dir.exists():
@@ -221,12 +227,37 @@ def uninstall(profile: KritaProfile, reporter: Reporter) -> None:
             )
     reporter.info(STEP, f"removed {removed} files and {DESKTOP_FILE} from {pykrita}")
     change = record.get("kritarc")
-    if change:
+    if not change:
+        reporter.info("kritarc", f"left as it was ({PLUGIN_NAME} was enabled before install.py ran)")
+    else:
         rc = kritarc.KritarcChange.from_json(change)
         if kritarc.disable(Path(rc.path), rc):
             reporter.info("kritarc", f"removed {rc.key} from {rc.path}")
         else:
             reporter.info("kritarc", f"{rc.key} was already gone from {rc.path}")
+
+
+def _linked(plugin_dir: Path, reporter: Reporter) -> bool:
+    """A plugin folder that is a link (a developer's working copy) is not ours: never write in it."""
+    if not _is_link(plugin_dir):
+        return False
+    reporter.warn(
+        STEP,
+        f"{plugin_dir} is a link to {os.path.realpath(plugin_dir)}: left alone "
+        "(remove the link to let install.py manage the plugin)",
+    )
+    return True
+
+
+def _is_link(path: Path) -> bool:
+    """A symlink, or a Windows junction (`mklink /J`, which is_symlink() does not see before Python 3.12)."""
+    if path.is_symlink() or getattr(path, "is_junction", lambda: False)():
+        return True
+    if not path.exists():
+        return False
+    real = os.path.realpath(path)
+    expected = os.path.join(os.path.realpath(path.parent), path.name)  # linked parents are fine
+    return os.path.normcase(real) != os.path.normcase(expected)
 
 
 def _prune_empty_dirs(root: Path) -> None:

@@ -17,7 +17,8 @@ class Backoff:
 
     def next_delay(self) -> float:
         delay = min(self.maximum, self.initial * self.factor**self.attempts)
-        self.attempts += 1
+        if delay < self.maximum:  # at the slow pace, stop counting: factor**attempts would overflow a float
+            self.attempts += 1
         if self.jitter:
             delay *= 1.0 + self.rng.uniform(-self.jitter, self.jitter)
         return max(0.0, delay)

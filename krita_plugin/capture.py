@@ -1,6 +1,6 @@
 """Reads what a job needs from a Krita document: the image without the plugin's layers, the selection as a
-mask and the control layers. Never modifies the painter's layers (the exact fallback only hides the plugin's
-own layers for a moment)."""
+mask and the control layers. Never modifies the painter's layers (the exact fallback only hides the layers
+left out of the image, the plugin's own and the guidance layers, for a moment)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import compose
-from .nodes import find_node, is_layer, node_id, top_level
+from .nodes import find_node, is_layer, node_id, top_level, walk
 from .pose_layer import read_pose
 from .request_builder import CanvasCapture
 
@@ -60,8 +60,17 @@ def image_without(doc: Any, exclude: set[str], refresh_allowed: Callable[[], boo
     modes QPainter can't reproduce fall back to hiding the excluded layers and reading Krita's projection.
     """
     width, height = doc.width(), doc.height()
-    layers = [n for n in top_level(doc) if is_layer(n) and n.visible() and node_id(n) not in exclude]
-    if all(can_compose(n) for n in layers):
+    top = top_level(doc)
+    layers = [n for n in top if is_layer(n) and n.visible() and node_id(n) not in exclude]
+    # An excluded layer inside a group (a scribble or pose layer the painter keeps in a folder) shows through
+    # its group's projection: only hiding it leaves it out.
+    top_ids = {node_id(n) for n in top}
+    nested = [
+        n
+        for n in walk(doc.rootNode())
+        if node_id(n) in exclude and node_id(n) not in top_ids and is_layer(n) and n.visible()
+    ]
+    if not nested and all(can_compose(n) for n in layers):
         stack = [
             compose.LayerPixels(
                 bytes(n.projectionPixelData(0, 0, width, height)), n.opacity() / 255.0, n.blendingMode()
@@ -69,7 +78,7 @@ def image_without(doc: Any, exclude: set[str], refresh_allowed: Callable[[], boo
             for n in layers
         ]
         return compose.compose(width, height, stack)
-    hidden = [n for n in top_level(doc) if node_id(n) in exclude and n.visible()]
+    hidden = [n for n in top if node_id(n) in exclude and n.visible()] + nested
     if not hidden:
         return bytes(doc.pixelData(0, 0, width, height))
     if not refresh_allowed():

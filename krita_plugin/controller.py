@@ -7,6 +7,7 @@ guarded, so a bug shows as a message in the panel, never as Krita's "Script erro
 
 from __future__ import annotations
 
+import functools
 import queue
 import time
 from collections import OrderedDict
@@ -28,7 +29,7 @@ from .panel import Panel
 from .placement import place
 from .pose_layer import create_pose_layer, is_pose_layer, read_pose, sync_bones
 from .request_builder import build_job
-from .safe import add_error_sink, guarded, remove_error_sink
+from .safe import add_error_sink, guarded, remove_error_sink, report_exception
 from .settings import ConnectionSettings, GenerationSettings, Mode, random_seed
 
 SETTINGS_GROUP = "krita_live_diffusion"
@@ -82,6 +83,8 @@ class Controller(QObject):
         panel.create_pose_clicked.connect(self.on_create_pose)
         panel.settings_changed.connect(self.on_settings_changed)
         add_error_sink(self._show_bug)
+        # A docker goes away with its window, not only when Krita quits: its connection and sink must go too.
+        self.destroyed.connect(functools.partial(_release, self.network, self._show_bug))
 
     # --- life cycle -----------------------------------------------------------------------------------------
 
@@ -474,6 +477,15 @@ class Controller(QObject):
 
     def _show_bug(self, text: str) -> None:
         self.panel.set_message(text, error=True)
+
+
+def _release(network: Any, sink: Callable[[str], None], *_: Any) -> None:
+    """After the controller's Qt object is gone: stop its network thread (else it reconnects forever)."""
+    try:
+        remove_error_sink(sink)
+        network.stop()
+    except Exception:  # noqa: BLE001 - runs from a destructor: nothing may escape
+        report_exception("Controller release")
 
 
 def _no_buttons_down() -> bool:

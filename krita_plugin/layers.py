@@ -81,6 +81,12 @@ class ResultLayers:
         if previous is not None:
             for sx, sy, sw, sh in uncovered(previous.rect, placement.rect):
                 preview.setPixelData(bytes(sw * sh * 4), sx, sy, sw, sh)
+        else:  # a preview saved with the document may still show an old result: nothing of it may stay
+            old = preview.bounds()
+            if old.width() > 0 and old.height() > 0:
+                preview.setPixelData(
+                    bytes(old.width() * old.height() * 4), old.x(), old.y(), old.width(), old.height()
+                )
         preview.setPixelData(pixels, x, y, w, h)
         self.shown[uid] = ShownResult(uid, placement.rect, record)
         doc.refreshProjection()

@@ -215,6 +215,8 @@ class NetworkClient:
                 raise _Refused(describe_error(reply.code, reply.message))
             if not isinstance(reply, protocol.Welcome):
                 raise _Refused("The backend did not greet the plugin; it may be a different program.")
+            if settings != self._settings:
+                return  # the address or token changed while this handshake ran: connect to the new one
             self._backoff.reset()
             assert self._outbox is not None
             while not self._outbox.empty():  # nothing queued for an older connection may leak into this one

@@ -3,6 +3,8 @@ the controller decides what happens."""
 
 from __future__ import annotations
 
+import math
+
 from PyQt5.QtCore import Qt, pyqtSignal
 from PyQt5.QtWidgets import (
     QCheckBox,
@@ -273,17 +275,19 @@ class Panel(QScrollArea):
         self.mode.setCurrentIndex(max(0, self.mode.findData(settings.mode.value)))
         self.prompt.setPlainText(settings.prompt)
         self.negative.setText(settings.negative_prompt)
-        self.strength.setValue(round(settings.strength * 100))
-        self.seed.setValue(min(settings.seed, MAX_SEED))
+        # Saved settings may hold anything (an edited kritarc, another version): out-of-range integers make
+        # Qt's setValue raise and NaN can't be rounded, so every number is clamped into its widget's range.
+        self.strength.setValue(round(min(1.0, max(0.0, _finite(settings.strength, 0.5))) * 100))
+        self.seed.setValue(_clamp(settings.seed, self.seed))
         self.seed_lock.setChecked(settings.seed_locked)
-        self.steps.setValue(settings.steps)
-        self.cfg.setValue(settings.cfg)
+        self.steps.setValue(_clamp(settings.steps, self.steps))
+        self.cfg.setValue(_finite(settings.cfg, 1.0))
         _select(self.sampler, settings.sampler)
         _select(self.checkpoint, settings.checkpoint, add=True)
         _select(self.lora, settings.lora, add=True)
-        self.lora_strength.setValue(settings.lora_strength)
-        self.scribble_strength.setValue(settings.scribble.strength)
-        self.pose_strength.setValue(settings.pose.strength)
+        self.lora_strength.setValue(_finite(settings.lora_strength, 1.0))
+        self.scribble_strength.setValue(_finite(settings.scribble.strength, 1.0))
+        self.pose_strength.setValue(_finite(settings.pose.strength, 1.0))
 
     def set_connection(self, connection: ConnectionSettings) -> None:
         self.address.setText(connection.address)
@@ -343,6 +347,14 @@ def _strength_spin(name: str) -> QDoubleSpinBox:
     spin.setValue(1.0)
     spin.setToolTip("Strength")
     return spin
+
+
+def _finite(value: float, default: float) -> float:
+    return value if math.isfinite(value) else default
+
+
+def _clamp(value: int, widget: QSpinBox | QSlider) -> int:
+    return max(widget.minimum(), min(widget.maximum(), int(value)))
 
 
 def _escape(text: str) -> str:
