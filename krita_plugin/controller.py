@@ -150,7 +150,9 @@ class Controller(QObject):
         if shown is not None and server_params.get("decoder") == "taesd" and self.status is Status.CONNECTED:
             # Live previews use the fast approximate decoder; the layer a painter keeps is rendered again at
             # full quality from the same inputs and seed, and applied when it arrives.
-            job_id = self._send(doc, live=False, seed=int(shown.record.get("seed", 0)))
+            saved = shown.record.get("_settings")
+            exact = GenerationSettings.from_json(saved) if isinstance(saved, str) else None
+            job_id = self._send(doc, live=False, seed=int(shown.record.get("seed", 0)), settings=exact)
             if job_id is not None:
                 self.apply_job = job_id
                 self.panel.set_message("Rendering at full quality for Apply…")
@@ -371,9 +373,19 @@ class Controller(QObject):
             extra.append(repr(read_pose(pose_node, doc.xRes(), doc.yRes())))
         return self.watcher.fingerprint(doc, exclude=self._excluded(doc, settings), extra="|".join(extra))
 
-    def _send(self, doc: Any, *, live: bool, fingerprint: str = "", seed: int | None = None) -> str | None:
-        """Capture and send a job; returns its id, or None when nothing could be sent (the panel says why)."""
-        settings = self.panel.settings()
+    def _send(
+        self,
+        doc: Any,
+        *,
+        live: bool,
+        fingerprint: str = "",
+        seed: int | None = None,
+        settings: GenerationSettings | None = None,
+    ) -> str | None:
+        """Capture and send a job; returns its id, or None when nothing could be sent (the panel says why).
+
+        `settings` replaces the panel's (to render again exactly what was shown); `seed` fixes the seed."""
+        settings = settings or self.panel.settings()
         if seed is not None:
             settings.seed = seed
         elif not live and not settings.seed_locked:
@@ -405,6 +417,7 @@ class Controller(QObject):
             "live": live,
             "job_id": job_id,
             "_document": node_id(doc.rootNode()),
+            "_settings": settings.to_json(),
         }
         while len(self.records) > 16:
             self.records.popitem(last=False)

@@ -363,10 +363,12 @@ def test_apply_renders_a_taesd_preview_again_at_full_quality(setup) -> None:
     preview_result.result.params["decoder"] = "taesd"
     controller.handle_event(preview_result)
     layers_before = doc.names()
+    panel.prompt.setPlainText("something else")  # typed after the preview arrived, before Apply
     controller.on_apply()
     assert doc.names() == layers_before  # nothing applied yet: the full-quality render is on its way
     full = network.jobs()[-1]
-    assert not full.live and full.params.seed == live.params.seed and full.params.prompt == live.params.prompt
+    assert not full.live and full.params.seed == live.params.seed
+    assert full.params.to_dict() == live.params.to_dict()  # exactly what made the preview
     paint(doc)  # the painter keeps painting: a newer live frame leaves while the render runs
     controller.tick()
     assert network.jobs()[-1].live
