@@ -83,10 +83,15 @@ class EngineHost:
             self._engine = Engine(self._manager, device, dtype, settings)
             checkpoint = self.store.default_checkpoint()
             if self.config.preload and checkpoint is not None:
-                self._manager.components(checkpoint)
-                if self._engine.accelerator.active:
-                    # One frame now, so the first stroke doesn't pay for it; the compile goes on behind it.
-                    log.info("live path: %s", self._engine.warm_up())
+                try:
+                    self._manager.components(checkpoint)
+                    if self._engine.accelerator.active:
+                        # One frame now, so the first stroke doesn't pay for it; the compile goes on behind.
+                        log.info("live path: %s", self._engine.warm_up())
+                except ModelError as error:
+                    # A damaged default model is a model problem, not an engine failure: jobs still run
+                    # (other checkpoints load; this one gets its model error with the job that asks for it).
+                    log.warning("could not preload %s: %s", checkpoint, error.message)
             log.info("engine ready on %s in %.1f s", self.device_name, time.perf_counter() - started)
         except BaseException as error:
             self._load_error = error
@@ -109,6 +114,15 @@ class EngineHost:
 
     def loaded(self) -> dict[str, Any]:
         return self._manager.loaded() if self.ready else {}
+
+    def resolved_models(self, params: JobParams) -> str:
+        """What a job's defaults stand for now (the first checkpoint, the automatic LCM-LoRA), as text."""
+        from .engine.models import choose_models
+
+        try:
+            return repr(choose_models(self.store, params))
+        except ModelError as error:
+            return f"unresolved: {error.message}"
 
     def check_models(self, request: JobRequest) -> None:
         """Fail fast, before any pixels are sent to the GPU, on model names that can't be used."""

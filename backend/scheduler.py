@@ -77,9 +77,11 @@ class Scheduler(Generic[Payload]):
         if job.job_id in queue or (self._running is not None and self._running.job_id == job.job_id and
                                    self._running.client_id == job.client_id):  # fmt: skip
             raise KeyError(job.job_id)
+        # Counted before superseding: a job refused for a full queue must not cancel anything.
+        staying = sum(1 for queued in queue.values() if not (job.live and queued.live))
+        if staying >= self._max_queued:
+            raise QueueFullError(f"{staying} jobs are already queued for this connection")
         superseded = self.supersede_live(job.client_id) if job.live else []
-        if len(queue) >= self._max_queued:
-            raise QueueFullError(f"{len(queue)} jobs are already queued for this connection")
         queue[job.job_id] = job
         if job.client_id not in self._turns:
             self._turns.append(job.client_id)

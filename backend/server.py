@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -29,6 +30,7 @@ from protocol import (
     Hello,
     ImageEncoding,
     ImageFrame,
+    JobParams,
     JobRequest,
     ListModels,
     Message,
@@ -193,8 +195,15 @@ class Connection:
 
     async def handle_frame(self, data: bytes) -> None:
         limits = self.server.config.limits
-        frame = decode_frame(data, limits.max_width, limits.max_height)
         pending = self.pending
+        try:
+            frame = decode_frame(data, limits.max_width, limits.max_height)
+        except ProtocolError as error:
+            if pending is not None:
+                # Frames follow their job's JSON, so this is the pending job's: it can't complete any more.
+                self.pending = None
+                error.job_id = pending.request.job_id
+            raise
         if pending is None and frame.job_id == self.refused_job:
             return
         if pending is None or frame.job_id != pending.request.job_id:
@@ -228,7 +237,9 @@ class Connection:
         job_id = request.job_id
         try:
             # Decoding and hashing megapixels would stall every other client: both run off the event loop.
-            arrays, key = await asyncio.to_thread(_decode_job_images, request, pending.frames)
+            arrays, key = await asyncio.to_thread(
+                _decode_job_images, request, pending.frames, self.server.engine.resolved_models
+            )
         except ProtocolError as error:
             error.job_id = job_id
             raise
@@ -244,9 +255,9 @@ class Connection:
         job_input = JobInput(
             mode=request.mode,
             params=request.params,
-            canvas=arrays.pop("canvas"),
-            mask=arrays.pop("mask", None),
-            control_images=arrays,
+            canvas=arrays["canvas"],
+            mask=arrays.get("mask"),
+            control_images=arrays,  # every slot: a control may take its image from the canvas or mask
             cache_key=key,
             preview=request.live,
         )
@@ -309,16 +320,18 @@ class Connection:
 
 
 def _decode_job_images(
-    request: JobRequest, frames: dict[str, ImageFrame]
+    request: JobRequest, frames: dict[str, ImageFrame], resolve_models: Callable[[JobParams], str]
 ) -> tuple[dict[str, np.ndarray], str | None]:
     """The job's images as arrays, and for live jobs a key that is equal exactly when the inputs are."""
     arrays = {slot: frame_to_array(frame) for slot, frame in frames.items()}
-    return arrays, _input_key(request, frames) if request.live else None
+    return arrays, _input_key(request, frames, resolve_models(request.params)) if request.live else None
 
 
-def _input_key(request: JobRequest, frames: dict[str, ImageFrame]) -> str:
+def _input_key(request: JobRequest, frames: dict[str, ImageFrame], models: str = "") -> str:
+    """`models`: the models the job resolves to, since "null" (the default) can name another file later."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(encode_message(request).replace(f'"job_id":"{request.job_id}"', "").encode())
+    digest.update(models.encode())
     for slot in sorted(frames):
         digest.update(slot.encode())
         digest.update(frames[slot].payload)
@@ -335,8 +348,6 @@ class Server:
 
     async def start(self) -> int:
         """Bind and serve; returns the port (useful with port 0). The engine loads in the background."""
-        self.scheduler.start()
-        self.engine.start_loading(self.scheduler)
         origins: list[str | None] = [None, *self.config.allowed_origins]
         self._socket_server = await serve(
             self._handle,
@@ -349,6 +360,10 @@ class Server:
             ping_interval=20,
             ping_timeout=60,
         )
+        # Only once bound: a port in use (often: the backend already runs there) must fail before any model
+        # is loaded, and before a worker thread that the interpreter would wait for at exit exists.
+        self.scheduler.start()
+        self.engine.start_loading(self.scheduler)
         sockets = list(self._socket_server.sockets)
         return sockets[0].getsockname()[1] if sockets else self.config.port
 

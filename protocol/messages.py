@@ -121,9 +121,12 @@ def _read_pose(data: dict[str, Any]) -> list[list[Keypoint]] | None:
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in point)
             ):
                 raise bad("Each pose keypoint must be [x, y] in canvas pixels, or null when missing.")
-            x, y = float(point[0]), float(point[1])
             # Non-finite or absurd coordinates are "missing", as OpenPose tools emit them; never fatal.
-            keypoints.append((x, y) if abs(x) < 1e7 and abs(y) < 1e7 else None)
+            # (Compared before float(): a JSON integer can be too large to convert.)
+            if all(abs(v) < 1e7 for v in point):
+                keypoints.append((float(point[0]), float(point[1])))
+            else:
+                keypoints.append(None)
         keypoints.extend([None] * (POSE_KEYPOINTS - len(keypoints)))
         parsed.append(keypoints)
     return parsed

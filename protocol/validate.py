@@ -55,6 +55,9 @@ def read_float(obj: dict[str, Any], key: str, minimum: float, maximum: float, de
         return _default_or_missing(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise bad(f"Field '{key}' must be a number, got {type_name(value)}.")
+    if isinstance(value, int) and not minimum <= value <= maximum:
+        # Checked before isfinite: a JSON integer can be too large to convert to a float at all.
+        raise bad(f"Field '{key}' is {value}; it must be between {minimum} and {maximum}.")
     if not math.isfinite(value):
         raise bad(f"Field '{key}' must be a finite number.")
     if not minimum <= value <= maximum:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from backend.model_store import ModelError
 from protocol.messages import JobParams
 
 from . import images, masks
@@ -29,6 +31,7 @@ from .prompts import PromptCache
 from .region import Region, native_region, unet_min_side, working_region
 from .samplers import SAMPLERS, SamplerFactory, denoise_steps
 
+log = logging.getLogger(__name__)
 MODES = ("img2img", "inpaint")
 ProgressCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
@@ -68,6 +71,7 @@ class Engine:
         self.staging = HostStaging(self.device)
         # (checkpoint name, id of its UNet) that the accelerator's slots belong to
         self._accelerated_for: tuple[str, int] | None = None
+        self._taesd_error: str | None = None  # TAESD files that could not be loaded: previews use the VAE
 
     def run(self, job: EngineJob, on_progress: ProgressCallback, is_cancelled: CancelCheck) -> EngineResult:
         """Run one job. Raises JobCancelled at a step boundary once is_cancelled() is True, EngineInputError
@@ -245,7 +249,15 @@ class Engine:
         if not (job.preview and self.settings.preview_taesd):
             return None
         taesd = getattr(self.models, "taesd", None)
-        return taesd() if callable(taesd) else None
+        if not callable(taesd) or self._taesd_error is not None:
+            return None
+        try:
+            return taesd()
+        except ModelError as error:
+            # An optional speed-up: damaged files must not fail every live frame (nor be re-read for each).
+            self._taesd_error = error.message
+            log.warning("TAESD unavailable, live frames decode with the full VAE: %s", error.message)
+            return None
 
     def _accelerate(self, ctx: GenerationContext, checkpoint: str) -> None:
         owner = (checkpoint, id(ctx.unet))

@@ -58,7 +58,7 @@ def _read_pickle(path: Path, what: str) -> Tensors:
             f"{what} {path.name} contains Python objects besides weights, which are not loaded for safety. "
             "Use a .safetensors version of it."
         ) from e
-    except (OSError, EOFError, RuntimeError, ValueError) as e:
+    except Exception as e:  # garbage makes the unpickler raise IndexError, KeyError and more
         raise ModelError(
             f"{what} {path.name} is not a readable PyTorch file ({e}). "
             "It may be incomplete: download it again."

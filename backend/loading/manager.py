@@ -73,6 +73,7 @@ class ModelManager:
         self._state: _LoadedCheckpoint | None = None
         self._controlnets: dict[str, ControlNetModel] = {}
         self._taesd: AutoencoderTiny | None = None
+        self._last_loaded: dict[str, Any] = {"checkpoint": None, "device": str(self.device)}
 
     def components(
         self,
@@ -123,9 +124,13 @@ class ModelManager:
             return self._taesd
 
     def loaded(self) -> dict[str, Any]:
-        with self._lock:
+        """What is loaded. Never waits: the server asks on its event loop (handshakes, model lists), and the
+        lock is held for as long as a checkpoint takes to load; meanwhile the last known state is answered."""
+        if not self._lock.acquire(blocking=False):
+            return dict(self._last_loaded)
+        try:
             state = self._state
-            return {
+            self._last_loaded = {
                 "checkpoint": state.name if state else None,
                 "is_inpaint": state.components.is_inpaint if state else False,
                 "vae": state.vae_name if state else None,
@@ -136,6 +141,9 @@ class ModelManager:
                 "device": str(self.device),
                 "dtype": str(self.dtype).removeprefix("torch."),
             }
+            return dict(self._last_loaded)
+        finally:
+            self._lock.release()
 
     def unload(self) -> None:
         """Drop every model (e.g. before switching device); the next call loads again."""
