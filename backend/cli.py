@@ -16,6 +16,13 @@ from protocol import DEFAULT_PORT, Limits
 from .config import REPO_ROOT, TOKEN_ENV, ServerConfig
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m backend",
@@ -60,10 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default=None, help="cuda, cuda:N, mps or cpu (default: the best available)"
     )
     parser.add_argument(
-        "--max-size", type=int, default=4096, help="largest image side accepted (default: 4096)"
+        "--max-size", type=positive_int, default=4096, help="largest image side accepted (default: 4096)"
     )
     parser.add_argument(
-        "--max-message-mb", type=int, default=80, help="largest WebSocket message in MiB (default: 80)"
+        "--max-message-mb",
+        type=positive_int,
+        default=80,
+        help="largest WebSocket message in MiB (default: 80)",
     )
     parser.add_argument(
         "--accelerate",

@@ -8,6 +8,7 @@ engine polls `is_cancelled` at every step boundary.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 Payload = TypeVar("Payload")
+log = logging.getLogger("backend.scheduler")
 
 
 class JobCancelledError(Exception):
@@ -198,5 +200,5 @@ class Scheduler(Generic[Payload]):
             return
         try:
             await getattr(reporter, kind)(job, value)
-        except Exception:  # noqa: BLE001 - a vanished connection must not stop the dispatcher
-            pass
+        except Exception:
+            log.exception("could not report %s of job %s to client %d", kind, job.job_id, job.client_id)

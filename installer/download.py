@@ -168,6 +168,9 @@ class Downloader:
             status = response.status
             if status == 200 and have:
                 have = 0  # the server ignored the range: start over rather than append a second copy
+            if status == 206 and _content_range_start(response.headers.get("Content-Range", "")) != have:
+                part.unlink(missing_ok=True)  # bytes for another offset would corrupt the file silently
+                raise RetryableError(f"{url}: the server sent another range than asked for; starting over")
             expected_total = self._expected_total(response, status, have, size)
             if expected_total is not None:
                 check_disk_space(part.parent, max(0, expected_total - have), self.disk_usage)
@@ -239,6 +242,13 @@ class Downloader:
         return DownloadResult(
             dest, actual_size, digest, verified=sha256 is not None, resumed_from=resumed_from
         )
+
+
+def _content_range_start(header: str) -> int | None:
+    """The first byte of `bytes a-b/total`; None when the header has no range."""
+    unit, _, rest = header.strip().partition(" ")
+    start = rest.partition("-")[0]
+    return int(start) if unit == "bytes" and start.isdigit() else None
 
 
 def _content_range_total(header: str) -> int | None:

@@ -109,10 +109,12 @@ def _inside(base: Path, rel: str) -> Path | None:
 
 
 def read_record(plugin_dir: Path) -> dict | None:
+    """Our install record, or None when there is none we can trust (missing, unreadable, not an object)."""
     try:
-        return json.loads((plugin_dir / RECORD_FILE).read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+        record = json.loads((plugin_dir / RECORD_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+    return record if isinstance(record, dict) else None
 
 
 def _desktop_warning(desktop: bytes) -> str | None:

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Each SD1.5 ControlNet holds about 700 MB at fp16 on the GPU: keep the few a painter switches between.
+MAX_CONTROLNETS = 4
 TAESD_SUFFIXES = (".pth", ".safetensors", ".pt")
 
 
@@ -105,12 +107,17 @@ class ModelManager:
             return state.components
 
     def controlnet(self, name: str) -> ControlNetModel:
+        """The ControlNet, cached; the least recently used ones leave once MAX_CONTROLNETS are loaded."""
         with self._lock:
-            if name not in self._controlnets:
+            model = self._controlnets.pop(name, None)
+            if model is None:
                 path = self.store.resolve("controlnet", name)
                 self.load_counts["controlnet"] += 1
-                self._controlnets[name] = load_controlnet(path, self.device, self.dtype, self.config_dir)
-            return self._controlnets[name]
+                model = load_controlnet(path, self.device, self.dtype, self.config_dir)
+                while len(self._controlnets) >= MAX_CONTROLNETS:
+                    self._controlnets.pop(next(iter(self._controlnets)))
+            self._controlnets[name] = model  # (re)inserted last: dict order is the recency order
+            return model
 
     def taesd(self) -> AutoencoderTiny | None:
         """TAESD from taesd_encoder/taesd_decoder files in the taesd folder; None until both are there."""

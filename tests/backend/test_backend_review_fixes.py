@@ -281,3 +281,13 @@ def test_the_live_cache_does_not_answer_for_another_default_checkpoint(
 
     with running_server(root, model_config_dir=tiny_models.config_dir, preload=False) as server:
         run(scenario(server.url))
+
+
+def test_size_limits_on_the_command_line_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    from backend.cli import build_parser
+
+    for flag in ("--max-size", "--max-message-mb"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([flag, "0"])
+        assert "must be at least 1" in capsys.readouterr().err
+    assert build_parser().parse_args(["--max-size", "2048"]).max_size == 2048

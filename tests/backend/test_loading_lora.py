@@ -294,3 +294,16 @@ def test_controlnet_and_taesd_are_cached(manager: ModelManager, tiny_models: Tin
 
 def test_taesd_absent_is_none(tmp_path: Path) -> None:
     assert ModelManager(ModelStore(tmp_path / "models"), CPU, torch.float32).taesd() is None
+
+
+def test_only_the_most_recently_used_controlnets_stay_loaded(
+    manager: ModelManager, tiny_models: TinyModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from backend.loading import manager as manager_module
+
+    monkeypatch.setattr(manager_module, "MAX_CONTROLNETS", 1)
+    scribble = manager.controlnet(tiny_models.controlnet_scribble)
+    manager.controlnet(tiny_models.controlnet_openpose)  # evicts the scribble ControlNet
+    assert manager.loaded()["controlnets"] == [tiny_models.controlnet_openpose]
+    assert manager.controlnet(tiny_models.controlnet_scribble) is not scribble  # loaded again from its file
+    assert manager.load_counts["controlnet"] == 3

@@ -215,3 +215,41 @@ def test_mirror_replaces_scheme_and_host_only() -> None:
         "http://127.0.0.1:8000/base/org/repo/resolve/main/a.safetensors?download=true"
     )
     assert apply_mirror(url, None) == url
+
+
+class _FakeResponse:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status, self.headers, self._body = status, headers, io.BytesIO(body)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._body.read(size)
+
+    def __enter__(self) -> _FakeResponse:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def test_a_range_answer_for_another_offset_is_not_appended(tmp_path: Path) -> None:
+    """A 206 must start where the partial file ends; bytes for another offset would corrupt it unnoticed."""
+    dest = tmp_path / "model.safetensors"
+    part_path(dest).write_bytes(DATA[:1000])
+    asked: list[str | None] = []
+
+    def opener(request: object, timeout: float | None = None) -> _FakeResponse:
+        asked.append(request.get_header("Range"))  # type: ignore[attr-defined]
+        if len(asked) == 1:  # a broken server: asked for bytes=1000-, answers from 0
+            total = len(DATA)
+            headers = {"Content-Range": f"bytes 0-{total - 1}/{total}", "Content-Length": str(total)}
+            return _FakeResponse(206, headers, DATA)
+        return _FakeResponse(200, {"Content-Length": str(len(DATA))}, DATA)
+
+    sleeps: list[float] = []
+    make_downloader(sleeps, opener=opener).fetch(url_for_fake(), dest, sha256=None, size=None, label="m")
+    assert asked == ["bytes=1000-", None]  # the partial file was discarded and fetched whole
+    assert dest.read_bytes() == DATA
+
+
+def url_for_fake() -> str:
+    return "http://127.0.0.1:9/model.safetensors"  # never contacted: the test's opener answers

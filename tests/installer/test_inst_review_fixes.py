@@ -103,3 +103,12 @@ def test_a_profile_under_a_linked_folder_is_still_installed(
         == 0
     )
     assert not (real / "pykrita" / PLUGIN).exists()
+
+
+def test_an_install_record_that_is_not_an_object_is_ignored(tmp_path: Path) -> None:
+    from installer.plugin import RECORD_FILE, read_record
+
+    (tmp_path / RECORD_FILE).write_text("[1, 2, 3]\n", encoding="utf-8")
+    assert read_record(tmp_path) is None
+    (tmp_path / RECORD_FILE).write_bytes(b"\xff\xfe not utf-8")
+    assert read_record(tmp_path) is None
