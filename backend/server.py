@@ -277,6 +277,12 @@ class Connection:
         self.send(Accepted(job_id, self.server.scheduler.queue_position(self.client_id, job_id)))
 
     def cancel(self, job_id: str) -> None:
+        if self.pending is not None and self.pending.request.job_id == job_id:
+            # Its images are still arriving: it never reaches the queue, and its remaining frames are dropped.
+            self.pending = None
+            self.refused_job = job_id
+            self.send(Cancelled(job_id, "cancelled"))
+            return
         job = self.server.scheduler.cancel(self.client_id, job_id)
         if job is None:
             raise ProtocolError(ErrorCode.UNKNOWN_JOB, "No queued or running job has this id.", job_id)

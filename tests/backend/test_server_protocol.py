@@ -267,3 +267,18 @@ def test_oversized_messages_close_only_that_connection(named_models: Path) -> No
 def test_unknown_lora_strength_values_are_rejected_in_protocol_not_engine() -> None:
     params = JobParams(loras=[LoraParam("a.safetensors", 0.5, 0.5)])
     assert params.loras[0].model_strength == 0.5
+
+
+def test_cancel_while_the_images_are_still_arriving(named_models: Path) -> None:
+    frame = encode_frame(ImageFrame("j", "canvas", ImageEncoding.BGRA8, 2, 2, bytes(16)))
+
+    async def scenario(url: str) -> None:
+        cancelled, listing = await raw_exchange(
+            url, job_json(), json.dumps({"type": "cancel", "job_id": "j"}), frame,
+            json.dumps({"type": "list_models"}), replies=2,
+        )  # fmt: skip
+        assert cancelled == {"type": "cancelled", "job_id": "j", "reason": "cancelled"}
+        assert listing["type"] == "models"  # the late frame was dropped quietly, and the job never ran
+
+    with running_server(named_models, preload=False) as server:
+        run(scenario(server.url))
