@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_NO_ADVISORY_WARNINGS", "1")
@@ -46,6 +46,9 @@ from PIL import Image, ImageDraw
 from backend.engine import Engine, EngineJob
 from protocol.messages import ControlParam, JobParams
 
+if TYPE_CHECKING:
+    from backend.loading.checkpoint import PipelineComponents
+
 CASES = ("img2img", "img2img_cfg", "controlnet", "inpaint")
 PROMPT = "a scribble of a small house with a tree, watercolor, soft light"
 NEGATIVE = "blurry, dark"
@@ -53,19 +56,6 @@ SEED = 1234
 
 
 # --- models -------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Components:
-    """Same fields as backend.loading.checkpoint.PipelineComponents."""
-
-    unet: Any
-    vae: Any
-    text_encoder: Any
-    tokenizer: Any
-    scheduler_config: dict[str, Any]
-    is_inpaint: bool
-    name: str
 
 
 @dataclass
@@ -89,14 +79,14 @@ class RandomStore:
 class InMemoryModels:
     """Stands in for the ModelManager with random-weight models."""
 
-    def __init__(self, components: Components, controlnet: Any) -> None:
+    def __init__(self, components: PipelineComponents, controlnet: Any) -> None:
         self.store = RandomStore()
         self._components = components
         self._controlnet = controlnet
 
     def components(
         self, checkpoint: str, loras: Any = (), vae: Any = None, lcm_lora: Any = None
-    ) -> Components:
+    ) -> PipelineComponents:
         return self._components
 
     def controlnet(self, name: str) -> Any:
@@ -108,6 +98,7 @@ def random_sd15(device: torch.device, dtype: torch.dtype, config_dir: Path | Non
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from backend.loading.checkpoint import PipelineComponents
     from backend.loading.configs import CONTROLNET_CONFIG_DIR, SD15_CONFIG_DIR
     from backend.loading.tokenizer import load_tokenizer
 
@@ -126,7 +117,9 @@ def random_sd15(device: torch.device, dtype: torch.dtype, config_dir: Path | Non
     for model in (unet, vae, text_encoder, controlnet):
         model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     scheduler_config = json.loads((SD15_CONFIG_DIR / "scheduler" / "scheduler_config.json").read_text())
-    components = Components(unet, vae, text_encoder, load_tokenizer(), scheduler_config, False, "random-sd15")
+    components = PipelineComponents(
+        unet, vae, text_encoder, load_tokenizer(), scheduler_config, False, "random-sd15"
+    )
     return InMemoryModels(components, controlnet)
 
 
