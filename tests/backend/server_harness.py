@@ -10,9 +10,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from backend.config import ServerConfig
 from backend.engine_host import EngineHost
 from backend.server import Server
+
+
+def random_canvas(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """An opaque RGBA painting of noise: every pixel differs, so any unwanted change shows."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (height, width, 4), dtype=np.uint8)
+    image[..., 3] = 255
+    return image
 
 
 def run(coroutine: Coroutine[Any, Any, Any], timeout: float = 300) -> Any:

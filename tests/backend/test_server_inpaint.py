@@ -9,17 +9,11 @@ import pytest
 
 from backend.client import Client
 from protocol import Bounds, ControlParam, Error, InpaintParam, JobParams
+from tests.backend.server_harness import random_canvas as painting
 from tests.backend.server_harness import run
 from tests.fixtures.tiny_models import TinyModels
 
 PADDING = 6
-
-
-def painting(width: int, height: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    image = rng.integers(0, 256, (height, width, 4), dtype=np.uint8)
-    image[..., 3] = 255
-    return image
 
 
 def inpaint_params(models: TinyModels, **overrides: Any) -> JobParams:

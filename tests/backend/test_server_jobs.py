@@ -11,15 +11,9 @@ import numpy as np
 from backend.client import Client
 from backend.engine_host import EngineHost, JobInput, JobOutput
 from protocol import Accepted, Bounds, Cancelled, Error, JobParams, Progress, Result
+from tests.backend.server_harness import random_canvas as canvas
 from tests.backend.server_harness import run, running_server
 from tests.fixtures.tiny_models import TinyModels
-
-
-def canvas(width: int, height: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    image = rng.integers(0, 256, (height, width, 4), dtype=np.uint8)
-    image[..., 3] = 255
-    return image
 
 
 def params(models: TinyModels, **overrides: Any) -> JobParams:
