@@ -480,6 +480,15 @@ def write_random_checkpoint(models: Any, taesd: Any, root: Path) -> None:
 # --- main ---------------------------------------------------------------------------------------------------
 
 
+def variant_settings(variant: str, fast: AcceleratorSettings) -> tuple[str, AcceleratorSettings]:
+    """ "compile", "cuda_graphs", "off", each optionally with "+steps": one accelerated call per model call
+    instead of the whole live frame as one captured function (to measure what the whole frame gains)."""
+    mode, _, flavour = variant.partition("+")
+    if flavour not in ("", "steps"):
+        raise SystemExit(f"unknown variant {variant!r}: use MODE or MODE+steps")
+    return mode, replace(fast, whole_frame=flavour != "steps")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -494,8 +503,8 @@ def main() -> None:
     parser.add_argument("--inpaint-resolution", type=int, help="engine working size (512 full, 128 tiny)")
     parser.add_argument(
         "--accelerate",
-        help="comma list of engine variants: off, cuda_graphs, compile "
-        "(default: cuda_graphs,compile on CUDA, off on CPU)",
+        help="comma list of engine variants: off, cuda_graphs, compile, each optionally +steps (per-step "
+        "calls, not the whole frame) (default: cuda_graphs+steps,cuda_graphs,compile on CUDA, off on CPU)",
     )
     parser.add_argument(
         "--compile-backend", help="torch.compile backend (default inductor; eager on CPU smoke)"
@@ -523,7 +532,7 @@ def main() -> None:
     )
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     started = time.perf_counter()
-    default_variants = "cuda_graphs,compile" if device.type == "cuda" else "off"
+    default_variants = "cuda_graphs+steps,cuda_graphs,compile" if device.type == "cuda" else "off"
     variants = [v.strip() for v in (args.accelerate or default_variants).split(",") if v.strip()]
     with tempfile.TemporaryDirectory() as workdir:
         tiny_root: Path | None = None
@@ -542,15 +551,13 @@ def main() -> None:
             args.selection or (256 if full else 32), args.inpaint_resolution or (512 if full else 128),
         )  # fmt: skip
         fast = AcceleratorSettings(compile_backend=args.compile_backend, compile_mode=args.compile_mode)
-        engines = {
-            v: Engine(
-                models,
-                device,
-                dtype,
-                EngineSettings(inpaint_resolution=sizes.inpaint_resolution, accelerate=v, fast=fast),
+        engines = {}
+        for variant in variants:
+            mode, variant_fast = variant_settings(variant, fast)
+            settings = EngineSettings(
+                inpaint_resolution=sizes.inpaint_resolution, accelerate=mode, fast=variant_fast
             )
-            for v in variants
-        }
+            engines[variant] = Engine(models, device, dtype, settings)
         parts, taesd, controlnet = reference_models(
             models.components(checkpoint), models.taesd(), models.controlnet(controlnet_name),
             separate=device.type == "cuda",

@@ -19,6 +19,7 @@ from .context import GenerationContext
 from .controlnet import build_controls
 from .fast import Accelerator, AcceleratorSettings
 from .fast.denoiser import AcceleratedPredictor
+from .fast.frame import FramePlan, LiveFrames, plan_frame
 from .fast.host import HostStaging
 from .fast.vae_calls import AcceleratedTaesd, is_tiny_autoencoder
 from .img2img import img2img
@@ -69,6 +70,7 @@ class Engine:
             replace(self.settings.fast, mode=self.settings.accelerate), self.device
         )
         self.staging = HostStaging(self.device)
+        self.frames = LiveFrames(self.accelerator, self.staging)
         # (checkpoint name, id of its UNet) that the accelerator's slots belong to
         self._accelerated_for: tuple[str, int] | None = None
         self._taesd_error: str | None = None  # TAESD files that could not be loaded: previews use the VAE
@@ -106,8 +108,15 @@ class Engine:
         region = self._bucketed(native_region(width, height, self._min_side(ctx.unet)), ctx)
         self._add_controls(ctx, job, region, effective)
         rgb = region.rgb_to_generation(images.flatten_on_white(job.canvas))  # the region is the whole canvas
+        dedicated = _dedicated_inpaint(components)
+        plan = None if dedicated else self._frame_plan(ctx, hold=False, from_noise=False)
+        effective["whole_frame"] = plan is not None
+        if plan is not None:
+            out = region.rgb_from_generation(self.frames.run(ctx, plan, rgb, params.seed, None))
+            effective["generation_size"] = [region.gen_width, region.gen_height]
+            return EngineResult(images.with_alpha(out), region.bounds, effective, timings)
         image = self._to_tensor(rgb, ctx)
-        if _dedicated_inpaint(components):
+        if dedicated:
             # An inpainting checkpoint needs its extra inputs even for img2img: a mask over everything.
             full = np.full((region.gen_height, region.gen_width), 255, dtype=np.uint8)
             decoded = inpaint(ctx, self._inpaint_inputs(image, full, True, params.strength))
@@ -152,14 +161,20 @@ class Engine:
         region = self._bucketed(region, ctx)
         self._add_controls(ctx, job, region, effective)
         rgb = region.rgb_to_generation(images.flatten_on_white(canvas_crop))
-        image = self._to_tensor(rgb, ctx)
-        inputs = self._inpaint_inputs(
-            image, region.gray_to_generation(soft_crop), _dedicated_inpaint(components), params.strength
-        )
-        decoded = inpaint(ctx, inputs)
-        with ctx.timed("decode"):
-            generated = region.rgb_from_generation(self._to_uint8(decoded, ctx))
-            layer = masks.selection_layer(canvas_crop, generated, soft_crop)
+        gen_mask = region.gray_to_generation(soft_crop)
+        dedicated = _dedicated_inpaint(components)
+        from_noise = params.strength >= 1.0
+        plan = None if dedicated else self._frame_plan(ctx, hold=True, from_noise=from_noise)
+        effective["whole_frame"] = plan is not None
+        if plan is not None:
+            latent_mask = masks.latent_mask(gen_mask, self.device, model_dtype(ctx.vae))
+            generated = region.rgb_from_generation(self.frames.run(ctx, plan, rgb, params.seed, latent_mask))
+        else:
+            image = self._to_tensor(rgb, ctx)
+            decoded = inpaint(ctx, self._inpaint_inputs(image, gen_mask, dedicated, params.strength))
+            with ctx.timed("decode"):
+                generated = region.rgb_from_generation(self._to_uint8(decoded, ctx))
+        layer = masks.selection_layer(canvas_crop, generated, soft_crop)
         effective["generation_size"] = [region.gen_width, region.gen_height]
         return EngineResult(layer, bounds, effective, timings)
 
@@ -269,6 +284,12 @@ class Engine:
         ctx.predict = AcceleratedPredictor(self.accelerator, ctx.unet)
         if is_tiny_autoencoder(ctx.vae):
             ctx.vae_calls = AcceleratedTaesd(self.accelerator, ctx.vae)
+
+    def _frame_plan(self, ctx: GenerationContext, hold: bool, from_noise: bool) -> FramePlan | None:
+        """The whole-frame plan for an accelerated live job that fits it; None: the per-step path."""
+        if ctx.predict is None or not self.accelerator.settings.whole_frame:
+            return None
+        return plan_frame(ctx, hold=hold, from_noise=from_noise)
 
     def _bucketed(self, region: Region, ctx: GenerationContext) -> Region:
         """Accelerated jobs generate at the bucket size (edge-padded, cropped back) so that small size

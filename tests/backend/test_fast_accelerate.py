@@ -120,15 +120,19 @@ def test_controlnet_cfg_and_inpaint_match_plain_path() -> None:
     control = ControlParam("scribble", strength=0.8, image="lines", end=0.5)  # inactive for the last steps
     live = preview_job(canvas, controls=[control], cfg=2.0, negative_prompt="blurry", steps=8)
     live.control_images = {"lines": lines}
-    assert_close(run(engine, live).image, run(plain, live).image)
-    # ControlNet on for the first half of the steps, off after: two step calls; TAESD encode and decode.
-    assert engine.accelerator.status()["slots"] == 4
+    fast = run(engine, live)
+    assert fast.params["whole_frame"] is True
+    assert_close(fast.image, run(plain, live).image)
+    # One whole-frame slot, made of 4 compiled parts: the step with the ControlNet acting (first half of the
+    # steps) and without it (second half), TAESD encode and decode.
+    assert engine.accelerator.status()["slots"] == 1
+    assert engine.accelerator.status()["parts"] == 4
     mask = np.zeros((64, 64), dtype=np.uint8)
     mask[16:40, 16:48] = 255
     # The dedicated 9-channel UNet: the extra-input code path (4-channel inpaint calls the UNet as img2img).
     inpaint = preview_job(canvas, mode="inpaint", mask=mask, checkpoint="tiny-inpainting.safetensors")
     fast = run(engine, inpaint)
-    assert fast.params["accelerated"] is True
+    assert fast.params["accelerated"] is True and fast.params["whole_frame"] is False  # per-step path
     assert_close(fast.image, run(plain, inpaint).image)
     # Another checkpoint: the old slots were dropped (they would keep the old models alive).
     assert engine.accelerator.status()["slots"] == 3  # the 9-channel step, TAESD encode (batch 2), decode

@@ -7,6 +7,7 @@ tolerance) and see weights changed in place. Skipped without CUDA; on a lent GPU
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 
 from backend.engine import Engine, EngineSettings
 from backend.engine.fast import AcceleratorSettings
+from protocol.messages import ControlParam
 from tests.backend.test_engine_support import FakeModels, make_canvas, run, tiny_parts
 from tests.backend.test_fast_preview import preview_job, taesd
 
@@ -42,8 +44,13 @@ def _to_cuda(value: Any) -> Any:
     return value
 
 
-def engine(models: CudaModels, mode: str) -> Engine:
-    settings = EngineSettings(accelerate=mode, min_side=32, fast=AcceleratorSettings(background=False))
+def engine(models: CudaModels, mode: str, **fast: Any) -> Engine:
+    settings = EngineSettings(
+        accelerate=mode,
+        min_side=32,
+        inpaint_resolution=128,
+        fast=AcceleratorSettings(background=False, **fast),
+    )
     return Engine(models, torch.device("cuda"), torch.float16, settings)
 
 
@@ -53,16 +60,42 @@ def assert_close(a: np.ndarray, b: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("mode", ["cuda_graphs", "compile"])
-def test_accelerated_matches_eager_on_cuda(mode: str) -> None:
+@pytest.mark.parametrize("whole_frame", [True, False])
+def test_accelerated_matches_eager_on_cuda(mode: str, whole_frame: bool) -> None:
     models = CudaModels()
-    fast, plain = engine(models, mode), engine(models, "off")
+    fast, plain = engine(models, mode, whole_frame=whole_frame), engine(models, "off")
     canvas = make_canvas(128, 128, seed=21)
     for seed in (1, 2):  # the second frame replays the captured graphs
         result = run(fast, preview_job(canvas, seed=seed, steps=8, strength=0.5))
-        assert result.params["accelerated"] is True
+        assert result.params["accelerated"] is True and result.params["whole_frame"] is whole_frame
         assert_close(result.image, run(plain, preview_job(canvas, seed=seed, steps=8, strength=0.5)).image)
     status = fast.accelerator.status()
     assert status["failed"] == 0 and status["ready"] >= 1 and status["accelerated"] > 0
+    assert status["captures"] >= 1 and status["capture"] == "cuda_graph"
+
+
+def test_whole_frame_graph_with_controlnet_cfg_and_inpaint() -> None:
+    models = CudaModels()
+    fast, plain = engine(models, "cuda_graphs"), engine(models, "off")
+    canvas = make_canvas(128, 128, seed=23)
+    lines = np.zeros((128, 128), dtype=np.uint8)
+    lines[30:90, 60:68] = 255
+    mask = np.zeros((128, 128), dtype=np.uint8)
+    mask[20:80, 40:100] = 255
+    control = ControlParam("scribble", strength=0.8, image="lines", end=0.5)
+    jobs = [
+        preview_job(canvas, controls=[control], cfg=2.0, negative_prompt="dull", steps=8, strength=0.5),
+        preview_job(canvas, mode="inpaint", mask=mask, steps=8, strength=0.75),
+    ]
+    jobs[0].control_images = {"lines": lines}
+    for live in jobs:
+        for seed in (3, 4):
+            live.params = replace(live.params, seed=seed)
+            result = run(fast, live)
+            assert result.params["whole_frame"] is True
+            assert_close(result.image, run(plain, live).image)
+    status = fast.accelerator.status()
+    assert status["failed"] == 0 and status["accelerated"] == 4 and status["captures"] == 2
 
 
 def test_graphs_see_weights_changed_in_place() -> None:

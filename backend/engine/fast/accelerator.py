@@ -51,11 +51,18 @@ class AcceleratorSettings:
     cache_dir: str | None = None  # persistent compile caches; None = ~/.cache/krita-live-diffusion
     background: bool = True  # compile in a background thread while the eager path serves
     capture: str = "auto"  # "cuda_graph" on CUDA; "direct" = static buffers without a graph (CPU tests)
+    # Live LCM frames with TAESD run as one function (fast/frame.py), captured whole; off: one call per step.
+    whole_frame: bool = True
+
+
+# (eager function, example inputs) -> its compiled version, warmed up on the examples.
+Compiler = Callable[[TensorFn, list[torch.Tensor]], TensorFn]
 
 
 @dataclass
 class _Slot:
     eager: TensorFn
+    compiler: Compiler | None = None  # None: torch.compile of the whole function
     state: str = "new"  # new | compiling | compiled | ready | failed
     compiled: TensorFn | None = None
     static: StaticCall | None = None
@@ -91,6 +98,7 @@ class Accelerator:
         self.stats: dict[str, int] = {"eager": 0, "accelerated": 0, "captures": 0, "compiles": 0}
         self.compile_seconds: list[float] = []
         self._slots: dict[Hashable, _Slot] = {}
+        self._parts: dict[Hashable, TensorFn] = {}  # compiled parts shared by slots (see compile_part)
         self._prepared: set[int] = set()
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -121,18 +129,24 @@ class Accelerator:
         self._prepared.add(id(module))
 
     def call(
-        self, key: Hashable, build: Callable[[], TensorFn], args: Sequence[torch.Tensor]
+        self,
+        key: Hashable,
+        build: Callable[[], TensorFn],
+        args: Sequence[torch.Tensor],
+        compiler: Compiler | None = None,
     ) -> torch.Tensor:
         """`build()(*args)`, through the accelerated version of that function once it is ready.
 
         `key` must identify the function (and the models it closes over); shapes and dtypes are added here.
+        `compiler` makes the compiled version (default: torch.compile of the whole function); a function made
+        of parts (a whole live frame) compiles its parts with `compile_part` instead.
         """
         if not self.active:
             return build()(*args)
-        full_key = (key, tuple((tuple(a.shape), a.dtype) for a in args))
+        full_key = (key, _signature(args))
         slot = self._slots.pop(full_key, None)
         if slot is None:
-            slot = _Slot(build())
+            slot = _Slot(build(), compiler)
             self._start(slot, args)
         self._slots[full_key] = slot  # most recently used last
         while len(self._slots) > max(1, self.settings.max_slots):
@@ -154,6 +168,7 @@ class Accelerator:
             "mode": self.mode,
             "capture": self.capture_method,
             "slots": len(states),
+            "parts": len(self._parts),
             "ready": states.count("ready"),
             "compiling": states.count("compiling"),
             "failed": states.count("failed"),
@@ -178,6 +193,7 @@ class Accelerator:
     def reset(self) -> None:
         """Drop every slot (the models changed: a new checkpoint). Running compiles finish and are dropped."""
         self._slots = {}
+        self._parts = {}
         self._prepared = set()
 
     # --- internals -----------------------------------------------------------------------------------------
@@ -200,15 +216,35 @@ class Accelerator:
                 self._executor = ThreadPoolExecutor(1, thread_name_prefix="accelerate-compile")
             return self._executor
 
+    def compile_part(self, key: Hashable, fn: TensorFn, examples: Sequence[torch.Tensor]) -> TensorFn:
+        """The compiled version of one model call inside a larger function (compile threads only).
+
+        Parts are shared: every live-frame variant that calls the same UNet at the same shapes (another step
+        count, img2img or inpaint) reuses one compile instead of tracing the UNet again.
+        """
+        full_key = (key, _signature(examples))
+        compiled = self._parts.get(full_key)
+        if compiled is None:
+            compiled = self._compile_whole(fn, list(examples))
+            self._parts[full_key] = compiled
+        return compiled
+
+    def _compile_whole(self, fn: TensorFn, examples: list[torch.Tensor]) -> TensorFn:
+        compiled = compile_function(fn, self.settings.compile_backend, self.settings.compile_mode)
+        self.warm_function(compiled, examples)
+        return compiled
+
+    def warm_function(self, fn: TensorFn, examples: list[torch.Tensor]) -> None:
+        with torch.inference_mode():
+            for _ in range(2):  # the first call compiles (and autotunes); the second proves it is stable
+                fn(*examples)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+
     def _compile(self, slot: _Slot, examples: list[torch.Tensor]) -> None:
         started = time.perf_counter()
         try:
-            compiled = compile_function(slot.eager, self.settings.compile_backend, self.settings.compile_mode)
-            with torch.inference_mode():
-                for _ in range(2):  # the first call compiles (and autotunes); the second proves it is stable
-                    compiled(*examples)
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
+            compiled = (slot.compiler or self._compile_whole)(slot.eager, examples)
         except Exception as error:  # noqa: BLE001 - a broken compile must never break painting: stay eager
             slot.state, slot.error = "failed", f"{type(error).__name__}: {error}"
             log.warning("accelerated path unavailable, staying eager: %s", slot.error)
@@ -239,3 +275,7 @@ class Accelerator:
         slot.static, slot.static_is_compiled = static, compiled
         if compiled:
             slot.state = "ready"
+
+
+def _signature(args: Sequence[torch.Tensor]) -> tuple[tuple[tuple[int, ...], torch.dtype], ...]:
+    return tuple((tuple(a.shape), a.dtype) for a in args)

@@ -12,6 +12,18 @@ import numpy as np
 import torch
 
 
+def pixels_to_model(pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """H x W x 3 uint8 (on the device) -> 1 x 3 x H x W in [-1, 1] (as images.to_tensor)."""
+    unit = pixels.permute(2, 0, 1)[None].to(torch.float32) / 255.0
+    return (2.0 * unit - 1.0).to(dtype)
+
+
+def model_to_pixels(decoded: torch.Tensor) -> torch.Tensor:
+    """1 x 3 x H x W decoder output -> H x W x 3 uint8 on its device (as to_uint8(to_unit_float(...)))."""
+    unit = (decoded / 2 + 0.5).clamp(0, 1)
+    return (unit[0].permute(1, 2, 0).float() * 255).round().to(torch.uint8)
+
+
 class HostStaging:
     def __init__(self, device: torch.device) -> None:
         self.device = torch.device(device)
@@ -29,8 +41,12 @@ class HostStaging:
 
     def upload(self, rgb: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         """H x W x 3 uint8 -> 1 x 3 x H x W in [-1, 1] on the device (as images.to_tensor)."""
+        return pixels_to_model(self.upload_pixels(rgb), dtype)
+
+    def upload_pixels(self, rgb: np.ndarray) -> torch.Tensor:
+        """H x W x 3 uint8 -> the same uint8 pixels on the device."""
         if not self.pinned:
-            pixels = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device)
+            pixels = torch.from_numpy(np.require(rgb, requirements=["C", "W"])).to(self.device)
         else:
             host = self._buffer("in", rgb.shape)
             in_flight = self._copied.get(rgb.shape)
@@ -41,8 +57,7 @@ class HostStaging:
             event = torch.cuda.Event()
             event.record(torch.cuda.current_stream(self.device))
             self._copied[rgb.shape] = event
-        unit = pixels.permute(2, 0, 1)[None].to(torch.float32) / 255.0
-        return (2.0 * unit - 1.0).to(dtype)
+        return pixels
 
     def download(self, decoded: torch.Tensor) -> np.ndarray:
         """1 x 3 x H x W decoder output -> H x W x 3 uint8 (as images.to_uint8(images.to_unit_float(...))).
@@ -50,8 +65,10 @@ class HostStaging:
         On CUDA the array is a view of a pinned buffer that the next download overwrites: callers copy it
         (the engine always builds a new RGBA array from it).
         """
-        unit = (decoded / 2 + 0.5).clamp(0, 1)
-        pixels = (unit[0].permute(1, 2, 0).float() * 255).round().to(torch.uint8)
+        return self.download_pixels(model_to_pixels(decoded))
+
+    def download_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        """H x W x 3 uint8 on the device -> a host array (on CUDA: a view of a pinned buffer, as download)."""
         if not self.pinned:
             return pixels.cpu().numpy()
         host = self._buffer("out", tuple(pixels.shape))
