@@ -42,6 +42,6 @@ fi
 # limit. Lines are written as they are measured, so a cut-off run still returns what it measured; the
 # start-up case (slowest, and it writes a 2 GB random checkpoint) runs last.
 timeout "${BENCH_TIMEOUT:-540}" "$PY" bench/realtime.py --full --out "$FILE" \
-    --cases live_img2img,live_controlnet,live_inpaint,websocket,startup \
+    --cases live_img2img,live_controlnet,live_inpaint,floors,websocket,startup \
     --compile-timeout "${COMPILE_TIMEOUT:-240}" "$@" 2>&1 | tee "$OUT/realtime.log"
 echo "results: $FILE"

@@ -11,6 +11,7 @@ accelerated path, one engine per --accelerate variant):
                    (target: <= 5 ms)
   websocket        the live img2img job through the real server on loopback (raw RGBA frames) minus the
                    engine's own time; and an unchanged canvas resent (served from the server's live cache)
+  floors           the frame's parts alone, as static calls: 4 UNet evaluations; TAESD encode + decode
   startup          `python -m backend` in a subprocess: process start -> first live frame, cold and again
                    (second start: warm OS and compile caches)
 
@@ -38,7 +39,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,7 @@ from bench.engine_vs_diffusers import (  # noqa: E402
 )
 from protocol.messages import ControlParam, JobParams  # noqa: E402
 
-CASES = ("live_img2img", "live_controlnet", "live_inpaint", "websocket", "startup")
+CASES = ("live_img2img", "live_controlnet", "live_inpaint", "floors", "websocket", "startup")
 
 
 # --- models -------------------------------------------------------------------------------------------------
@@ -292,6 +293,73 @@ class Live:
 
     def websocket(self, variant: str) -> None:
         asyncio.run(websocket_case(self, variant))
+
+    def floors(self) -> None:
+        """What the frame is made of, each part alone as its own static call (a CUDA graph on the GPU): 4 UNet
+        evaluations and TAESD encode + decode at the live size, per accelerated variant. A compiled variant
+        times the very parts its live frames use, on the inputs they were compiled for (no new compile). Tells
+        whether a frame is bound by the UNet's kernels or by what happens between them."""
+        from backend.engine.fast.denoiser import build_denoiser
+        from backend.engine.fast.static_call import capture_cuda_graph, capture_direct
+        from backend.engine.vae import decode, encode
+
+        unet, vae = self.parts_of_engine()
+        side = self.sizes.image
+        generator = torch.Generator("cpu").manual_seed(SEED)
+
+        def tensor(*shape: int) -> torch.Tensor:
+            return torch.randn(shape, generator=generator).to(self.device, unet.dtype)
+
+        sample = tensor(1, 4, side // 8, side // 8)
+        eager_parts: dict[Hashable, tuple[Any, list[torch.Tensor]]] = {
+            ("denoise", id(unet), (), False, False): (
+                build_denoiser(unet, (), False, False),
+                [
+                    sample,
+                    torch.tensor(499, device=self.device),
+                    tensor(1, 77, unet.config.cross_attention_dim),
+                ],
+            ),
+            ("taesd-encode", id(vae)): (
+                lambda x: encode(vae, x, None),
+                [tensor(1, 3, side, side).clamp(-1, 1)],
+            ),
+            ("taesd-decode", id(vae)): (lambda z: decode(vae, z), [sample]),
+        }
+        capture = capture_cuda_graph if self.device.type == "cuda" else capture_direct
+        functions: dict[str, Callable[[], Any]] = {}
+        for variant, engine in self.engines.items():
+            if not engine.accelerator.active:
+                continue
+            parts = dict(eager_parts)
+            for key, fn, examples in engine.accelerator.compiled_parts():
+                if key in parts and _signature(examples) == _signature(parts[key][1]):
+                    parts[key] = (fn, examples)
+            static = {key[0]: (capture(fn, args), args) for key, (fn, args) in parts.items()}
+            (unet_call, unet_args), (enc, enc_args), (dec, dec_args) = (
+                static["denoise"], static["taesd-encode"], static["taesd-decode"]
+            )  # fmt: skip
+            functions[f"floors/unet_x4_{variant}"] = lambda c=unet_call, a=unet_args: [
+                c(*a) for _ in range(4)
+            ]
+            functions[f"floors/taesd_encode_decode_{variant}"] = (
+                lambda e=enc, ea=enc_args, d=dec, da=dec_args: (
+                    e(*ea),
+                    d(*da),
+                )
+            )
+        if functions:
+            self.timer.measure(functions)
+
+    def parts_of_engine(self) -> tuple[Any, Any]:
+        """The UNet and TAESD objects the engines run (not the diffusers baseline's copies)."""
+        engine = next(iter(self.engines.values()))
+        components = engine.models.components(self.checkpoint)
+        return components.unet, engine.models.taesd()
+
+
+def _signature(tensors: list[torch.Tensor]) -> list[tuple[tuple[int, ...], torch.dtype]]:
+    return [(tuple(t.shape), t.dtype) for t in tensors]
 
 
 # --- through the server -------------------------------------------------------------------------------------

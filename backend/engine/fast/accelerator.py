@@ -98,7 +98,8 @@ class Accelerator:
         self.stats: dict[str, int] = {"eager": 0, "accelerated": 0, "captures": 0, "compiles": 0}
         self.compile_seconds: list[float] = []
         self._slots: dict[Hashable, _Slot] = {}
-        self._parts: dict[Hashable, TensorFn] = {}  # compiled parts shared by slots (see compile_part)
+        # compiled parts shared by slots (see compile_part), with the inputs they were compiled for
+        self._parts: dict[Hashable, tuple[TensorFn, list[torch.Tensor]]] = {}
         self._prepared: set[int] = set()
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -223,11 +224,14 @@ class Accelerator:
         count, img2img or inpaint) reuses one compile instead of tracing the UNet again.
         """
         full_key = (key, _signature(examples))
-        compiled = self._parts.get(full_key)
-        if compiled is None:
-            compiled = self._compile_whole(fn, list(examples))
-            self._parts[full_key] = compiled
-        return compiled
+        part = self._parts.get(full_key)
+        if part is None:
+            part = self._parts[full_key] = (self._compile_whole(fn, list(examples)), list(examples))
+        return part[0]
+
+    def compiled_parts(self) -> list[tuple[Hashable, TensorFn, list[torch.Tensor]]]:
+        """(key, compiled function, the inputs it was compiled for) of each part (benchmarks, diagnostics)."""
+        return [(key, fn, examples) for (key, _), (fn, examples) in self._parts.items()]
 
     def _compile_whole(self, fn: TensorFn, examples: list[torch.Tensor]) -> TensorFn:
         compiled = compile_function(fn, self.settings.compile_backend, self.settings.compile_mode)
