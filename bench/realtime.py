@@ -329,8 +329,8 @@ class Live:
         capture = capture_cuda_graph if self.device.type == "cuda" else capture_direct
         functions: dict[str, Callable[[], Any]] = {}
         for variant, engine in self.engines.items():
-            if not engine.accelerator.active:
-                continue
+            if not (engine.accelerator.active and engine.accelerator.settings.whole_frame):
+                continue  # +steps variants keep their compiled calls per slot, not as parts
             parts = dict(eager_parts)
             for key, fn, examples in engine.accelerator.compiled_parts():
                 if key in parts and _signature(examples) == _signature(parts[key][1]):
