@@ -68,6 +68,33 @@ class _Refused(Exception):
         self.message = message
 
 
+class _Link:
+    """One network thread's state. A start after a stop whose thread had not finished (a slow close) gets a
+    fresh link, so the old thread, still winding down, can neither clobber its successor's loop and queue nor
+    keep reconnecting beside it."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.connected = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.wake: asyncio.Event | None = None
+        self.outbox: asyncio.Queue[tuple[Any, ...]] | None = None
+        self.socket: Any = None
+        self.main: asyncio.Task[None] | None = None
+        self.closing: asyncio.Future[Any] | None = None
+
+    def call(self, function: Callable[[], Any]) -> bool:
+        """Runs `function` on this link's loop (from any thread); False when the loop is gone."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return False
+        try:
+            loop.call_soon_threadsafe(function)
+        except RuntimeError:  # the loop closed in between
+            return False
+        return True
+
+
 class NetworkClient:
     def __init__(
         self,
@@ -83,15 +110,13 @@ class NetworkClient:
         self._client_name = client_name
         self._settings = ConnectionSettings()
         self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
-        self._outbox: asyncio.Queue[tuple[Any, ...]] | None = None
-        self._socket: Any = None
-        self._main: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._link: _Link | None = None
         self._lock = threading.Lock()
-        self.connected = False
-        self._closing: asyncio.Future[Any] | None = None
+
+    @property
+    def connected(self) -> bool:
+        link = self._link
+        return link is not None and link.connected
 
     # --- called from the UI thread --------------------------------------------------------------------------
 
@@ -100,94 +125,91 @@ class NetworkClient:
         with self._lock:
             changed = settings != self._settings
             self._settings = settings
-            if self._thread is not None and self._thread.is_alive():
+            link = self._link
+            if link is not None and self._thread is not None and self._thread.is_alive():
                 if changed:
-                    self._call(self._restart)
+                    link.call(lambda: self._restart(link))
                 return
-            self._stopping = False
+            link = self._link = _Link()
             ready = threading.Event()
             self._thread = threading.Thread(
-                target=self._thread_main, args=(ready,), name="kld-network", daemon=True
+                target=self._thread_main, args=(link, ready), name="kld-network", daemon=True
             )
             self._thread.start()
             ready.wait(5.0)
 
     def reconnect_now(self) -> None:
-        self._call(self._restart)
+        link = self._link
+        if link is not None:
+            link.call(lambda: self._restart(link))
 
     def send(self, *parts: Any) -> bool:
         """Queues messages and frames to go out together, in order; False (nothing queued) when offline."""
-        if not self.connected or self._outbox is None:
+        link = self._link
+        if link is None or not link.connected or link.outbox is None:
             return False
-        outbox = self._outbox
-        return self._call(lambda: outbox.put_nowait(parts))
+        outbox = link.outbox
+        return link.call(lambda: outbox.put_nowait(parts))
 
     def stop(self, timeout: float = 3.0) -> None:
         with self._lock:
-            self._stopping = True
-            thread = self._thread
-            if thread is None:
+            link, thread = self._link, self._thread
+            if link is None or thread is None:
                 return
-            main = self._main
+            link.stopping = True
+            main = link.main
             if main is not None:
-                self._call(main.cancel)
+                link.call(main.cancel)
             thread.join(timeout)
+            # A thread still closing is no longer this client's: a later start makes a new link.
             self._thread = None
-            self.connected = False
+            self._link = None
+            link.connected = False
 
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def _call(self, function: Callable[[], Any]) -> bool:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return False
-        try:
-            loop.call_soon_threadsafe(function)
-        except RuntimeError:  # the loop closed in between
-            return False
-        return True
-
     # --- the network thread ---------------------------------------------------------------------------------
 
-    def _thread_main(self, ready: threading.Event) -> None:
+    def _thread_main(self, link: _Link, ready: threading.Event) -> None:
         loop = asyncio.new_event_loop()
-        self._loop = loop
+        link.loop = loop
         try:
-            self._wake = asyncio.Event()
-            self._outbox = asyncio.Queue()
-            self._main = loop.create_task(self._run())
+            link.wake = asyncio.Event()
+            link.outbox = asyncio.Queue()
+            link.main = loop.create_task(self._run(link))
             ready.set()
             with contextlib.suppress(asyncio.CancelledError):
-                loop.run_until_complete(self._main)
+                loop.run_until_complete(link.main)
         except Exception:  # never let the thread die silently
             log.exception("network thread failed")
         finally:
             ready.set()
-            self.connected = False
-            self._emit(StatusChanged(Status.OFFLINE, "Not connected."))
+            link.connected = False
+            if self._link is link or self._link is None:  # a newer link reports its own status
+                self._emit(StatusChanged(Status.OFFLINE, "Not connected."))
             with contextlib.suppress(Exception):
                 loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
-            self._loop = None
+            link.loop = None
 
-    def _restart(self) -> None:
+    def _restart(self, link: _Link) -> None:
         """Drops the current connection (if any) and skips the wait before the next attempt."""
         self._backoff.reset()
-        if self._wake is not None:
-            self._wake.set()
-        socket = self._socket
+        if link.wake is not None:
+            link.wake.set()
+        socket = link.socket
         if socket is not None:
-            self._closing = asyncio.ensure_future(socket.close())
+            link.closing = asyncio.ensure_future(socket.close())
 
-    async def _run(self) -> None:
-        while not self._stopping:
+    async def _run(self, link: _Link) -> None:
+        while not link.stopping:
             settings = self._settings
             url = settings.url
             self._emit(StatusChanged(Status.CONNECTING, f"Connecting to {url}…"))
             try:
-                await self._session(settings)
+                await self._session(link, settings)
                 message = "The backend closed the connection (it may be restarting)."
             except asyncio.CancelledError:
                 raise
@@ -195,16 +217,16 @@ class NetworkClient:
                 message = refused.message
             except Exception as error:  # noqa: BLE001 - any failure means: tell the painter, retry
                 message = describe_connection_failure(error, url)
-            if self._stopping:
+            if link.stopping:
                 break
             delay = self._backoff.next_delay()
             self._emit(StatusChanged(Status.WAITING, message, delay))
-            assert self._wake is not None
-            self._wake.clear()
+            assert link.wake is not None
+            link.wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                await asyncio.wait_for(link.wake.wait(), delay)
 
-    async def _session(self, settings: ConnectionSettings) -> None:
+    async def _session(self, link: _Link, settings: ConnectionSettings) -> None:
         headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else {}
         async with self._connect(settings.url, headers, MAX_INCOMING_BYTES, OPEN_TIMEOUT) as socket:
             hello = protocol.Hello(protocol.PROTOCOL_VERSION, self._client_name, settings.token or None)
@@ -215,30 +237,30 @@ class NetworkClient:
                 raise _Refused(describe_error(reply.code, reply.message))
             if not isinstance(reply, protocol.Welcome):
                 raise _Refused("The backend did not greet the plugin; it may be a different program.")
-            if settings != self._settings:
+            if settings != self._settings or link.stopping:
                 return  # the address or token changed while this handshake ran: connect to the new one
             self._backoff.reset()
-            assert self._outbox is not None
-            while not self._outbox.empty():  # nothing queued for an older connection may leak into this one
-                self._outbox.get_nowait()
-            self._socket = socket
-            self.connected = True
+            assert link.outbox is not None
+            while not link.outbox.empty():  # nothing queued for an older connection may leak into this one
+                link.outbox.get_nowait()
+            link.socket = socket
+            link.connected = True
             self._emit(Connected(reply))
             self._emit(StatusChanged(Status.CONNECTED, "Connected."))
-            writer = asyncio.ensure_future(self._write_forever(socket))
+            writer = asyncio.ensure_future(self._write_forever(link, socket))
             try:
                 await self._read_forever(socket)
             finally:
-                self.connected = False
-                self._socket = None
+                link.connected = False
+                link.socket = None
                 writer.cancel()
                 with contextlib.suppress(BaseException):
                     await writer
 
-    async def _write_forever(self, socket: Any) -> None:
-        assert self._outbox is not None
+    async def _write_forever(self, link: _Link, socket: Any) -> None:
+        assert link.outbox is not None
         while True:
-            parts = await self._outbox.get()
+            parts = await link.outbox.get()
             for part in parts:
                 await socket.send(part if isinstance(part, (bytes, str)) else protocol.encode_message(part))
 

@@ -143,3 +143,49 @@ def test_garbage_address_is_explained(client: NetworkClient, events: Events) -> 
     waiting = events.wait_for(status(Status.WAITING))
     assert waiting.message  # a sentence, not a traceback
     assert "Traceback" not in waiting.message
+
+
+def test_a_restart_while_the_old_thread_still_closes_keeps_the_new_connection(events: Events) -> None:
+    """stop() gives up waiting for a thread stuck in a slow close; a start right after must get a connection
+    of its own that the old thread, when it finally exits, neither disconnects nor duplicates."""
+    from krita_plugin._compat import connect_websocket
+
+    opened: list[int] = []
+
+    def connect(*args: Any) -> Any:
+        inner = connect_websocket(*args)
+        first = not opened
+        opened.append(1)
+
+        class SlowFirstClose:
+            async def __aenter__(self) -> Any:
+                return await inner.__aenter__()
+
+            async def __aexit__(self, *exc: Any) -> Any:
+                if first:
+                    time.sleep(0.8)  # blocks the old network thread past stop()'s timeout
+                return await inner.__aexit__(*exc)
+
+        return SlowFirstClose()
+
+    backend = FakeBackend().start()
+    client = NetworkClient(
+        events.queue.put, connect=connect, backoff=Backoff(initial=0.05, maximum=0.2, jitter=0)
+    )
+    try:
+        settings = ConnectionSettings(f"127.0.0.1:{backend.port}")
+        client.start(settings)
+        events.wait_for(status(Status.CONNECTED))
+        client.stop(timeout=0.1)
+        client.start(settings)
+        events.wait_for(status(Status.CONNECTED))
+        time.sleep(1.2)  # the old thread has finished closing by now
+        assert client.connected
+        assert len(backend.hellos) == 2  # the old thread did not reconnect beside the new one
+        late = [e for e in list(events.queue.queue) if isinstance(e, StatusChanged)]
+        assert all(e.status is not Status.OFFLINE for e in late), late
+        assert client.send(*job_parts("after-restart"))
+        events.wait_for(lambda e: isinstance(e, ResultReady) and e.result.job_id == "after-restart")
+    finally:
+        client.stop()
+        backend.stop()
