@@ -8,12 +8,17 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from protocol import DEFAULT_PORT, Limits
 
 from .config import REPO_ROOT, TOKEN_ENV, ServerConfig
+
+# Seconds a stopping server gives the engine's worker to finish what it is in (a job stops at its next step).
+SHUTDOWN_GRACE_S = 5.0
 
 
 def positive_int(text: str) -> int:
@@ -111,11 +116,6 @@ async def serve(config: ServerConfig) -> None:
     from .server import Server
 
     server = Server(config)
-    port = await server.start()
-    log = logging.getLogger("backend")
-    log.info("listening on ws://%s:%d", config.host, port)
-    if not server.engine.store.list_kind("checkpoints"):
-        log.warning(server.engine.status_message())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -123,9 +123,15 @@ async def serve(config: ServerConfig) -> None:
             loop.add_signal_handler(sig, stop.set)
         except NotImplementedError:  # Windows
             pass
+    port = await server.start()
+    log = logging.getLogger("backend")
+    log.info("listening on ws://%s:%d", config.host, port)
+    if not server.engine.store.list_kind("checkpoints"):
+        log.warning(server.engine.status_message())
     await stop.wait()
     log.info("shutting down")
-    await server.close()
+    if not await server.close(SHUTDOWN_GRACE_S):
+        log.warning("a model is still loading; exiting without waiting for it")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,4 +149,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         pass
+    _exit_if_threads_linger()
     return 0
+
+
+def _exit_if_threads_linger() -> None:
+    """The interpreter would wait at exit for worker threads still loading a checkpoint or compiling (neither
+    can be interrupted, and a compile takes minutes): a painter who pressed Ctrl+C must not wait for that.
+    Those threads write nothing of ours; torch writes its compile caches atomically."""
+    deadline = time.monotonic() + 0.5
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    busy = [
+        t.name
+        for t in threading.enumerate()
+        if t.is_alive() and not t.daemon and t is not threading.main_thread()
+    ]
+    if busy:
+        logging.getLogger("backend").warning("not waiting for %s", ", ".join(busy))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

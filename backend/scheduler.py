@@ -136,7 +136,10 @@ class Scheduler(Generic[Payload]):
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._dispatch_forever(), name="scheduler")
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float | None = None) -> bool:
+        """Stops dispatching and cancels the running job (it ends at its next step). Waits for the worker to
+        finish what it is in, at most `grace` seconds (None: as long as it takes); a checkpoint load can't be
+        interrupted. True if the worker finished."""
         if self._running is not None:
             self._running.cancel("server stopping")
         if self._task is not None:
@@ -145,7 +148,14 @@ class Scheduler(Generic[Payload]):
                 await self._task
             except asyncio.CancelledError:
                 pass
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        # Runs once the worker is through with everything submitted before it (one worker, in order).
+        idle = asyncio.get_running_loop().run_in_executor(self._executor, lambda: None)
+        self._executor.shutdown(wait=False)
+        try:
+            await asyncio.wait_for(asyncio.shield(idle), grace)
+        except asyncio.TimeoutError:
+            return False
+        return True
 
     def run_in_worker(self, function: Callable[[], Any]) -> Awaitable[Any]:
         """Run something that must own the model (loading, warm-up) on the worker thread."""

@@ -377,11 +377,13 @@ class Server:
         assert self._socket_server is not None
         await self._socket_server.serve_forever()
 
-    async def close(self) -> None:
+    async def close(self, grace: float | None = None) -> bool:
+        """Stops serving; True once the engine's worker is idle, False if it is still busy after `grace`
+        seconds (a checkpoint load)."""
         if self._socket_server is not None:
             self._socket_server.close()
             await self._socket_server.wait_closed()
-        await self.scheduler.stop()
+        return await self.scheduler.stop(grace)
 
     async def _handle(self, socket: ServerConnection) -> None:
         client_id = next(self._ids)

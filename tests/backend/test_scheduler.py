@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 from backend.scheduler import JobCancelledError, ScheduledJob, Scheduler
@@ -154,5 +155,23 @@ def test_a_failing_job_does_not_stop_the_worker() -> None:
         assert ("failed", "explode", "boom") in recorder.events
         assert ("done", "fine", "image of fine") in recorder.events
         await scheduler.stop()
+
+    asyncio.run(scenario())
+
+
+def test_stop_waits_for_the_worker_at_most_the_grace_period() -> None:
+    async def scenario() -> None:
+        scheduler: Scheduler[str] = Scheduler(GatedWork(steps=1))
+        scheduler.start()
+        release = threading.Event()
+        scheduler.run_in_worker(lambda: release.wait(10))  # e.g. a checkpoint load: not interruptible
+        started = time.monotonic()
+        assert await scheduler.stop(grace=0.3) is False
+        assert time.monotonic() - started < 2
+        release.set()
+
+        idle: Scheduler[str] = Scheduler(GatedWork(steps=1))
+        idle.start()
+        assert await idle.stop(grace=5) is True
 
     asyncio.run(scenario())

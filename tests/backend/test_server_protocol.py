@@ -282,3 +282,36 @@ def test_cancel_while_the_images_are_still_arriving(named_models: Path) -> None:
 
     with running_server(named_models, preload=False) as server:
         run(scenario(server.url))
+
+
+def test_ctrl_c_during_a_checkpoint_load_exits_within_seconds(tmp_path: Path) -> None:
+    """The load can't be interrupted; the server stops serving, waits a few seconds for it, then exits."""
+    import signal
+    import time
+
+    script = (
+        "import time, backend.engine_host as host\n"
+        "host.EngineHost._load = lambda self: time.sleep(120)  # a huge checkpoint on a slow disk\n"
+        "from backend.cli import main\n"
+        "raise SystemExit(main(['--port', '0', '--models-dir', r'%s']))\n" % (tmp_path / "models")
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:
+            if "listening on" in line:
+                break
+        started = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        rest = process.communicate(timeout=30)[1]
+        assert process.returncode == 0
+        assert time.monotonic() - started < 15
+        assert "still loading" in rest
+    finally:
+        if process.poll() is None:
+            process.kill()
