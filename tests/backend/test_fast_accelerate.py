@@ -193,3 +193,13 @@ def test_accelerator_counts_eager_and_accelerated_calls() -> None:
     assert accelerator.status()["ready"] == 1
     accelerator.reset()
     assert accelerator.status()["slots"] == 0
+
+
+def test_host_buffers_are_bounded_per_size() -> None:
+    staging = HostStaging(torch.device("cpu"), max_buffers=2)
+    first = staging._buffer("out", (8, 8, 3))
+    staging._buffer("out", (16, 8, 3))
+    assert staging._buffer("out", (8, 8, 3)) is first  # reused, and now the most recent
+    staging._buffer("in", (24, 8, 3))
+    assert staging.buffer_count == 2
+    assert staging._buffer("out", (8, 8, 3)) is first  # (16, 8, 3) was the one freed

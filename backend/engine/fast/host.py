@@ -8,6 +8,8 @@ images.to_tensor / to_unit_float / to_uint8, in the same order and precision, so
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import torch
 
@@ -24,20 +26,35 @@ def model_to_pixels(decoded: torch.Tensor) -> torch.Tensor:
     return (unit[0].permute(1, 2, 0).float() * 255).round().to(torch.uint8)
 
 
+# Page-locked buffers kept (per direction and image size); the least recently used beyond that are freed, so a
+# painter who works on many canvas and selection sizes doesn't pin ever more memory.
+MAX_PINNED_BUFFERS = 8
+
+
 class HostStaging:
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, max_buffers: int = MAX_PINNED_BUFFERS) -> None:
         self.device = torch.device(device)
         self.pinned = self.device.type == "cuda"
-        self._buffers: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
+        self.max_buffers = max_buffers
+        self._buffers: OrderedDict[tuple[str, tuple[int, ...]], torch.Tensor] = OrderedDict()
         self._copied: dict[tuple[int, ...], torch.cuda.Event] = {}  # an upload buffer's copy in flight
 
     def _buffer(self, role: str, shape: tuple[int, ...]) -> torch.Tensor:
         key = (role, shape)
-        buffer = self._buffers.get(key)
+        buffer = self._buffers.pop(key, None)
         if buffer is None:
             buffer = torch.empty(shape, dtype=torch.uint8, pin_memory=self.pinned)
-            self._buffers[key] = buffer
+        self._buffers[key] = buffer
+        while len(self._buffers) > self.max_buffers:
+            (old_role, old_shape), _ = self._buffers.popitem(last=False)
+            in_flight = self._copied.pop(old_shape, None) if old_role == "in" else None
+            if in_flight is not None:
+                in_flight.synchronize()  # the GPU may still be reading it
         return buffer
+
+    @property
+    def buffer_count(self) -> int:
+        return len(self._buffers)
 
     def upload(self, rgb: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         """H x W x 3 uint8 -> 1 x 3 x H x W in [-1, 1] on the device (as images.to_tensor)."""
