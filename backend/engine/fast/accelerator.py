@@ -223,10 +223,11 @@ class Accelerator:
         Parts are shared: every live-frame variant that calls the same UNet at the same shapes (another step
         count, img2img or inpaint) reuses one compile instead of tracing the UNet again.
         """
+        parts = self._parts  # a reset() meanwhile must not get this (old models') part
         full_key = (key, _signature(examples))
-        part = self._parts.get(full_key)
+        part = parts.get(full_key)
         if part is None:
-            part = self._parts[full_key] = (self._compile_whole(fn, list(examples)), list(examples))
+            part = parts[full_key] = (self._compile_whole(fn, list(examples)), list(examples))
         return part[0]
 
     def compiled_parts(self) -> list[tuple[Hashable, TensorFn, list[torch.Tensor]]]:
