@@ -3,7 +3,8 @@
 #
 #   run(command="bash bench/gpu_run.sh", carry=["bench/.whl"], timeout_s=600)
 #   (RUN_TESTS=1 bash bench/gpu_run.sh: also tests/backend/test_fast_cuda.py first; extra arguments go to
-#   bench/realtime.py, e.g. --compile-mode max-autotune-no-cudagraphs or --cases live_img2img)
+#   bench/realtime.py, e.g. --compile-mode max-autotune-no-cudagraphs or --cases live_img2img; TAG=options
+#   names that run's file apart)
 #
 # It installs nothing from the network. The device image has torch, transformers, safetensors, numpy and
 # Pillow but lacks diffusers and websockets: fetch their wheels here first (bench/README.md, "GPU run"),
@@ -30,7 +31,7 @@ if [ -z "$GPU" ]; then
     echo "no CUDA device visible to $PY" >&2
     exit 2
 fi
-FILE="$OUT/$(date -u +%F)-$GPU.jsonl"
+FILE="$OUT/$(date -u +%F)-$GPU${TAG:+-$TAG}.jsonl"  # TAG names a second run's file apart
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 
 if [ "${RUN_TESTS:-0}" = "1" ]; then

@@ -329,10 +329,14 @@ class Live:
         capture = capture_cuda_graph if self.device.type == "cuda" else capture_direct
         functions: dict[str, Callable[[], Any]] = {}
         for variant, engine in self.engines.items():
-            if not (engine.accelerator.active and engine.accelerator.settings.whole_frame):
+            accelerator = engine.accelerator
+            settings = accelerator.settings
+            if not (accelerator.active and settings.whole_frame):
                 continue  # +steps variants keep their compiled calls per slot, not as parts
+            if accelerator.mode == "compile" and settings.frame_compile != "parts":
+                continue  # +whole: the frame compiled as one graph has no parts to time alone
             parts = dict(eager_parts)
-            for key, fn, examples in engine.accelerator.compiled_parts():
+            for key, fn, examples in accelerator.compiled_parts():
                 if key in parts and _signature(examples) == _signature(parts[key][1]):
                     parts[key] = (fn, examples)
             static = {key[0]: (capture(fn, args), args) for key, (fn, args) in parts.items()}
@@ -548,13 +552,26 @@ def write_random_checkpoint(models: Any, taesd: Any, root: Path) -> None:
 # --- main ---------------------------------------------------------------------------------------------------
 
 
+VARIANT_FLAVOURS = ("steps", "whole", "tuned")
+
+
 def variant_settings(variant: str, fast: AcceleratorSettings) -> tuple[str, AcceleratorSettings]:
-    """ "compile", "cuda_graphs", "off", each optionally with "+steps": one accelerated call per model call
-    instead of the whole live frame as one captured function (to measure what the whole frame gains)."""
-    mode, _, flavour = variant.partition("+")
-    if flavour not in ("", "steps"):
-        raise SystemExit(f"unknown variant {variant!r}: use MODE or MODE+steps")
-    return mode, replace(fast, whole_frame=flavour != "steps")
+    """MODE[+FLAVOUR...]: MODE is off, cuda_graphs or compile; flavours: "steps" = one accelerated call per
+    model call instead of the whole live frame as one captured function; "whole" = compile the whole frame as
+    one graph instead of its model calls one by one; "tuned" = inductor's convolution-oriented options
+    (compiler.TUNED_INDUCTOR_OPTIONS)."""
+    from backend.engine.fast.compiler import TUNED_INDUCTOR_OPTIONS
+
+    mode, *flavours = variant.split("+")
+    unknown = [f for f in flavours if f not in VARIANT_FLAVOURS]
+    if unknown:
+        raise SystemExit(f"unknown variant {variant!r}: flavours are {', '.join(VARIANT_FLAVOURS)}")
+    return mode, replace(
+        fast,
+        whole_frame="steps" not in flavours,
+        frame_compile="whole" if "whole" in flavours else "parts",
+        compile_options=dict(TUNED_INDUCTOR_OPTIONS) if "tuned" in flavours else fast.compile_options,
+    )
 
 
 def main() -> None:
@@ -572,7 +589,8 @@ def main() -> None:
     parser.add_argument(
         "--accelerate",
         help="comma list of engine variants: off, cuda_graphs, compile, each optionally +steps (per-step "
-        "calls, not the whole frame) (default: cuda_graphs+steps,cuda_graphs,compile on CUDA, off on CPU)",
+        "calls, not the whole frame), +whole (compile the whole frame as one graph), +tuned (inductor "
+        "options for convolutions) (default: cuda_graphs+steps,cuda_graphs,compile on CUDA, off on CPU)",
     )
     parser.add_argument(
         "--compile-backend", help="torch.compile backend (default inductor; eager on CPU smoke)"

@@ -199,3 +199,25 @@ def test_frame_serves_eager_when_its_compile_fails() -> None:
     assert result.params["whole_frame"] is True
     assert engine.accelerator.status()["failed"] == 1
     assert result.image.tobytes() == run(plain_engine(), live).image.tobytes()
+
+
+def test_frame_compiled_whole_equals_plain_path() -> None:
+    engine = build_engine(frame_compile="whole")
+    canvas = make_canvas(64, 64, seed=39)
+    live = scribble_job(canvas, seed=13, steps=8, strength=0.5)
+    result = run(engine, live)
+    assert result.params["whole_frame"] is True
+    status = engine.accelerator.status()
+    assert status["ready"] == 1 and status["parts"] == 0 and status["failed"] == 0
+    assert result.image.tobytes() == run(plain_engine(), live).image.tobytes()
+
+
+def test_inductor_options_keep_the_modes_own() -> None:
+    from backend.engine.fast.compiler import TUNED_INDUCTOR_OPTIONS, inductor_options
+
+    assert inductor_options("max-autotune-no-cudagraphs", None) is None  # the mode alone
+    merged = inductor_options("max-autotune-no-cudagraphs", TUNED_INDUCTOR_OPTIONS)
+    assert merged is not None and merged["max_autotune"] is True and merged["epilogue_fusion"] is False
+    assert inductor_options(None, {"conv_1x1_as_mm": True}) == {"conv_1x1_as_mm": True}
+    with pytest.raises(ValueError):
+        build_engine(frame_compile="sideways")

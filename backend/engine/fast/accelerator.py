@@ -43,6 +43,7 @@ class AcceleratorSettings:
     # Inductor's default mode: we capture CUDA graphs ourselves, so "reduce-overhead" (its own graphs) must
     # not be used; "max-autotune-no-cudagraphs" may be a little faster but compiles for many minutes.
     compile_mode: str | None = None
+    compile_options: dict[str, Any] | None = None  # inductor config (e.g. compiler.TUNED_INDUCTOR_OPTIONS)
     channels_last: bool = True  # on CUDA: the layout tensor-core convolutions prefer (models converted once)
     # cudnn's autotuner picks the fastest convolution per shape (static shapes: tuned once per bucket). It is
     # process-wide, so final renders use the tuned kernels too: the same maths, other algorithms.
@@ -53,6 +54,9 @@ class AcceleratorSettings:
     capture: str = "auto"  # "cuda_graph" on CUDA; "direct" = static buffers without a graph (CPU tests)
     # Live LCM frames with TAESD run as one function (fast/frame.py), captured whole; off: one call per step.
     whole_frame: bool = True
+    # How a whole frame compiles: "parts" (each model call once, shared by every frame variant) or "whole"
+    # (one graph of the unrolled frame: fusion across steps, but a compile of minutes per variant).
+    frame_compile: str = "parts"
 
 
 # (eager function, example inputs) -> its compiled version, warmed up on the examples.
@@ -235,7 +239,10 @@ class Accelerator:
         return [(key, fn, examples) for (key, _), (fn, examples) in self._parts.items()]
 
     def _compile_whole(self, fn: TensorFn, examples: list[torch.Tensor]) -> TensorFn:
-        compiled = compile_function(fn, self.settings.compile_backend, self.settings.compile_mode)
+        settings = self.settings
+        compiled = compile_function(
+            fn, settings.compile_backend, settings.compile_mode, settings.compile_options
+        )
         self.warm_function(compiled, examples)
         return compiled
 

@@ -35,7 +35,29 @@ def use_cache_dir(path: str | Path | None) -> Path:
     return folder
 
 
-def compile_function(fn: Any, backend: str | None, mode: str | None) -> Any:
+# Inductor settings that trade a longer compile for faster convolution-heavy graphs (PyTorch's published
+# recipe for diffusion models): 1x1 convolutions as matmuls, coordinate-descent tuning of kernel launch
+# parameters, no epilogue fusion (it blocks better matmul templates). AcceleratorSettings.compile_options.
+TUNED_INDUCTOR_OPTIONS: dict[str, Any] = {
+    "conv_1x1_as_mm": True,
+    "coordinate_descent_tuning": True,
+    "coordinate_descent_check_all_directions": True,
+    "epilogue_fusion": False,
+}
+
+
+def inductor_options(mode: str | None, options: dict[str, Any] | None) -> dict[str, Any] | None:
+    """torch.compile takes a mode or options, not both: a mode's own options with `options` over them."""
+    if not options:
+        return None
+    from torch._inductor import list_mode_options
+
+    return {**(list_mode_options(mode) if mode else {}), **options}
+
+
+def compile_function(
+    fn: Any, backend: str | None, mode: str | None, options: dict[str, Any] | None = None
+) -> Any:
     """torch.compile for one static shape. `backend` None = inductor; "eager"/"aot_eager" (tests, CPU) run
     dynamo's tracing and guards without generating kernels.
 
@@ -45,6 +67,9 @@ def compile_function(fn: Any, backend: str | None, mode: str | None) -> Any:
     """
     _allow_many_variants()
     if backend in (None, "inductor"):
+        merged = inductor_options(mode, options)
+        if merged is not None:
+            return torch.compile(fn, backend="inductor", options=merged, dynamic=False)
         return torch.compile(fn, backend="inductor", mode=mode, dynamic=False)
     return torch.compile(fn, backend=backend, dynamic=False)
 

@@ -208,6 +208,10 @@ class LiveFrames:
         self._noise: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
         self._tables: dict[Hashable, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._scales: dict[Hashable, torch.Tensor] = {}
+        frame_compile = accelerator.settings.frame_compile
+        if frame_compile not in ("parts", "whole"):
+            raise ValueError(f"Unknown frame_compile {frame_compile!r}; use 'parts' or 'whole'.")
+        self._compile_in_parts = frame_compile == "parts"
 
     def run(
         self, ctx: GenerationContext, plan: FramePlan, rgb: np.ndarray, seed: int, mask: torch.Tensor | None
@@ -224,7 +228,7 @@ class LiveFrames:
                 ("frame", plan, models.key()),
                 lambda: assemble(plan, {role: fn for role, (_, fn) in frame_parts(models, plan).items()}),
                 args,
-                compiler=self._compiler(models, plan),
+                compiler=self._compiler(models, plan) if self._compile_in_parts else None,
             )
             pixels = self.staging.download_pixels(out)
         for step in range(1, plan.steps + 1):
