@@ -113,17 +113,16 @@ class Engine:
         effective["whole_frame"] = plan is not None
         if plan is not None:
             out = region.rgb_from_generation(self.frames.run(ctx, plan, rgb, params.seed, None))
-            effective["generation_size"] = [region.gen_width, region.gen_height]
-            return EngineResult(images.with_alpha(out), region.bounds, effective, timings)
-        image = self._to_tensor(rgb, ctx)
-        if dedicated:
-            # An inpainting checkpoint needs its extra inputs even for img2img: a mask over everything.
-            full = np.full((region.gen_height, region.gen_width), 255, dtype=np.uint8)
-            decoded = inpaint(ctx, self._inpaint_inputs(image, full, True, params.strength))
         else:
-            decoded = img2img(ctx, image)
-        with ctx.timed("decode"):
-            out = region.rgb_from_generation(self._to_uint8(decoded, ctx))
+            image = self._to_tensor(rgb, ctx)
+            if dedicated:
+                # An inpainting checkpoint needs its extra inputs even for img2img: a mask over everything.
+                full = np.full((region.gen_height, region.gen_width), 255, dtype=np.uint8)
+                decoded = inpaint(ctx, self._inpaint_inputs(image, full, True, params.strength))
+            else:
+                decoded = img2img(ctx, image)
+            with ctx.timed("decode"):
+                out = region.rgb_from_generation(self._to_uint8(decoded, ctx))
         effective["generation_size"] = [region.gen_width, region.gen_height]
         return EngineResult(images.with_alpha(out), region.bounds, effective, timings)
 
