@@ -348,7 +348,7 @@ class FrameModels:
 
 def frame_parts(models: FrameModels, plan: FramePlan) -> dict[Hashable, tuple[Hashable, Part]]:
     """role -> (accelerator part key, eager function): TAESD encode and decode, and one denoiser per distinct
-    set of acting ControlNets. The denoiser keys are the per-step path's, so both share compiles."""
+    set of acting ControlNets (a step where a ControlNet is inactive skips it, as the plain path does)."""
     vae, unet = models.vae, models.unet
     parts: dict[Hashable, tuple[Hashable, Part]] = {
         "encode": (("taesd-encode", id(vae)), lambda x: vae_codec.encode(vae, x, None)),
