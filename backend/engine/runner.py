@@ -313,10 +313,13 @@ class Engine:
 
     def warm_up(self, width: int = 512, height: int = 512, params: JobParams | None = None) -> dict[str, Any]:
         """Run one preview frame now, so that model loading, cudnn plans and (in the background) the compile
-        of the live path start before the painter's first stroke. Returns the accelerator's status."""
+        of the live path start before the painter's first stroke. Returns the accelerator's status.
+
+        The protocol's default parameters are the plugin's defaults, so a painter who starts with them finds
+        that frame's graph captured; other step counts reuse its compiled parts."""
         canvas = np.full((height, width, 4), 128, dtype=np.uint8)
         canvas[..., 3] = 255
-        params = params or JobParams(prompt="", sampler="lcm", steps=8, strength=0.5, cfg=1.0)
+        params = params or JobParams()
         self.run(EngineJob("img2img", params, canvas, preview=True), lambda i, n: None, lambda: False)
         return self.accelerator.status()
 

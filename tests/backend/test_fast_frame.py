@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from backend.engine import Engine, EngineSettings
+from backend.engine import Engine, EngineJob, EngineSettings
 from backend.engine.fast import AcceleratorSettings
 from backend.engine.fast.frame import FramePlan, lcm_step, schedule_tables
 from backend.engine.jobs import JobCancelled
-from protocol.messages import ControlParam
+from protocol.messages import ControlParam, JobParams
 from tests.backend.test_engine_support import Recorder, job, make_canvas, run, tiny_parts
 from tests.backend.test_fast_preview import ModelsWithTaesd, preview_job
 
@@ -221,3 +221,14 @@ def test_inductor_options_keep_the_modes_own() -> None:
     assert inductor_options(None, {"conv_1x1_as_mm": True}) == {"conv_1x1_as_mm": True}
     with pytest.raises(ValueError):
         build_engine(frame_compile="sideways")
+
+
+def test_warm_up_captures_the_frame_a_painter_starts_with() -> None:
+    engine = frame_engine()
+    status = engine.warm_up(64, 64)
+    assert status["slots"] == 1 and status["ready"] == 1
+    defaults = JobParams(prompt="a lighthouse at dusk", seed=1234)  # otherwise the plugin's defaults
+    result = run(engine, EngineJob("img2img", defaults, make_canvas(64, 64, seed=40), preview=True))
+    assert result.params["whole_frame"] is True
+    after = engine.accelerator.status()
+    assert after["slots"] == 1 and after["captures"] == status["captures"]  # no new graph to capture

@@ -129,3 +129,11 @@ def test_settings_round_trip_and_tolerate_garbage() -> None:
     assert restored.scribble == ControlLayerChoice("", 0.3)  # layer ids don't outlive the document
     assert GenerationSettings.from_json("not json") == GenerationSettings()
     assert GenerationSettings.from_json('{"steps": "many", "mode": "bogus"}') == GenerationSettings()
+
+
+def test_the_panels_defaults_are_the_protocols() -> None:
+    """The backend warms up with the protocol's default parameters: the painter's first live frame with the
+    panel's defaults must be that frame."""
+    panel, protocol_defaults = GenerationSettings(), protocol.JobParams()
+    for name in ("steps", "strength", "cfg", "sampler", "seed"):
+        assert getattr(panel, name) == getattr(protocol_defaults, name), name
