@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import copy
 import json
 import os
@@ -339,7 +340,9 @@ class Live:
             for key, fn, examples in accelerator.compiled_parts():
                 if key in parts and _signature(examples) == _signature(parts[key][1]):
                     parts[key] = (fn, examples)
-            static = {key[0]: (capture(fn, args), args) for key, (fn, args) in parts.items()}
+            tuned = cudnn_autotuned() if isinstance(engine, CudnnTunedEngine) else contextlib.nullcontext()
+            with tuned:
+                static = {key[0]: (capture(fn, args), args) for key, (fn, args) in parts.items()}
             (unet_call, unet_args), (enc, enc_args), (dec, dec_args) = (
                 static["denoise"], static["taesd-encode"], static["taesd-decode"]
             )  # fmt: skip
@@ -552,25 +555,42 @@ def write_random_checkpoint(models: Any, taesd: Any, root: Path) -> None:
 # --- main ---------------------------------------------------------------------------------------------------
 
 
-VARIANT_FLAVOURS = ("steps", "whole", "tuned")
+VARIANT_FLAVOURS = ("steps", "whole", "tuned", "cudnn")
 
 
-def variant_settings(variant: str, fast: AcceleratorSettings) -> tuple[str, AcceleratorSettings]:
-    """MODE[+FLAVOUR...]: MODE is off, cuda_graphs or compile; flavours: "steps" = one accelerated call per
-    model call instead of the whole live frame as one captured function; "whole" = compile the whole frame as
-    one graph instead of its model calls one by one; "tuned" = inductor's convolution-oriented options
-    (compiler.TUNED_INDUCTOR_OPTIONS)."""
+def variant_settings(variant: str, fast: AcceleratorSettings) -> tuple[str, AcceleratorSettings, bool]:
+    """MODE[+FLAVOUR...] -> (mode, settings, cudnn autotuner on). MODE is off, cuda_graphs or compile;
+    flavours: "steps" = one accelerated call per model call instead of the whole live frame as one captured
+    function; "whole" = compile the whole frame as one graph instead of its model calls one by one; "tuned" =
+    inductor's convolution-oriented options (compiler.TUNED_INDUCTOR_OPTIONS); "cudnn" = cudnn's autotuner
+    picks each convolution's algorithm (process-wide in the product: here only around this engine's runs)."""
     from backend.engine.fast.compiler import TUNED_INDUCTOR_OPTIONS
 
     mode, *flavours = variant.split("+")
     unknown = [f for f in flavours if f not in VARIANT_FLAVOURS]
     if unknown:
         raise SystemExit(f"unknown variant {variant!r}: flavours are {', '.join(VARIANT_FLAVOURS)}")
-    return mode, replace(
+    settings = replace(
         fast,
         whole_frame="steps" not in flavours,
         frame_compile="whole" if "whole" in flavours else "parts",
         compile_options=dict(TUNED_INDUCTOR_OPTIONS) if "tuned" in flavours else fast.compile_options,
+    )
+    return mode, settings, "cudnn" in flavours
+
+
+class CudnnTunedEngine(Engine):
+    """An engine whose runs (and so its graph captures) happen with cudnn's autotuner on."""
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        with cudnn_autotuned():
+            return super().run(*args, **kwargs)
+
+
+def cudnn_autotuned() -> Any:
+    cudnn = torch.backends.cudnn
+    return cudnn.flags(
+        enabled=True, benchmark=True, deterministic=cudnn.deterministic, allow_tf32=cudnn.allow_tf32
     )
 
 
@@ -590,7 +610,8 @@ def main() -> None:
         "--accelerate",
         help="comma list of engine variants: off, cuda_graphs, compile, each optionally +steps (per-step "
         "calls, not the whole frame), +whole (compile the whole frame as one graph), +tuned (inductor "
-        "options for convolutions) (default: cuda_graphs+steps,cuda_graphs,compile on CUDA, off on CPU)",
+        "options for convolutions), +cudnn (cudnn's autotuner) (default: cuda_graphs+steps,cuda_graphs,"
+        "cuda_graphs+cudnn,compile on CUDA, off on CPU)",
     )
     parser.add_argument(
         "--compile-backend", help="torch.compile backend (default inductor; eager on CPU smoke)"
@@ -618,7 +639,9 @@ def main() -> None:
     )
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     started = time.perf_counter()
-    default_variants = "cuda_graphs+steps,cuda_graphs,compile" if device.type == "cuda" else "off"
+    default_variants = (
+        "cuda_graphs+steps,cuda_graphs,cuda_graphs+cudnn,compile" if device.type == "cuda" else "off"
+    )
     variants = [v.strip() for v in (args.accelerate or default_variants).split(",") if v.strip()]
     with tempfile.TemporaryDirectory() as workdir:
         tiny_root: Path | None = None
@@ -637,13 +660,13 @@ def main() -> None:
             args.selection or (256 if full else 32), args.inpaint_resolution or (512 if full else 128),
         )  # fmt: skip
         fast = AcceleratorSettings(compile_backend=args.compile_backend, compile_mode=args.compile_mode)
-        engines = {}
+        engines: dict[str, Engine] = {}
         for variant in variants:
-            mode, variant_fast = variant_settings(variant, fast)
+            mode, variant_fast, tuned_cudnn = variant_settings(variant, fast)
             settings = EngineSettings(
                 inpaint_resolution=sizes.inpaint_resolution, accelerate=mode, fast=variant_fast
             )
-            engines[variant] = Engine(models, device, dtype, settings)
+            engines[variant] = (CudnnTunedEngine if tuned_cudnn else Engine)(models, device, dtype, settings)
         parts, taesd, controlnet = reference_models(
             models.components(checkpoint), models.taesd(), models.controlnet(controlnet_name),
             separate=device.type == "cuda",
