@@ -66,6 +66,7 @@ class Scheduler(Generic[Payload]):
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._task: asyncio.Task[None] | None = None
+        self._idle: asyncio.Future[None] | None = None  # set by stop(): done once the worker is idle
 
     # --- client side ----------------------------------------------------------------------------------
 
@@ -148,11 +149,12 @@ class Scheduler(Generic[Payload]):
                 await self._task
             except asyncio.CancelledError:
                 pass
-        # Runs once the worker is through with everything submitted before it (one worker, in order).
-        idle = asyncio.get_running_loop().run_in_executor(self._executor, lambda: None)
-        self._executor.shutdown(wait=False)
+        if self._idle is None:
+            # Runs once the worker is through with everything submitted before it (one worker, in order).
+            self._idle = asyncio.get_running_loop().run_in_executor(self._executor, lambda: None)
+            self._executor.shutdown(wait=False)
         try:
-            await asyncio.wait_for(asyncio.shield(idle), grace)
+            await asyncio.wait_for(asyncio.shield(self._idle), grace)
         except asyncio.TimeoutError:
             return False
         return True

@@ -169,6 +169,7 @@ def test_stop_waits_for_the_worker_at_most_the_grace_period() -> None:
         assert await scheduler.stop(grace=0.3) is False
         assert time.monotonic() - started < 2
         release.set()
+        assert await scheduler.stop(grace=5) is True  # a second stop waits for the same worker
 
         idle: Scheduler[str] = Scheduler(GatedWork(steps=1))
         idle.start()
