@@ -109,15 +109,15 @@ class Engine:
         self._add_controls(ctx, job, region, effective)
         rgb = region.rgb_to_generation(images.flatten_on_white(job.canvas))  # the region is the whole canvas
         dedicated = _dedicated_inpaint(components)
-        plan = None if dedicated else self._frame_plan(ctx, hold=False, from_noise=False)
+        # An inpainting checkpoint needs its extra inputs even for img2img: a mask over everything.
+        full = np.full((region.gen_height, region.gen_width), 255, dtype=np.uint8) if dedicated else None
+        plan = self._frame_plan(ctx, False, dedicated, from_noise=dedicated and params.strength >= 1.0)
         effective["whole_frame"] = plan is not None
         if plan is not None:
-            out = region.rgb_from_generation(self.frames.run(ctx, plan, rgb, params.seed, None))
+            out = region.rgb_from_generation(self.frames.run(ctx, plan, rgb, params.seed, full))
         else:
             image = self._to_tensor(rgb, ctx)
-            if dedicated:
-                # An inpainting checkpoint needs its extra inputs even for img2img: a mask over everything.
-                full = np.full((region.gen_height, region.gen_width), 255, dtype=np.uint8)
+            if full is not None:
                 decoded = inpaint(ctx, self._inpaint_inputs(image, full, True, params.strength))
             else:
                 decoded = img2img(ctx, image)
@@ -162,12 +162,10 @@ class Engine:
         rgb = region.rgb_to_generation(images.flatten_on_white(canvas_crop))
         gen_mask = region.gray_to_generation(soft_crop)
         dedicated = _dedicated_inpaint(components)
-        from_noise = params.strength >= 1.0
-        plan = None if dedicated else self._frame_plan(ctx, hold=True, from_noise=from_noise)
+        plan = self._frame_plan(ctx, True, dedicated, from_noise=params.strength >= 1.0)
         effective["whole_frame"] = plan is not None
         if plan is not None:
-            latent_mask = masks.latent_mask(gen_mask, self.device, model_dtype(ctx.vae))
-            generated = region.rgb_from_generation(self.frames.run(ctx, plan, rgb, params.seed, latent_mask))
+            generated = region.rgb_from_generation(self.frames.run(ctx, plan, rgb, params.seed, gen_mask))
         else:
             image = self._to_tensor(rgb, ctx)
             decoded = inpaint(ctx, self._inpaint_inputs(image, gen_mask, dedicated, params.strength))
@@ -284,11 +282,13 @@ class Engine:
         if is_tiny_autoencoder(ctx.vae):
             ctx.vae_calls = AcceleratedTaesd(self.accelerator, ctx.vae)
 
-    def _frame_plan(self, ctx: GenerationContext, hold: bool, from_noise: bool) -> FramePlan | None:
+    def _frame_plan(
+        self, ctx: GenerationContext, masked: bool, dedicated: bool, from_noise: bool
+    ) -> FramePlan | None:
         """The whole-frame plan for an accelerated live job that fits it; None: the per-step path."""
         if ctx.predict is None or not self.accelerator.settings.whole_frame:
             return None
-        return plan_frame(ctx, hold=hold, from_noise=from_noise)
+        return plan_frame(ctx, masked=masked, dedicated=dedicated, from_noise=from_noise)
 
     def _bucketed(self, region: Region, ctx: GenerationContext) -> Region:
         """Accelerated jobs generate at the bucket size (edge-padded, cropped back) so that small size

@@ -129,14 +129,17 @@ def test_controlnet_cfg_and_inpaint_match_plain_path() -> None:
     assert engine.accelerator.status()["parts"] == 4
     mask = np.zeros((64, 64), dtype=np.uint8)
     mask[16:40, 16:48] = 255
-    # The dedicated 9-channel UNet: the extra-input code path (4-channel inpaint calls the UNet as img2img).
+    # The dedicated 9-channel UNet on the per-step path: its extra-input step call (the whole frame has its
+    # own tests in test_fast_frame.py).
+    per_step = fast_engine(background=False, whole_frame=False)
+    run(per_step, live)
     inpaint = preview_job(canvas, mode="inpaint", mask=mask, checkpoint="tiny-inpainting.safetensors")
-    fast = run(engine, inpaint)
-    assert fast.params["accelerated"] is True and fast.params["whole_frame"] is False  # per-step path
+    fast = run(per_step, inpaint)
+    assert fast.params["accelerated"] is True and fast.params["whole_frame"] is False
     assert_close(fast.image, run(plain, inpaint).image)
     # Another checkpoint: the old slots were dropped (they would keep the old models alive).
-    assert engine.accelerator.status()["slots"] == 3  # the 9-channel step, TAESD encode (batch 2), decode
-    assert engine.accelerator.status()["failed"] == 0
+    assert per_step.accelerator.status()["slots"] == 3  # the 9-channel step, TAESD encode (batch 2), decode
+    assert per_step.accelerator.status()["failed"] == 0
 
 
 def test_weights_changed_in_place_reach_the_compiled_path() -> None:

@@ -1,7 +1,7 @@
 """A whole live frame as one function of tensors, replayed as one CUDA graph.
 
-uint8 pixels in -> TAESD encode -> LCM noising -> the few LCM steps (ControlNets, CFG, inpaint hold) ->
-TAESD decode -> uint8 pixels out.
+uint8 pixels in -> TAESD encode -> LCM noising -> the few LCM steps (ControlNets, CFG, the inpaint hold of a
+4-channel UNet or the mask inputs of a 9-channel one) -> TAESD decode -> uint8 pixels out.
 
 The per-step path replays a graph per model call but comes back to Python between calls for the scheduler
 step, a noise draw (a blocking host-to-device copy) and progress; at 4 steps and ~20 ms a frame, that host
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import masks
 from .. import vae as vae_codec
 from ..context import GenerationContext
 from ..jobs import JobCancelled
@@ -41,6 +42,7 @@ from .host import HostStaging, model_to_pixels, pixels_to_model
 from .static_call import TensorFn
 from .vae_calls import is_tiny_autoencoder
 
+LATENT_CHANNELS = 4  # SD1.5's latents (a 9-channel UNet adds mask and masked-image latents)
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 NOISE_CACHE_SIZE = 8
 SCALE_CACHE_SIZE = 256
@@ -58,6 +60,7 @@ class FramePlan:
     active: tuple[tuple[int, ...], ...]  # per step: indices of the ControlNets acting in it
     controls: int
     hold: bool  # inpaint: the unmasked area follows the noised original
+    extra: bool  # a 9-channel inpainting UNet: mask and masked-image latents as extra input
     from_noise: bool  # inpaint at strength 1: start from pure noise
     init_noise_sigma: float
     prediction_type: str
@@ -65,9 +68,12 @@ class FramePlan:
     latent_dtype: torch.dtype
 
 
-def plan_frame(ctx: GenerationContext, hold: bool, from_noise: bool) -> FramePlan | None:
+def plan_frame(ctx: GenerationContext, masked: bool, dedicated: bool, from_noise: bool) -> FramePlan | None:
     """The plan for this job, or None where the frame doesn't apply (the per-step path serves those):
-    another sampler than LCM, the full VAE (its encode samples from the generator), a 9-channel UNet."""
+    another sampler than LCM, or the full VAE (its encode samples from the generator).
+
+    masked: an inpaint job (a 4-channel UNet holds the unmasked area); dedicated: a 9-channel inpainting UNet,
+    which takes the mask as input instead (img2img with it uses a full mask)."""
     scheduler = ctx.schedule.scheduler
     config = scheduler.config
     if type(scheduler).__name__ != "LCMScheduler" or not is_tiny_autoencoder(ctx.vae):
@@ -75,7 +81,7 @@ def plan_frame(ctx: GenerationContext, hold: bool, from_noise: bool) -> FramePla
     prediction_type = config.get("prediction_type", "epsilon")
     if config.get("thresholding") or config.get("clip_sample") or prediction_type not in PREDICTION_TYPES:
         return None
-    if ctx.unet.config.in_channels != 4:
+    if ctx.unet.config.in_channels != (9 if dedicated else 4):
         return None
     steps = len(ctx.schedule)
     active = tuple(
@@ -88,7 +94,8 @@ def plan_frame(ctx: GenerationContext, hold: bool, from_noise: bool) -> FramePla
         has_timestep_cond=ctx.guidance.timestep_cond is not None,
         active=active,
         controls=len(ctx.controls),
-        hold=hold,
+        hold=masked and not dedicated,
+        extra=dedicated,
         from_noise=from_noise,
         init_noise_sigma=float(scheduler.init_noise_sigma),
         prediction_type=prediction_type,
@@ -101,8 +108,10 @@ Part = Callable[..., torch.Tensor]
 
 
 def build_frame(plan: FramePlan, encode: Part, decode: Part, steps: Sequence[Part]) -> TensorFn:
-    """frame(pixels, noise, embeddings, lcm, noising, timesteps, [guidance_scale], [timestep_cond], [mask],
-    *hints, [control_scales]) -> H x W x 3 uint8. `steps[i]` is the denoiser for step i's acting ControlNets.
+    """frame(pixels, noise, embeddings, lcm, noising, timesteps, [guidance_scale], [timestep_cond],
+    [latent_mask], [pixel_mask], *hints, [control_scales]) -> H x W x 3 uint8. `steps[i]` is the denoiser for
+    step i's acting ControlNets. latent_mask (1 = redraw, latent dtype) comes with hold or extra; pixel_mask
+    (1 = redraw, VAE dtype) with extra.
 
     noise: steps x latent shape; noise[0] starts the run, noise[i] is injected after step i - 1.
     lcm: steps x 6 float32 (the SQRT_ALPHA.. columns); noising: steps x 2 in the latent dtype, row i the
@@ -121,12 +130,26 @@ def build_frame(plan: FramePlan, encode: Part, decode: Part, steps: Sequence[Par
         optional = list(rest)
         guidance_scale = optional.pop(0) if plan.batched else None
         timestep_cond = optional.pop(0) if plan.has_timestep_cond else None
-        mask = optional.pop(0) if plan.hold else None
+        mask = optional.pop(0) if plan.hold or plan.extra else None
+        pixel_mask = optional.pop(0) if plan.extra else None
         hints, optional = optional[: plan.controls], optional[plan.controls :]
         control_scales = optional.pop(0) if plan.controls else None
 
-        clean = encode(pixels_to_model(pixels, plan.vae_dtype)).to(plan.latent_dtype)
-        if plan.from_noise:
+        image = pixels_to_model(pixels, plan.vae_dtype)
+        extra = None
+        if pixel_mask is not None and mask is not None:
+            # As the per-step path: the masked image is gray (0) where the model paints.
+            masked_image = image * (1 - pixel_mask)
+            if plan.from_noise:
+                clean, masked_latents = None, encode(masked_image).to(plan.latent_dtype)
+            else:
+                both = encode(torch.cat([image, masked_image])).to(plan.latent_dtype)  # one encoder call
+                clean, masked_latents = both[:1], both[1:]
+            extra = torch.cat([mask, masked_latents], dim=1).to(plan.latent_dtype)
+            extra = repeat_for_batch(extra, plan.batched)
+        else:
+            clean = encode(image).to(plan.latent_dtype)
+        if plan.from_noise or clean is None:
             latents = noise[0] * plan.init_noise_sigma
         else:
             latents = noising[0, 0] * clean + noising[0, 1] * noise[0]
@@ -135,6 +158,8 @@ def build_frame(plan: FramePlan, encode: Part, decode: Part, steps: Sequence[Par
             args = [model_input, timesteps[i], embeddings]
             if timestep_cond is not None:
                 args.append(timestep_cond)
+            if extra is not None:
+                args.append(extra)
             args += [hints[c] for c in plan.active[i]]
             if control_scales is not None:
                 args += [control_scales[i, c] for c in plan.active[i]]
@@ -145,7 +170,7 @@ def build_frame(plan: FramePlan, encode: Part, decode: Part, steps: Sequence[Par
             latents = lcm_step(
                 plan, lcm[i], prediction, latents, noise[i + 1] if i + 1 < plan.steps else None
             )
-            if mask is not None:
+            if plan.hold and mask is not None and clean is not None:
                 if i + 1 < plan.steps:
                     original = noising[i + 1, 0] * clean + noising[i + 1, 1] * noise[0]
                 else:
@@ -214,9 +239,10 @@ class LiveFrames:
         self._compile_in_parts = frame_compile == "parts"
 
     def run(
-        self, ctx: GenerationContext, plan: FramePlan, rgb: np.ndarray, seed: int, mask: torch.Tensor | None
+        self, ctx: GenerationContext, plan: FramePlan, rgb: np.ndarray, seed: int, mask: np.ndarray | None
     ) -> np.ndarray:
-        """rgb: H x W x 3 uint8 at the generation size -> the frame's H x W x 3 uint8 result."""
+        """rgb: H x W x 3 uint8 at the generation size -> the frame's H x W x 3 uint8 result. mask: H x W
+        uint8 at the generation size (non-zero = redraw) for an inpaint plan."""
         if ctx.is_cancelled():
             raise JobCancelled()
         for module in (ctx.unet, ctx.vae, *(c.model for c in ctx.controls)):
@@ -240,10 +266,10 @@ class LiveFrames:
     # --- inputs --------------------------------------------------------------------------------------------
 
     def _inputs(
-        self, ctx: GenerationContext, plan: FramePlan, rgb: np.ndarray, seed: int, mask: torch.Tensor | None
+        self, ctx: GenerationContext, plan: FramePlan, rgb: np.ndarray, seed: int, mask: np.ndarray | None
     ) -> list[torch.Tensor]:
         height, width = rgb.shape[:2]
-        latent_shape = (1, ctx.unet.config.in_channels, height // 8, width // 8)
+        latent_shape = (1, LATENT_CHANNELS, height // 8, width // 8)
         lcm, noising, timesteps = self._schedule(ctx, plan)
         args = [
             self.staging.upload_pixels(rgb),
@@ -257,8 +283,13 @@ class LiveFrames:
             args.append(self._scalar(("guidance", ctx.guidance.scale), ctx.guidance.scale, ctx.device))
         if ctx.guidance.timestep_cond is not None:
             args.append(ctx.guidance.timestep_cond)
-        if mask is not None:
-            args.append(mask.to(plan.latent_dtype))
+        if plan.hold or plan.extra:
+            if mask is None:
+                raise ValueError("an inpaint frame needs its mask")
+            # The per-step path's masks: made in the VAE's dtype, the latent one then cast to the UNet's.
+            args.append(masks.latent_mask(mask, ctx.device, plan.vae_dtype).to(plan.latent_dtype))
+            if plan.extra:
+                args.append(masks.pixel_mask_tensor(mask, ctx.device, plan.vae_dtype))
         args += [repeat_for_batch(c.image, plan.batched) for c in ctx.controls]
         if ctx.controls:
             scales = tuple(tuple(c.scale_at(i, plan.steps) for c in ctx.controls) for i in range(plan.steps))
@@ -356,8 +387,8 @@ def frame_parts(models: FrameModels, plan: FramePlan) -> dict[Hashable, tuple[Ha
     }
     for active in sorted(set(plan.active)):
         controls = tuple(models.controls[c] for c in active)
-        key = ("denoise", id(unet), tuple(id(m) for m in controls), plan.has_timestep_cond, False)
-        parts[("step", active)] = (key, build_denoiser(unet, controls, plan.has_timestep_cond, False))
+        key = ("denoise", id(unet), tuple(id(m) for m in controls), plan.has_timestep_cond, plan.extra)
+        parts[("step", active)] = (key, build_denoiser(unet, controls, plan.has_timestep_cond, plan.extra))
     return parts
 
 
