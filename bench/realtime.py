@@ -40,7 +40,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -300,9 +300,9 @@ class Live:
         evaluations and TAESD encode + decode at the live size, per accelerated variant. A compiled variant
         times the very parts its live frames use, on the inputs they were compiled for (no new compile). Tells
         whether a frame is bound by the UNet's kernels or by what happens between them."""
-        from backend.engine.fast.denoiser import build_denoiser
+        from backend.engine.fast.accelerator import call_signature
+        from backend.engine.fast.frame import FrameModels, frame_parts
         from backend.engine.fast.static_call import capture_cuda_graph, capture_direct
-        from backend.engine.vae import decode, encode
 
         unet, vae = self.parts_of_engine()
         side = self.sizes.image
@@ -312,20 +312,19 @@ class Live:
             return torch.randn(shape, generator=generator).to(self.device, unet.dtype)
 
         sample = tensor(1, 4, side // 8, side // 8)
-        eager_parts: dict[Hashable, tuple[Any, list[torch.Tensor]]] = {
-            ("denoise", id(unet), (), False, False): (
-                build_denoiser(unet, (), False, False),
-                [
-                    sample,
-                    torch.tensor(499, device=self.device),
-                    tensor(1, 77, unet.config.cross_attention_dim),
-                ],
-            ),
-            ("taesd-encode", id(vae)): (
-                lambda x: encode(vae, x, None),
-                [tensor(1, 3, side, side).clamp(-1, 1)],
-            ),
-            ("taesd-decode", id(vae)): (lambda z: decode(vae, z), [sample]),
+        inputs = {
+            ("step", ()): [
+                sample,
+                torch.tensor(499, device=self.device),
+                tensor(1, 77, unet.config.cross_attention_dim),
+            ],
+            "encode": [tensor(1, 3, side, side).clamp(-1, 1)],
+            "decode": [sample],
+        }
+        # The live frame's own parts (same keys as the engine's): a UNet step without ControlNets, TAESD.
+        eager_parts = {
+            key: (fn, inputs[role])
+            for role, (key, fn) in frame_parts(FrameModels(unet, vae, ()), [()]).items()
         }
         capture = capture_cuda_graph if self.device.type == "cuda" else capture_direct
         functions: dict[str, Callable[[], Any]] = {}
@@ -337,9 +336,14 @@ class Live:
             if accelerator.mode == "compile" and settings.frame_compile != "parts":
                 continue  # +whole: the frame compiled as one graph has no parts to time alone
             parts = dict(eager_parts)
+            compiled = 0
             for key, fn, examples in accelerator.compiled_parts():
-                if key in parts and _signature(examples) == _signature(parts[key][1]):
+                if key in parts and call_signature(examples) == call_signature(parts[key][1]):
                     parts[key] = (fn, examples)
+                    compiled += 1
+            self.timer.emit(
+                {"name": "floors/parts", "variant": variant, "compiled": compiled, "of": len(parts)}
+            )
             tuned = cudnn_autotuned() if isinstance(engine, CudnnTunedEngine) else contextlib.nullcontext()
             with tuned:
                 static = {key[0]: (capture(fn, args), args) for key, (fn, args) in parts.items()}
@@ -363,10 +367,6 @@ class Live:
         engine = next(iter(self.engines.values()))
         components = engine.models.components(self.checkpoint)
         return components.unet, engine.models.taesd()
-
-
-def _signature(tensors: list[torch.Tensor]) -> list[tuple[tuple[int, ...], torch.dtype]]:
-    return [(tuple(t.shape), t.dtype) for t in tensors]
 
 
 # --- through the server -------------------------------------------------------------------------------------

@@ -148,7 +148,7 @@ class Accelerator:
         """
         if not self.active:
             return build()(*args)
-        full_key = (key, _signature(args))
+        full_key = (key, call_signature(args))
         slot = self._slots.pop(full_key, None)
         if slot is None:
             slot = _Slot(build(), compiler)
@@ -228,7 +228,7 @@ class Accelerator:
         count, img2img or inpaint) reuses one compile instead of tracing the UNet again.
         """
         parts = self._parts  # a reset() meanwhile must not get this (old models') part
-        full_key = (key, _signature(examples))
+        full_key = (key, call_signature(examples))
         part = parts.get(full_key)
         if part is None:
             part = parts[full_key] = (self._compile_whole(fn, list(examples)), list(examples))
@@ -289,5 +289,5 @@ class Accelerator:
             slot.state = "ready"
 
 
-def _signature(args: Sequence[torch.Tensor]) -> tuple[tuple[tuple[int, ...], torch.dtype], ...]:
+def call_signature(args: Sequence[torch.Tensor]) -> tuple[tuple[tuple[int, ...], torch.dtype], ...]:
     return tuple((tuple(a.shape), a.dtype) for a in args)

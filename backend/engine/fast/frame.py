@@ -252,7 +252,7 @@ class LiveFrames:
             models = FrameModels.of(ctx)
             out = self.accelerator.call(
                 ("frame", plan, models.key()),
-                lambda: assemble(plan, {role: fn for role, (_, fn) in frame_parts(models, plan).items()}),
+                lambda: assemble(plan, {role: fn for role, (_, fn) in plan_parts(models, plan).items()}),
                 args,
                 compiler=self._compiler(models, plan) if self._compile_in_parts else None,
             )
@@ -338,7 +338,7 @@ class LiveFrames:
         accelerator = self.accelerator
 
         def compile_frame(eager_frame: TensorFn, examples: list[torch.Tensor]) -> TensorFn:
-            parts = frame_parts(models, plan)
+            parts = plan_parts(models, plan)
             recorded: dict[Hashable, list[torch.Tensor]] = {}
 
             def recording(role: Hashable, fn: Part) -> Part:
@@ -377,19 +377,29 @@ class FrameModels:
         return (id(self.unet), id(self.vae), tuple(id(m) for m in self.controls))
 
 
-def frame_parts(models: FrameModels, plan: FramePlan) -> dict[Hashable, tuple[Hashable, Part]]:
-    """role -> (accelerator part key, eager function): TAESD encode and decode, and one denoiser per distinct
-    set of acting ControlNets (a step where a ControlNet is inactive skips it, as the plain path does)."""
+def frame_parts(
+    models: FrameModels,
+    active_sets: Sequence[tuple[int, ...]],
+    has_timestep_cond: bool = False,
+    extra: bool = False,
+) -> dict[Hashable, tuple[Hashable, Part]]:
+    """role -> (accelerator part key, eager function): "encode" and "decode" (TAESD), and ("step", active)
+    for each set of acting ControlNets (indices into models.controls; a step where a ControlNet is inactive
+    skips it, as the plain path does)."""
     vae, unet = models.vae, models.unet
     parts: dict[Hashable, tuple[Hashable, Part]] = {
         "encode": (("taesd-encode", id(vae)), lambda x: vae_codec.encode(vae, x, None)),
         "decode": (("taesd-decode", id(vae)), lambda z: vae_codec.decode(vae, z)),
     }
-    for active in sorted(set(plan.active)):
+    for active in sorted(set(active_sets)):
         controls = tuple(models.controls[c] for c in active)
-        key = ("denoise", id(unet), tuple(id(m) for m in controls), plan.has_timestep_cond, plan.extra)
-        parts[("step", active)] = (key, build_denoiser(unet, controls, plan.has_timestep_cond, plan.extra))
+        key = ("denoise", id(unet), tuple(id(m) for m in controls), has_timestep_cond, extra)
+        parts[("step", active)] = (key, build_denoiser(unet, controls, has_timestep_cond, extra))
     return parts
+
+
+def plan_parts(models: FrameModels, plan: FramePlan) -> dict[Hashable, tuple[Hashable, Part]]:
+    return frame_parts(models, plan.active, plan.has_timestep_cond, plan.extra)
 
 
 def assemble(plan: FramePlan, fns: dict[Hashable, Part]) -> TensorFn:
