@@ -162,6 +162,15 @@ def scribble(size: int) -> np.ndarray:
 # --- timing -------------------------------------------------------------------------------------------------
 
 
+def quiet_library_logs() -> None:
+    """diffusers' and transformers' warnings about random weights and configs would drown the JSON lines."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+
+
 class Timer:
     def __init__(self, device: torch.device, runs: int, warmup: int, out: Path | None) -> None:
         self.device, self.runs, self.warmup, self.out = device, runs, warmup, out
@@ -371,13 +380,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the JSON lines here")
     args = parser.parse_args()
 
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
     from backend.engine import EngineSettings, select_device
 
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
+    quiet_library_logs()
     device, dtype = select_device(args.device, args.dtype)
     torch.set_grad_enabled(False)
     warmup = args.warmup if args.warmup is not None else (3 if args.full else 1)

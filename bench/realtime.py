@@ -63,6 +63,7 @@ from bench.engine_vs_diffusers import (  # noqa: E402
     InMemoryModels,
     Timer,
     painting,
+    quiet_library_logs,
     random_sd15,
     scribble,
     tiny_from_files,
@@ -624,13 +625,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the JSON lines here")
     args = parser.parse_args()
 
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
     from backend.engine import select_device
 
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
+    quiet_library_logs()
     choice = select_device(args.device, args.dtype)
     device, dtype = choice
     torch.set_grad_enabled(False)
