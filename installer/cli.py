@@ -96,7 +96,8 @@ def main(argv: Sequence[str] | None = None, repo: Path | None = None) -> int:
     if args.skip_plugin:
         reporter.info("plugin", "skipped (--skip-plugin)")
     else:
-        _install_plugin(repo, venv, args.offline, profiles, reporter)
+        start = start_hint(str(repo), [str(venv_python(venv)), "-m", "backend"])
+        _install_plugin(repo, venv, args.offline, profiles, reporter, start)
 
     if args.skip_models:
         reporter.info("models", "skipped (--skip-models)")
@@ -118,7 +119,9 @@ def main(argv: Sequence[str] | None = None, repo: Path | None = None) -> int:
     return reporter.exit_code()
 
 
-def _install_plugin(repo: Path, venv: Path, offline: bool, profiles: list, reporter: Reporter) -> None:
+def _install_plugin(
+    repo: Path, venv: Path, offline: bool, profiles: list, reporter: Reporter, start_command: str
+) -> None:
     try:
         websockets = find_websockets(venv if venv.exists() else None, offline)
     except VendorError as exc:
@@ -126,7 +129,7 @@ def _install_plugin(repo: Path, venv: Path, offline: bool, profiles: list, repor
         return
     for profile in profiles:
         try:
-            plugin.install(profile, repo, websockets, reporter)
+            plugin.install(profile, repo, websockets, reporter, start_command)
         except plugin.PluginSourceError as exc:
             reporter.fail("plugin", str(exc))
             return

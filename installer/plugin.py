@@ -124,7 +124,14 @@ def _desktop_warning(desktop: bytes) -> str | None:
     return None
 
 
-def install(profile: KritaProfile, repo: Path, websockets: VendorSource, reporter: Reporter) -> None:
+def install(
+    profile: KritaProfile,
+    repo: Path,
+    websockets: VendorSource,
+    reporter: Reporter,
+    start_command: str | None = None,
+) -> None:
+    """`start_command`: how to start the backend as installed; the plugin shows it when no backend answers."""
     files, desktop = collect_files(repo, websockets)
     warning = _desktop_warning(desktop)
     if warning:
@@ -167,6 +174,7 @@ def install(profile: KritaProfile, repo: Path, websockets: VendorSource, reporte
         "kritarc": undo.to_json() if undo is not None else None,
         "vendored": {"websockets": websockets.version},
         "source": str(repo.resolve()),
+        "start_command": start_command,
     }
     record_text = json.dumps(record, indent=2, sort_keys=True) + "\n"
     _write_if_different(plugin_dir / RECORD_FILE, record_text.encode("utf-8"))

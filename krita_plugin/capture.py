@@ -1,18 +1,26 @@
-"""Reads what a job needs from a Krita document: the image without the plugin's layers, the selection as a
-mask and the control layers. Never modifies the painter's layers (the exact fallback only hides the layers
-left out of the image, the plugin's own and the guidance layers, for a moment)."""
+"""Reads what a job needs from a Krita document: the image without the guidance layers, the selection as a
+mask and the control layers. Never modifies the painter's layers (the exact fallback only hides the guidance
+layers left out of the image for a moment, and never while a button is down).
+
+With a selection only the selection and its context are read (the cost follows the selection, not the
+document); a region larger than the pixel budget is scaled down before it is sent: the backend renders at the
+model's working size anyway, so sending more pixels only costs time.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from . import compose
 from .nodes import find_node, is_layer, node_id, top_level, walk
+from .placement import Rect
 from .pose_layer import read_pose
 from .request_builder import CanvasCapture
 
+SEND_PIXELS = 1024 * 1024  # at resolution 1: twice SD1.5's native side, so nothing the model can use is lost
 SUPPORTED_TYPES = {"paintlayer", "grouplayer", "vectorlayer", "filelayer", "filllayer", "clonelayer"}
 
 
@@ -22,10 +30,11 @@ class CaptureError(Exception):
 
 @dataclass
 class CaptureRequest:
-    exclude: set[str]  # node ids left out of the image (preview, control layers)
-    with_mask: bool = False
+    exclude: set[str]  # node ids left out of the image (the guidance layers)
     scribble_id: str = ""
     pose_id: str = ""
+    use_selection: bool = True  # a selection makes the job an inpaint of the selection and its context
+    max_pixels: int = SEND_PIXELS  # larger regions are scaled down to about this many pixels before sending
 
 
 def check_document(doc: Any) -> None:
@@ -36,13 +45,40 @@ def check_document(doc: Any) -> None:
         )
 
 
-def selection_mask(doc: Any) -> bytes | None:
-    """The selection over the whole canvas as gray8 (255 = selected), or None without a selection."""
+def selection_rect(doc: Any) -> Rect | None:
+    """The selection's bounding box within the document, or None without a (non-empty) selection."""
     selection = doc.selection()
     if selection is None or selection.width() <= 0 or selection.height() <= 0:
         return None
-    data = bytes(selection.pixelData(0, 0, doc.width(), doc.height()))
+    x0, y0 = max(0, selection.x()), max(0, selection.y())
+    x1 = min(doc.width(), selection.x() + selection.width())
+    y1 = min(doc.height(), selection.y() + selection.height())
+    return (x0, y0, x1 - x0, y1 - y0) if x1 > x0 and y1 > y0 else None
+
+
+def context_rect(box: Rect, width: int, height: int) -> Rect:
+    """The selection plus the context around it that the model sees (a third of its size, at least 64 px)."""
+    x, y, w, h = box
+    pad = max(64, round(max(w, h) / 3))
+    x0, y0 = max(0, x - pad), max(0, y - pad)
+    x1, y1 = min(width, x + w + pad), min(height, y + h + pad)
+    return x0, y0, x1 - x0, y1 - y0
+
+
+def selection_mask(doc: Any, rect: Rect) -> bytes | None:
+    """The selection over `rect` as gray8 (255 = selected), or None when nothing there is selected."""
+    selection = doc.selection()
+    if selection is None:
+        return None
+    data = bytes(selection.pixelData(*rect))
     return data if any(data) else None
+
+
+def scaled_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    if width * height <= max_pixels:
+        return width, height
+    scale = math.sqrt(max_pixels / (width * height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def can_compose(node: Any) -> bool:
@@ -53,13 +89,19 @@ def can_compose(node: Any) -> bool:
     return not (node.type() == "grouplayer" and node.passThroughMode())
 
 
-def image_without(doc: Any, exclude: set[str], refresh_allowed: Callable[[], bool] = lambda: True) -> bytes:
-    """The document's image as if the excluded layers were hidden.
+def image_without(
+    doc: Any,
+    exclude: set[str],
+    refresh_allowed: Callable[[], bool] = lambda: True,
+    rect: Rect | None = None,
+) -> bytes:
+    """The document's image (or its `rect`) as if the excluded layers were hidden.
 
-    Usually composited here from the layers' own projections, which needs no re-render of the document. Blend
-    modes QPainter can't reproduce fall back to hiding the excluded layers and reading Krita's projection.
+    Krita's own projection when no excluded layer is visible; else composited here from the layers' own
+    projections, which needs no re-render of the document. Blend modes QPainter can't reproduce fall back to
+    hiding the excluded layers and reading Krita's projection.
     """
-    width, height = doc.width(), doc.height()
+    x, y, width, height = rect or (0, 0, doc.width(), doc.height())
     top = top_level(doc)
     layers = [n for n in top if is_layer(n) and n.visible() and node_id(n) not in exclude]
     # An excluded layer inside a group (a scribble or pose layer the painter keeps in a folder) shows through
@@ -70,24 +112,24 @@ def image_without(doc: Any, exclude: set[str], refresh_allowed: Callable[[], boo
         for n in walk(doc.rootNode())
         if node_id(n) in exclude and node_id(n) not in top_ids and is_layer(n) and n.visible()
     ]
+    hidden = [n for n in top if node_id(n) in exclude and n.visible()] + nested
+    if not hidden:
+        return bytes(doc.pixelData(x, y, width, height))
     if not nested and all(can_compose(n) for n in layers):
         stack = [
             compose.LayerPixels(
-                bytes(n.projectionPixelData(0, 0, width, height)), n.opacity() / 255.0, n.blendingMode()
+                bytes(n.projectionPixelData(x, y, width, height)), n.opacity() / 255.0, n.blendingMode()
             )
             for n in layers
         ]
         return compose.compose(width, height, stack)
-    hidden = [n for n in top if node_id(n) in exclude and n.visible()] + nested
-    if not hidden:
-        return bytes(doc.pixelData(0, 0, width, height))
     if not refresh_allowed():
         raise CaptureError("busy")  # the caller retries on a later tick
     try:
         for node in hidden:
             node.setVisible(False)
         doc.refreshProjection()
-        return bytes(doc.pixelData(0, 0, width, height))
+        return bytes(doc.pixelData(x, y, width, height))
     finally:
         for node in hidden:
             node.setVisible(True)
@@ -98,23 +140,42 @@ def capture(
     doc: Any, request: CaptureRequest, refresh_allowed: Callable[[], bool] = lambda: True
 ) -> CanvasCapture:
     check_document(doc)
-    width, height = doc.width(), doc.height()
-    mask = None
-    if request.with_mask:
-        mask = selection_mask(doc)
-        if mask is None:
-            raise CaptureError("Select the area to redraw first: inpaint works inside the selection.")
+    box = selection_rect(doc) if request.use_selection else None
+    rect = (
+        context_rect(box, doc.width(), doc.height()) if box is not None else (0, 0, doc.width(), doc.height())
+    )
+    x, y, width, height = rect
+    mask = selection_mask(doc, rect) if box is not None else None
+    image_w, image_h = scaled_size(width, height, request.max_pixels)
     scribble = None
     if request.scribble_id:
         node = find_node(doc, request.scribble_id)
         if node is None:
             raise CaptureError("The scribble layer is gone. Pick another one in the panel.")
-        scribble = bytes(node.projectionPixelData(0, 0, width, height))
+        scribble = _scaled(
+            bytes(node.projectionPixelData(x, y, width, height)), width, height, image_w, image_h
+        )
     pose = None
     if request.pose_id:
         node = find_node(doc, request.pose_id)
         if node is None:
             raise CaptureError("The pose layer is gone. Pick or create another one in the panel.")
-        pose = read_pose(node, doc.xRes(), doc.yRes()) or None
-    canvas = image_without(doc, request.exclude, refresh_allowed)
-    return CanvasCapture(0, 0, width, height, canvas, mask, scribble, pose)
+        sx, sy = image_w / width, image_h / height
+        pose = [
+            [None if p is None else ((p[0] - x) * sx, (p[1] - y) * sy) for p in person]
+            for person in read_pose(node, doc.xRes(), doc.yRes())
+        ] or None
+    canvas = _scaled(
+        image_without(doc, request.exclude, refresh_allowed, rect), width, height, image_w, image_h
+    )
+    if mask is not None and (image_w, image_h) != (width, height):
+        mask = compose.scale_gray(mask, width, height, image_w, image_h)
+    return CanvasCapture(
+        x, y, width, height, canvas, mask, scribble, pose, image_width=image_w, image_height=image_h
+    )
+
+
+def _scaled(bgra: bytes, width: int, height: int, new_width: int, new_height: int) -> bytes:
+    if (width, height) == (new_width, new_height):
+        return bgra
+    return compose.scale_bgra(bgra, width, height, new_width, new_height)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from PyQt5.QtCore import Qt
 from PyQt5.QtGui import QImage, QPainter
 
 # Krita's composite op ids -> the QPainter mode with the same (W3C separable) formula.
@@ -72,8 +73,17 @@ def compose(width: int, height: int, layers: list[LayerPixels]) -> bytes:
 
 
 def scale_bgra(bgra: bytes, width: int, height: int, new_width: int, new_height: int) -> bytes:
-    from PyQt5.QtCore import Qt
-
     image = bgra_image(bgra, width, height)
     scaled = image.scaled(new_width, new_height, Qt.IgnoreAspectRatio, Qt.SmoothTransformation)
     return image_bytes(scaled)
+
+
+def scale_gray(gray: bytes, width: int, height: int, new_width: int, new_height: int) -> bytes:
+    image = QImage(gray, width, height, width, QImage.Format_Grayscale8).copy()
+    scaled = image.scaled(new_width, new_height, Qt.IgnoreAspectRatio, Qt.SmoothTransformation)
+    pointer = scaled.constBits()
+    pointer.setsize(scaled.sizeInBytes())
+    data, stride = bytes(pointer), scaled.bytesPerLine()
+    if stride == new_width:
+        return data
+    return b"".join(data[row * stride : row * stride + new_width] for row in range(new_height))

@@ -1,42 +1,51 @@
 """Glue between the panel, the active Krita document and the backend connection.
 
-Runs on Krita's UI thread: a 100 ms tick watches the canvas for live mode, a 30 ms pump handles what the
-network thread reported, a 1 s timer refreshes layer lists and the "slow backend" status. Every entry point is
-guarded, so a bug shows as a message in the panel, never as Krita's "Script error" dialog.
+Runs on Krita's UI thread. Live mode checks the canvas when the painter has just done something (InputWatch),
+never on a fixed tick; a 30 ms pump handles what the network thread reported, and a 1 s timer follows document
+switches, the layer lists and the "slow backend" status. Results are shown in the result views and kept in the
+history; the document changes only on Apply or the panel's "New" buttons. Every entry point is guarded, so a
+bug shows as a message in the panel, never as Krita's "Script error" dialog.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import queue
 import time
-from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from PyQt5.QtCore import QObject, Qt, QTimer
 from PyQt5.QtWidgets import QApplication
 
+from . import persistence
 from ._compat import protocol
+from .apply import AppliedLayer, ApplyError, apply_as_layer, apply_onto_active, finish_merge, replace_pixels
 from .capture import CaptureError, CaptureRequest, capture
+from .document_state import read_state, remember_guidance
 from .fingerprint import CanvasWatcher, content_hash
-from .jobs import JobIds, JobTracker, LiveState
-from .layers import ResultLayers
+from .guidance import chosen, create_scribble_layer, layer_choices
+from .history import ResultEntry, ResultHistory
+from .input_watch import InputWatch
+from .job_records import JobRecord, JobRecords, Purpose
+from .jobs import JobIds, JobTracker
+from .live_state import LiveState
 from .network import Connected, NetworkClient, ResultReady, ServerMessage, Status, StatusChanged
-from .nodes import find_node, is_layer, node_id, walk
+from .nodes import find_node, node_id
 from .painter_words import TRANSIENT_CODES, describe_error
 from .panel import Panel
-from .placement import place
-from .pose_layer import create_pose_layer, is_pose_layer, read_pose, sync_bones
-from .request_builder import build_job
+from .pose_layer import create_pose_layer, read_pose, sync_bones
+from .request_builder import assemble, build_job
+from .result_view import entry_image, result_hub
 from .safe import add_error_sink, guarded, remove_error_sink, report_exception
-from .settings import ConnectionSettings, GenerationSettings, Mode, random_seed
+from .settings import GenerationSettings, random_seed
 
-SETTINGS_GROUP = "krita_live_diffusion"
 SLOW_AFTER = 8.0  # seconds without word from a running job before the panel says the backend is slow
-TICK_MS = 100
 PUMP_MS = 30
 SLOW_TIMER_MS = 1000
+LATENCIES_KEPT = 200
 
 
 class Controller(QObject):
@@ -58,19 +67,23 @@ class Controller(QObject):
         self.tracker = JobTracker(clock=clock)
         self.live = LiveState(clock=clock)
         self.watcher = CanvasWatcher()
-        self.results = ResultLayers()
-        self.records: OrderedDict[str, dict[str, Any]] = OrderedDict()  # job id -> what made it
+        self.history = ResultHistory(clock=clock)
+        self.records = JobRecords()
+        self.refines: dict[str, tuple[AppliedLayer, ResultEntry]] = {}  # refine job id -> where it goes
+        self.input = InputWatch(self.check_live, self)
         self.welcome: protocol.Welcome | None = None
         self.models: dict[str, list[str]] = {}
         self.status = Status.OFFLINE
         self.visible = True
-        self.stats = {"sent": 0, "results": 0, "stale": 0}
-        self.last_result: ResultReady | None = None  # the last result shown (for diagnostics and tests)
-        self.apply_job: str | None = None  # the full-quality render that Apply is waiting for
+        self.stats: dict[str, Any] = {
+            "sent": 0, "results": 0, "stale": 0, "checks": 0,
+            "stroke_to_send_ms": collections.deque(maxlen=LATENCIES_KEPT),
+        }  # fmt: skip
+        self.document = ""  # the document the panel shows (root node id)
         self._settings_dirty = False
-        self._last_pose_key = ""
+        self._slow_shown = False
         self._timers: list[QTimer] = []
-        for interval, slot in ((TICK_MS, self.tick), (PUMP_MS, self.pump), (SLOW_TIMER_MS, self.slow_tick)):
+        for interval, slot in ((PUMP_MS, self.pump), (SLOW_TIMER_MS, self.slow_tick)):
             timer = QTimer(self)
             timer.timeout.connect(slot)
             timer.setInterval(interval)
@@ -79,9 +92,13 @@ class Controller(QObject):
         panel.live_toggled.connect(self.on_live_toggled)
         panel.generate_clicked.connect(self.on_generate)
         panel.apply_clicked.connect(self.on_apply)
+        panel.apply_onto_clicked.connect(self.on_apply_onto)
         panel.cancel_clicked.connect(self.on_cancel)
         panel.create_pose_clicked.connect(self.on_create_pose)
+        panel.create_scribble_clicked.connect(self.on_create_scribble)
+        panel.history_picked.connect(self.on_history_picked)
         panel.settings_changed.connect(self.on_settings_changed)
+        panel.guidance_changed.connect(self.on_guidance_changed)
         add_error_sink(self._show_bug)
         # A docker goes away with its window, not only when Krita quits: its connection and sink must go too.
         self.destroyed.connect(functools.partial(_release, self.network, self._show_bug))
@@ -90,23 +107,32 @@ class Controller(QObject):
 
     @guarded
     def start(self) -> None:
-        self._restore_settings()
+        persistence.restore(self.panel, self.app)
+        self._settings_dirty = False
         for timer in self._timers:
             timer.start()
+        application = QApplication.instance()
+        if application is not None:
+            self.input.install(application)
         self.network.start(self.panel.connection())
 
     @guarded
     def shutdown(self) -> None:
         for timer in self._timers:
             timer.stop()
-        self._save_settings()
+        persistence.save(self.panel, self.app)
         remove_error_sink(self._show_bug)
+        application = QApplication.instance()
+        if application is not None:
+            self.input.remove(application)
         self.network.stop()
 
     @guarded
     def set_visible(self, visible: bool) -> None:
         """Live pauses while the docker is hidden (the painter can't see what it would do)."""
         self.visible = bool(visible)
+        if self.visible:
+            self.input.poke()
 
     # --- panel actions --------------------------------------------------------------------------------------
 
@@ -123,49 +149,57 @@ class Controller(QObject):
             if self.status is not Status.CONNECTED:
                 self.panel.set_message("Live starts as soon as the backend is connected.")
             else:
-                self.panel.set_message("Live: paint, and the preview layer follows.")
+                self.panel.set_message("Live: paint, and the result follows each stroke.")
+            self.input.poke()
         elif self.tracker.busy and self.tracker.current_live:
             self._cancel_current()
 
     @guarded
     def on_generate(self) -> None:
-        doc = self.app.activeDocument()
+        doc = self._document_for_action()
         if doc is None:
-            self.panel.set_message("Open or create an image first.", error=True)
-            return
-        if self.status is not Status.CONNECTED:
-            self.panel.set_message("Not connected to the backend yet (see the status above).", error=True)
             return
         if self.tracker.busy:
             self._cancel_current()  # the newest request wins; no queue of old ones
-        self._send(doc, live=False)
+        settings = self.panel.settings()
+        if not settings.seed_locked:
+            settings.seed = random_seed()
+            self.panel.set_seed(settings.seed)
+        sent = self._send(doc, settings, live=False)
+        if sent:
+            self.tracker.start(sent, live=False)
+            self.panel.set_waiting()
+            count = f" {len(sent)} variations" if len(sent) > 1 else ""
+            self.panel.set_message(f"Working…{count}")
 
     @guarded
     def on_apply(self) -> None:
-        doc = self.app.activeDocument()
-        if doc is None:
-            return
-        shown = self.results.current(doc)
-        server_params = shown.record.get("server_params", {}) if shown is not None else {}
-        if shown is not None and server_params.get("decoder") == "taesd" and self.status is Status.CONNECTED:
-            # Live previews use the fast approximate decoder; the layer a painter keeps is rendered again at
-            # full quality from the same inputs and seed, and applied when it arrives.
-            saved = shown.record.get("_settings")
-            exact = GenerationSettings.from_json(saved) if isinstance(saved, str) else None
-            job_id = self._send(doc, live=False, seed=int(shown.record.get("seed", 0)), settings=exact)
-            if job_id is not None:
-                self.apply_job = job_id
-                self.panel.set_message("Rendering at full quality for Apply…")
-            return
-        self._apply_shown(doc)
+        self._apply(onto=False)
 
-    def _apply_shown(self, doc: Any) -> None:
-        layer = self.results.apply(doc)
-        if layer is None:
-            self.panel.set_message("Nothing to apply yet: generate something first.", error=True)
+    @guarded
+    def on_apply_onto(self) -> None:
+        self._apply(onto=True)
+
+    def _apply(self, *, onto: bool) -> None:
+        doc = self.app.activeDocument()
+        entry = self.history.selected(_doc_id(doc)) if doc is not None else None
+        if doc is None or entry is None:
+            self.panel.set_message("Nothing to apply yet: paint with Live on or Generate first.", error=True)
+            return
+        refine = entry.fast_decoder and self.status is Status.CONNECTED and bool(entry.record.images)
+        try:
+            if onto:
+                applied = apply_onto_active(doc, entry, merge_now=not refine)
+            else:
+                applied = apply_as_layer(doc, entry)
+        except ApplyError as problem:
+            self.panel.set_message(str(problem), error=True)
+            return
+        where = "onto the active layer" if onto else "as a new layer"
+        if refine and self._send_refine(entry, applied):
+            self.panel.set_message(f"Applied {where}; the full-quality render replaces it in a moment.")
         else:
-            self.panel.set_message(f"Applied as the layer “{layer.name()}”.")
-            self.live.reset()
+            self.panel.set_message(f"Applied {where}.")
 
     @guarded
     def on_cancel(self) -> None:
@@ -176,37 +210,89 @@ class Controller(QObject):
 
     @guarded
     def on_create_pose(self) -> None:
-        doc = self.app.activeDocument()
+        doc = self._document_for_action(needs_backend=False)
         if doc is None:
-            self.panel.set_message("Open or create an image first.", error=True)
             return
-        layer = create_pose_layer(doc)  # on top: its joints stay visible and movable above the preview
-        self._refresh_layer_choices(doc)
-        self.panel.select_pose_layer(node_id(layer))
+        active = doc.activeNode()
+        layer = create_pose_layer(doc)  # on top: its joints stay visible and movable
+        if active is not None:
+            doc.setActiveNode(active)
+        remember_guidance(doc, pose=node_id(layer), created=node_id(layer))
+        self._show_document(doc)
         self.panel.set_message("Pose layer added: move its joints with the shape select tool.")
+
+    @guarded
+    def on_create_scribble(self) -> None:
+        doc = self._document_for_action(needs_backend=False)
+        if doc is None:
+            return
+        create_scribble_layer(doc)
+        self._show_document(doc)
+        self.panel.set_message("Scribble layer added and selected: draw the lines the image should follow.")
+
+    @guarded
+    def on_history_picked(self, job_id: str) -> None:
+        doc = self.app.activeDocument()
+        if doc is not None and self.history.select(_doc_id(doc), job_id) is not None:
+            self._show_selected(doc)
 
     @guarded
     def on_settings_changed(self) -> None:
         self._settings_dirty = True
-
-    # --- timers ---------------------------------------------------------------------------------------------
+        self.input.poke()
 
     @guarded
-    def tick(self) -> None:
+    def on_guidance_changed(self) -> None:
         doc = self.app.activeDocument()
         if doc is None:
             return
         settings = self.panel.settings()
+        remember_guidance(doc, scribble=settings.scribble.node_id, pose=settings.pose.node_id)
+        self.input.poke()
+
+    # --- live -----------------------------------------------------------------------------------------------
+
+    @guarded
+    def check_live(self) -> None:
+        """The painter just did something: send the canvas if live is on and it changed."""
+        doc = self.app.activeDocument()
+        if doc is None:
+            return
+        self._follow_document(doc)
+        settings = self.panel.settings()
         pose_node = find_node(doc, settings.pose.node_id) if settings.pose.enabled else None
         if pose_node is not None:
             sync_bones(pose_node)
-        if not (self.panel.live.isChecked() and settings.mode is Mode.LIVE):
+        if not self.panel.live.isChecked() or self.status is not Status.CONNECTED or not self.visible:
             return
-        if self.status is not Status.CONNECTED or not self.visible:
-            return
+        if not _no_buttons_down():
+            return  # mid-stroke: its release pokes again
+        doc.waitForDone()  # the stroke that just ended is in the layers
+        self.stats["checks"] += 1
         fingerprint = self._fingerprint(doc, settings, pose_node)
-        if self.live.should_send(fingerprint):
-            self._send(doc, live=True, fingerprint=fingerprint)
+        if not self.live.should_send(fingerprint):
+            return
+        sent = self._send(doc, settings, live=True)
+        if sent:
+            self.tracker.start(sent, live=True)
+            self.live.sent(sent[0], fingerprint)
+            self.stats["stroke_to_send_ms"].append((time.perf_counter() - self.input.last_release) * 1000)
+        else:
+            self.live.sent_fingerprint = fingerprint  # a refused capture says so once, not on every release
+
+    def _fingerprint(self, doc: Any, settings: GenerationSettings, pose_node: Any | None) -> str:
+        extra = [settings.to_json(), repr(_selection_key(doc))]
+        if settings.scribble.enabled:
+            scribble = find_node(doc, settings.scribble.node_id)
+            if scribble is not None:
+                extra.append(
+                    content_hash(bytes(scribble.projectionPixelData(0, 0, doc.width(), doc.height())))
+                )
+        if pose_node is not None:
+            extra.append(repr(read_pose(pose_node, doc.xRes(), doc.yRes())))
+        return self.watcher.fingerprint(doc, exclude=_guidance_ids(settings), extra="|".join(extra))
+
+    # --- timers ---------------------------------------------------------------------------------------------
 
     @guarded
     def pump(self) -> None:
@@ -221,15 +307,15 @@ class Controller(QObject):
     def slow_tick(self) -> None:
         doc = self.app.activeDocument()
         if doc is not None:
+            self._follow_document(doc)
             self._refresh_layer_choices(doc)
         if self.status is Status.CONNECTED and self.welcome is not None and not self.welcome.ready:
             self.network.send(protocol.ListModels())  # its answer tells when the model is loaded
-        if self.tracker.busy and self.tracker.silent_for() > SLOW_AFTER:
-            self.panel.set_status(
-                "Connected; the backend is slow to answer (busy or loading a model)…", "busy"
-            )
+        if self._backend_slow() != self._slow_shown:
+            self._show_connection_status()
         if self._settings_dirty:
-            self._save_settings()
+            self._settings_dirty = False
+            persistence.save(self.panel, self.app)
 
     # --- network events -------------------------------------------------------------------------------------
 
@@ -245,27 +331,38 @@ class Controller(QObject):
 
     def _on_status(self, event: StatusChanged) -> None:
         self.status = event.status
-        if event.status is Status.CONNECTED:
-            ready = self.welcome is None or self.welcome.ready
-            text = (
-                f"Connected ({self.welcome.device})" if self.welcome and self.welcome.device else "Connected"
-            )
-            if not ready:
-                text += " — " + (
-                    self.welcome.message if self.welcome and self.welcome.message else "loading…"
+        if event.status is not Status.CONNECTED:
+            # Anything the lost connection was doing will never answer: forget it, live restarts from scratch.
+            self.tracker.forget()
+            self.live.reset()
+            self.panel.set_idle()
+            for record in self.records.clear():
+                self._refine_ended(record.job_id)
+        self._show_connection_status(event)
+
+    def _backend_slow(self) -> bool:
+        return self.tracker.busy and self.tracker.silent_for() > SLOW_AFTER
+
+    def _show_connection_status(self, event: StatusChanged | None = None) -> None:
+        self._slow_shown = self._backend_slow()
+        if self.status is Status.CONNECTED:
+            welcome = self.welcome
+            device = f" ({welcome.device})" if welcome and welcome.device else ""
+            if welcome is not None and not welcome.ready:
+                # Green only when the backend can paint: connected but without a loaded model is not that.
+                self.panel.set_status(f"Connected{device} — {welcome.message or 'loading…'}", "busy")
+            elif self._slow_shown:
+                self.panel.set_status(
+                    "Connected; the backend is slow to answer (busy or loading a model)…", "busy"
                 )
-            self.panel.set_status(text, "ok" if ready else "busy")
-            return
-        # Anything the lost connection was doing will never answer: forget it, live restarts from scratch.
-        self.tracker.forget()
-        self.live.reset()
-        self.panel.set_idle()
-        if event.status is Status.CONNECTING:
+            else:
+                self.panel.set_status(f"Ready{device}", "ok")
+        elif self.status is Status.CONNECTING:
             self.panel.set_status("Connecting…", "busy")
-        elif event.status is Status.WAITING:
+        elif self.status is Status.WAITING and event is not None:
             retry = f" Retrying in {event.retry_in:.0f} s." if event.retry_in else ""
             self.panel.set_status(event.message + retry, "bad")
-        else:
+        elif event is not None:
             self.panel.set_status(event.message or "Not connected.", "off")
 
     def _on_connected(self, welcome: protocol.Welcome) -> None:
@@ -274,6 +371,9 @@ class Controller(QObject):
         self.panel.set_models(self.models, list(welcome.samplers))
         if not (self.models.get("checkpoints") or []):
             self.panel.set_message(describe_error("no_model", ""), error=True)
+        elif self.panel.message.property("plain") == describe_error("no_model", ""):
+            self.panel.set_message("")  # that problem is over
+        self._show_connection_status()
 
     def _on_message(self, message: Any) -> None:
         if isinstance(message, protocol.Progress):
@@ -283,11 +383,7 @@ class Controller(QObject):
         elif isinstance(message, protocol.Accepted):
             self.tracker.touch(message.job_id)
         elif isinstance(message, protocol.Cancelled):
-            if message.job_id == self.apply_job:
-                self.apply_job = None
-            self.live.ended(message.job_id)
-            if self.tracker.finish(message.job_id):
-                self.panel.set_idle()
+            self._job_ended(message.job_id)
         elif isinstance(message, protocol.Error):
             self._on_error(message)
         elif isinstance(message, protocol.ModelList):
@@ -298,202 +394,259 @@ class Controller(QObject):
 
     def _on_error(self, error: protocol.Error) -> None:
         text = describe_error(error.code, error.message)
-        if error.job_id is not None and error.job_id == self.apply_job:
-            self.apply_job = None
         if error.job_id is None:
             self.panel.set_message(text, error=True)
             return
         transient = error.code in TRANSIENT_CODES
-        self.live.ended(error.job_id, retry_in=2.0 if transient else None)
-        if self.tracker.finish(error.job_id):
-            self.panel.set_idle()
+        wanted = self.tracker.wants(error.job_id)
+        self._job_ended(error.job_id, retry_in=2.0 if transient else None)
+        if wanted:
             self.panel.set_message(text, error=not transient)
             if error.code == "not_ready":
                 self.panel.set_status("Connected — the backend is still loading its model…", "busy")
 
+    def _job_ended(self, job_id: str, retry_in: float | None = None) -> None:
+        """A job ended without a result (cancelled or failed)."""
+        self.live.ended(job_id, retry_in=retry_in)
+        record = self.records.pop(job_id)
+        if record is not None and record.purpose is Purpose.REFINE:
+            self._refine_ended(job_id)
+        if self.tracker.finish(job_id) and not self.tracker.busy:
+            self.panel.set_idle()
+            self._after_job()
+
     def _on_result(self, event: ResultReady) -> None:
         result, frame = event.result, event.frame
         self.live.ended(result.job_id)
-        record = self.records.pop(result.job_id, None)
-        for_apply = result.job_id == self.apply_job
-        if for_apply:
-            self.apply_job = None
-        # A render for Apply is wanted even when live frames were sent after it.
-        if not (self.tracker.finish(result.job_id) or for_apply) or record is None:
-            self.stats["stale"] += 1  # superseded by a newer request or cancelled: never shown
+        record = self.records.pop(result.job_id)
+        if record is not None and record.purpose is Purpose.REFINE:
+            self._on_refined(result, frame)
             return
-        self.panel.set_idle()
-        doc = self.app.activeDocument()
-        if doc is None or node_id(doc.rootNode()) != record.get("_document"):
-            self.stats["stale"] += 1  # the painter switched images meanwhile
+        if not self.tracker.finish(result.job_id) or record is None:
+            self.stats["stale"] += 1  # superseded by a newer request or cancelled: never shown
             return
         if frame.encoding is not protocol.ImageEncoding.BGRA8:
             self.panel.set_message(
                 f"The backend sent an unexpected image format ({frame.encoding.label}).", True
             )
             return
-        placement = place(result.bounds, frame.width, frame.height, frame.payload)
-        shown = {**record, "server_params": result.params, "_result_size": [frame.width, frame.height]}
-        # The guidance layers chosen now (not when the job left) may stay above the preview.
-        current = self.panel.settings()
-        keep_above = frozenset({current.scribble.node_id, current.pose.node_id} - {""})
-        self.results.show(doc, placement, shown, keep_above)
+        fast = result.params.get("decoder") == "taesd"
+        kept = record if fast else replace(record, images=())  # inputs are kept only to refine fast previews
+        entry = ResultEntry(
+            job_id=result.job_id,
+            document=record.document,
+            rect=_rect(result.bounds),
+            width=frame.width,
+            height=frame.height,
+            pixels=bytes(frame.payload),
+            recipe={"prompt": record.params.get("prompt", ""), **result.params},
+            record=kept,
+            live=record.live,
+            fast_decoder=fast,
+        )
+        self.history.add(entry)
         self.stats["results"] += 1
-        self.last_result = event
-        total = result.timings.get("total")  # seconds
-        done = f"Done in {total * 1000:.0f} ms." if isinstance(total, (int, float)) else "Done."
-        self.panel.set_message(done + ("" if record.get("live") else " Apply keeps it as a layer."))
+        doc = self.app.activeDocument()
+        if doc is not None and _doc_id(doc) == record.document:
+            self._show_selected(doc)
+        if not self.tracker.busy:
+            self.panel.set_idle()
+            total = result.timings.get("total")  # seconds
+            done = f"Done in {total * 1000:.0f} ms." if isinstance(total, (int, float)) else "Done."
+            self.panel.set_message(done if record.live else done + " Apply keeps it as a layer.")
+            self._after_job()
         self._mark_ready()
-        if for_apply:
-            self._apply_shown(doc)
+
+    def _after_job(self) -> None:
+        self._show_connection_status()
+        if self.panel.live.isChecked():
+            self.input.poke()  # what the painter did while the job ran goes now
 
     def _mark_ready(self) -> None:
         if self.status is Status.CONNECTED and self.welcome is not None and not self.welcome.ready:
             self.welcome.ready = True
-            self._on_status(StatusChanged(Status.CONNECTED, "Connected."))
+            self._show_connection_status()
+
+    # --- Apply's full-quality render ------------------------------------------------------------------------
+
+    def _send_refine(self, entry: ResultEntry, applied: AppliedLayer) -> bool:
+        record = entry.record
+        job_id = self.ids.next("refine")
+        params = protocol.JobParams.from_dict(record.params, protocol.Limits().max_steps)
+        job = assemble(job_id, record.mode, False, params, record.images, protocol.Bounds(*record.rect))
+        if not self.network.send(job.request, *job.frames):
+            return False
+        self.records.add(replace(record, job_id=job_id, live=False, purpose=Purpose.REFINE))
+        self.refines[job_id] = (applied, entry)
+        return True
+
+    def _on_refined(self, result: protocol.Result, frame: protocol.ImageFrame) -> None:
+        target = self.refines.pop(result.job_id, None)
+        if target is None or frame.encoding is not protocol.ImageEncoding.BGRA8:
+            return
+        applied, entry = target
+        entry.refined(bytes(frame.payload), frame.width, frame.height, result.params)
+        doc = self._document_by_id(applied.document)
+        if doc is not None:
+            replaced = replace_pixels(doc, applied, entry)
+            if applied.merge_into:
+                finish_merge(doc, applied)
+            if not replaced:
+                self.panel.set_message(
+                    "The full-quality render is in the history (the applied layer changed)."
+                )
+            if doc is self.app.activeDocument():
+                self._show_selected(doc)
+
+    def _refine_ended(self, job_id: str) -> None:
+        """A refine that will never come: an onto-layer Apply still merges what the painter saw."""
+        target = self.refines.pop(job_id, None)
+        if target is None:
+            return
+        applied, _ = target
+        doc = self._document_by_id(applied.document)
+        if doc is not None and applied.merge_into:
+            finish_merge(doc, applied)
 
     # --- sending --------------------------------------------------------------------------------------------
 
-    def _excluded(self, doc: Any, settings: GenerationSettings) -> set[str]:
-        preview = self.results.find_preview(doc)
-        ids = {settings.scribble.node_id, settings.pose.node_id} - {""}
-        if preview is not None:
-            ids.add(node_id(preview))
-        return ids
+    def _document_for_action(self, needs_backend: bool = True) -> Any | None:
+        doc = self.app.activeDocument()
+        if doc is None:
+            self.panel.set_message("Open or create an image first.", error=True)
+            return None
+        if needs_backend and self.status is not Status.CONNECTED:
+            self.panel.set_message("Not connected to the backend yet (see the status above).", error=True)
+            return None
+        return doc
 
-    def _fingerprint(self, doc: Any, settings: GenerationSettings, pose_node: Any | None) -> str:
-        extra = [settings.to_json()]
-        if settings.scribble.enabled:
-            scribble = find_node(doc, settings.scribble.node_id)
-            if scribble is not None:
-                extra.append(
-                    content_hash(bytes(scribble.projectionPixelData(0, 0, doc.width(), doc.height())))
-                )
-        if pose_node is not None:
-            extra.append(repr(read_pose(pose_node, doc.xRes(), doc.yRes())))
-        return self.watcher.fingerprint(doc, exclude=self._excluded(doc, settings), extra="|".join(extra))
-
-    def _send(
-        self,
-        doc: Any,
-        *,
-        live: bool,
-        fingerprint: str = "",
-        seed: int | None = None,
-        settings: GenerationSettings | None = None,
-    ) -> str | None:
-        """Capture and send a job; returns its id, or None when nothing could be sent (the panel says why).
-
-        `settings` replaces the panel's (to render again exactly what was shown); `seed` fixes the seed."""
-        settings = settings or self.panel.settings()
-        if seed is not None:
-            settings.seed = seed
-        elif not live and not settings.seed_locked:
-            settings.seed = random_seed()
-            self.panel.set_seed(settings.seed)
+    def _send(self, doc: Any, settings: GenerationSettings, *, live: bool) -> list[str]:
+        """Captures and sends a job (a Generate batch: one per seed); returns the ids sent, [] when nothing
+        could be sent (the panel says why)."""
         request = CaptureRequest(
-            exclude=self._excluded(doc, settings),
-            with_mask=settings.mode is Mode.INPAINT,
+            exclude=_guidance_ids(settings),
             scribble_id=settings.scribble.node_id,
             pose_id=settings.pose.node_id,
+            max_pixels=round(1024 * 1024 * max(1.0, settings.resolution) ** 2),
         )
         try:
             snapshot = capture(doc, request, refresh_allowed=_no_buttons_down)
-            self._check_limits(snapshot.width, snapshot.height)
         except CaptureError as problem:
             if str(problem) != "busy":
                 self.panel.set_message(str(problem), error=True)
-                if live:
-                    self.live.sent_fingerprint = fingerprint  # don't repeat the message 10x a second
-            return None
-        job_id = self.ids.next("live" if live else settings.mode.value)
-        job = build_job(job_id, settings, snapshot, live=live, models=self.models)
-        if not self.network.send(job.request, *job.frames):
-            self.panel.set_message("Not connected to the backend (see the status above).", error=True)
-            return None
-        self.records[job_id] = {
-            **job.request.params.to_dict(),
-            "mode": job.request.mode,
-            "live": live,
-            "job_id": job_id,
-            "_document": node_id(doc.rootNode()),
-            "_settings": settings.to_json(),
-        }
-        while len(self.records) > 16:
-            self.records.popitem(last=False)
-        self.tracker.start(job_id, live)
-        if live:
-            self.live.sent(job_id, fingerprint)
-        else:
-            self.panel.set_waiting()
-            self.panel.set_message("Working…")
-        self.stats["sent"] += 1
-        return job_id
-
-    def _check_limits(self, width: int, height: int) -> None:
-        limits = self.welcome.limits if self.welcome is not None else protocol.Limits()
-        if width > limits.max_width or height > limits.max_height:
-            raise CaptureError(
-                f"The image ({width}x{height}) is larger than the backend accepts "
-                f"({limits.max_width}x{limits.max_height}). Scale it down or crop it."
+            return []
+        count = 1 if live else settings.batch
+        sent: list[str] = []
+        for index in range(count):
+            job_id = self.ids.next("live" if live else "generate")
+            seeded = replace(settings, seed=(settings.seed + index) % (2**31))
+            job = build_job(job_id, seeded, snapshot, live=live, models=self.models)
+            if not self.network.send(job.request, *job.frames):
+                self.panel.set_message("Not connected to the backend (see the status above).", error=True)
+                break
+            self.records.add(
+                JobRecord(
+                    job_id=job_id,
+                    document=_doc_id(doc),
+                    live=live,
+                    mode=job.request.mode,
+                    rect=_rect(snapshot.bounds.to_list()),
+                    settings_json=seeded.to_json(),
+                    params=job.request.params.to_dict(),
+                    images=job.images,
+                    batch=(index + 1, count),
+                )
             )
+            sent.append(job_id)
+            self.stats["sent"] += 1
+        return sent
 
     def _cancel_current(self) -> None:
-        job_id = self.tracker.forget()
+        job_ids = self.tracker.forget()
         self.live.reset()
         self.panel.set_idle()
-        if job_id is not None:
+        for job_id in job_ids:
             self.network.send(protocol.Cancel(job_id))
 
-    # --- layers ---------------------------------------------------------------------------------------------
+    # --- documents and views --------------------------------------------------------------------------------
 
-    def _refresh_layer_choices(self, doc: Any) -> None:
-        preview_ids = self.results.preview_ids
-        scribble: list[tuple[str, str]] = []
-        pose: list[tuple[str, str]] = []
-        for node in walk(doc.rootNode()):
-            if not is_layer(node) or node_id(node) in preview_ids:
-                continue
-            if node.type() == "vectorlayer" and is_pose_layer(node):
-                pose.append((node_id(node), node.name()))
-            elif node.type() in ("paintlayer", "vectorlayer"):
-                scribble.append((node_id(node), node.name()))
-        self.panel.set_layer_choices(scribble, pose)
+    def _follow_document(self, doc: Any) -> None:
+        if _doc_id(doc) != self.document:
+            self._show_document(doc)
 
-    # --- settings -------------------------------------------------------------------------------------------
+    def _show_document(self, doc: Any) -> None:
+        """The panel shows this document's guidance choices and results (after a switch, or a new layer)."""
+        self.document = _doc_id(doc)
+        self.live.reset()
+        self.watcher.invalidate()
+        state = read_state(doc)
+        self._refresh_layer_choices(doc, state)
+        self.panel.select_guidance(*chosen(doc, state))
+        self._show_selected(doc)
 
-    def _restore_settings(self) -> None:
-        read = getattr(self.app, "readSetting", None)
-        if read is None:
-            return
-        self.panel.set_connection(
-            ConnectionSettings(
-                read(SETTINGS_GROUP, "address", self.panel.connection().address)
-                or self.panel.connection().address,
-                read(SETTINGS_GROUP, "token", ""),
-            )
+    def _refresh_layer_choices(self, doc: Any, state: Any | None = None) -> None:
+        choices = layer_choices(doc, state)
+        self.panel.set_layer_choices(choices.scribble, choices.pose)
+
+    def _show_selected(self, doc: Any) -> None:
+        document = _doc_id(doc)
+        entry = self.history.selected(document)
+        if entry is None:
+            image, caption, aspect = None, "", 0.0
+        else:
+            image = entry_image(entry.pixels, entry.width, entry.height)
+            caption = entry.label + (" · fast preview" if entry.fast_decoder else "")
+            aspect = entry.rect[2] / max(1, entry.rect[3])
+        self.panel.result_view.set_image(image, caption, aspect)
+        result_hub.shown.emit(image, caption, aspect)
+        self.panel.history.set_entries(
+            [(e.job_id, e.label) for e in self.history.entries(document)],
+            lambda job_id: _thumbnail_source(self.history, job_id),
+            entry.job_id if entry is not None else "",
         )
-        saved = read(SETTINGS_GROUP, "generation", "")
-        if saved:
-            self.panel.set_settings(GenerationSettings.from_json(saved))
-        self._settings_dirty = False
+        self.panel.set_can_apply(entry is not None)
 
-    def _save_settings(self) -> None:
-        write = getattr(self.app, "writeSetting", None)
-        self._settings_dirty = False
-        if write is None:
-            return
-        connection = self.panel.connection()
-        write(SETTINGS_GROUP, "address", connection.address)
-        write(SETTINGS_GROUP, "token", connection.token)
-        write(SETTINGS_GROUP, "generation", self.panel.settings().to_json())
+    def _document_by_id(self, document: str) -> Any | None:
+        active = self.app.activeDocument()
+        if active is not None and _doc_id(active) == document:
+            return active
+        for doc in getattr(self.app, "documents", lambda: [])() or []:
+            if _doc_id(doc) == document:
+                return doc
+        return None
 
     def _show_bug(self, text: str) -> None:
         self.panel.set_message(text, error=True)
 
 
+def _thumbnail_source(history: ResultHistory, job_id: str) -> Any:
+    entry = history.find(job_id)
+    return None if entry is None else entry_image(entry.pixels, entry.width, entry.height)
+
+
+def _doc_id(doc: Any) -> str:
+    return node_id(doc.rootNode())
+
+
+def _rect(values: Any) -> tuple[int, int, int, int]:
+    x, y, w, h = (int(v) for v in values)
+    return x, y, w, h
+
+
+def _guidance_ids(settings: GenerationSettings) -> set[str]:
+    return {settings.scribble.node_id, settings.pose.node_id} - {""}
+
+
+def _selection_key(doc: Any) -> tuple[int, int, int, int] | None:
+    selection = doc.selection()
+    if selection is None:
+        return None
+    return selection.x(), selection.y(), selection.width(), selection.height()
+
+
 def _release(network: Any, sink: Callable[[str], None], *_: Any) -> None:
-    """After the controller's Qt object is gone: stop its network thread (else it reconnects forever)."""
+    """After the controller's Qt object is gone (its event filter went with it): stop its network thread
+    (else it reconnects forever)."""
     try:
         remove_error_sink(sink)
         network.stop()

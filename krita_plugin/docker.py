@@ -1,4 +1,6 @@
-"""Krita registration: the docker (one per Krita window) and an extension with menu actions."""
+"""Krita registration: the panel docker (one per Krita window), a result docker that shows the latest result
+as big as the painter makes it (it can float onto a second screen), and menu actions painters can bind keys
+to."""
 
 from __future__ import annotations
 
@@ -10,10 +12,13 @@ from krita import DockWidget, DockWidgetFactory, DockWidgetFactoryBase, Extensio
 from .controller import Controller
 from .e2e_channel import TestControl, control_dir
 from .panel import Panel
+from .result_view import ResultView, result_hub
 from .safe import guarded
 
 DOCKER_ID = "krita_live_diffusion_docker"
 DOCKER_TITLE = "Live Diffusion"
+RESULT_DOCKER_ID = "krita_live_diffusion_result"
+RESULT_DOCKER_TITLE = "Live Diffusion Result"
 
 _dockers: weakref.WeakSet[LiveDiffusionDocker] = weakref.WeakSet()
 
@@ -38,7 +43,27 @@ class LiveDiffusionDocker(DockWidget):
 
     @guarded
     def canvasChanged(self, canvas: Any) -> None:
-        # The controller always works on Krita's active document; nothing to rewire per canvas.
+        # The controller follows Krita's active document itself (switches show that document's results).
+        self.controller.input.poke()
+
+
+class ResultDocker(DockWidget):
+    """The latest result, scaled to fit whatever size the painter gives this docker."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setWindowTitle(RESULT_DOCKER_TITLE)
+        self.setObjectName(RESULT_DOCKER_ID)
+        self.view = ResultView(self, "Results of the Live Diffusion panel appear here.")
+        self.setWidget(self.view)
+        result_hub.shown.connect(self.show_result)
+
+    @guarded
+    def show_result(self, image: Any, caption: str, aspect: float) -> None:
+        self.view.set_image(image, caption, aspect or None)
+
+    @guarded
+    def canvasChanged(self, canvas: Any) -> None:
         pass
 
 
@@ -50,16 +75,20 @@ def _visible_docker() -> LiveDiffusionDocker | None:
 
 
 class LiveDiffusionExtension(Extension):
-    """Menu actions (Tools > Scripts), so painters can bind shortcuts to Apply and Live."""
+    """Menu actions (Tools > Scripts), so painters can bind shortcuts to them."""
 
     def setup(self) -> None:
         pass
 
     def createActions(self, window: Any) -> None:
-        apply = window.createAction("kld_apply", "Live Diffusion: Apply result", "tools/scripts")
-        apply.triggered.connect(self.apply)
-        live = window.createAction("kld_toggle_live", "Live Diffusion: Toggle live", "tools/scripts")
-        live.triggered.connect(self.toggle_live)
+        actions = (
+            ("kld_apply", "Live Diffusion: Apply result as a new layer", self.apply),
+            ("kld_apply_onto", "Live Diffusion: Apply result onto the active layer", self.apply_onto),
+            ("kld_toggle_live", "Live Diffusion: Toggle live", self.toggle_live),
+            ("kld_generate", "Live Diffusion: Generate", self.generate),
+        )
+        for name, text, slot in actions:
+            window.createAction(name, text, "tools/scripts").triggered.connect(slot)
 
     @guarded
     def apply(self, *_: Any) -> None:
@@ -68,10 +97,22 @@ class LiveDiffusionExtension(Extension):
             docker.controller.on_apply()
 
     @guarded
+    def apply_onto(self, *_: Any) -> None:
+        docker = _visible_docker()
+        if docker is not None:
+            docker.controller.on_apply_onto()
+
+    @guarded
     def toggle_live(self, *_: Any) -> None:
         docker = _visible_docker()
         if docker is not None:
             docker.panel.live.toggle()
+
+    @guarded
+    def generate(self, *_: Any) -> None:
+        docker = _visible_docker()
+        if docker is not None:
+            docker.controller.on_generate()
 
 
 def register(krita_module: Any) -> None:
@@ -79,4 +120,7 @@ def register(krita_module: Any) -> None:
     app.addExtension(LiveDiffusionExtension(app))
     app.addDockWidgetFactory(
         DockWidgetFactory(DOCKER_ID, DockWidgetFactoryBase.DockRight, LiveDiffusionDocker)
+    )
+    app.addDockWidgetFactory(
+        DockWidgetFactory(RESULT_DOCKER_ID, DockWidgetFactoryBase.DockRight, ResultDocker)
     )

@@ -1,6 +1,6 @@
-"""Which job's result the panel still wants, and when live mode may send the next canvas.
+"""Which job's result the panel still wants (ids and the one job being waited for).
 
-Pure bookkeeping (no Qt, no Krita, no network) so stale-result dropping and the no-backlog rule are testable.
+Pure bookkeeping (no Qt, no Krita, no network) so stale-result dropping is testable.
 """
 
 from __future__ import annotations
@@ -25,87 +25,45 @@ class JobIds:
 
 @dataclass
 class JobTracker:
-    """Remembers the one job whose result the painter is waiting for; every other result is stale."""
+    """Remembers the jobs whose results the painter is waiting for (one live frame, or a Generate batch);
+    every other result is stale."""
 
-    current: str | None = None
+    current: list[str] = field(default_factory=list)
     current_live: bool = False
     started_at: float = 0.0
     last_activity: float = 0.0
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
 
-    def start(self, job_id: str, live: bool) -> None:
-        self.current = job_id
+    def start(self, job_ids: str | list[str], live: bool) -> None:
+        """A new request replaces whatever was awaited."""
+        self.current = [job_ids] if isinstance(job_ids, str) else list(job_ids)
         self.current_live = live
         self.started_at = self.last_activity = self.clock()
 
     def wants(self, job_id: str | None) -> bool:
-        return job_id is not None and job_id == self.current
+        return job_id is not None and job_id in self.current
 
     def touch(self, job_id: str) -> None:
-        """Progress from the current job: it is alive, however slow."""
+        """Progress from an awaited job: it is alive, however slow."""
         if self.wants(job_id):
             self.last_activity = self.clock()
 
     def finish(self, job_id: str | None) -> bool:
-        """Marks the current job done; False (and nothing changes) when the message was about a stale job."""
+        """Marks an awaited job done; False (and nothing changes) when the message was about a stale job."""
         if not self.wants(job_id):
             return False
-        self.current = None
+        self.current.remove(job_id)  # type: ignore[arg-type]
+        self.last_activity = self.clock()
         return True
 
-    def forget(self) -> str | None:
-        """Stops waiting (cancel, disconnect); returns the id that was pending."""
-        job_id, self.current = self.current, None
-        return job_id
+    def forget(self) -> list[str]:
+        """Stops waiting (cancel, disconnect); returns the ids that were pending."""
+        job_ids, self.current = self.current, []
+        return job_ids
 
     @property
     def busy(self) -> bool:
-        return self.current is not None
+        return bool(self.current)
 
     def silent_for(self) -> float:
         return self.clock() - self.last_activity if self.busy else 0.0
-
-
-@dataclass
-class LiveState:
-    """Live mode's rule: send only when the canvas changed, and never more than one live job in flight.
-
-    While a live job runs, further changes are not queued: the next send happens after it ends, with the
-    canvas as it is then. That keeps the latency from a stroke to its image at most about two generation
-    times, and no backlog can form when the backend is slower than the brush.
-    """
-
-    sent_fingerprint: str | None = None
-    in_flight: str | None = None
-    sent_at: float = 0.0
-    retry_after: float = 0.0  # no resend before this time (after a transient error)
-    stuck_after: float = 30.0  # a live job silent this long is presumed lost
-    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
-
-    def should_send(self, fingerprint: str) -> bool:
-        now = self.clock()
-        if self.in_flight is not None and now - self.sent_at < self.stuck_after:
-            return False
-        if now < self.retry_after:
-            return False
-        return fingerprint != self.sent_fingerprint
-
-    def sent(self, job_id: str, fingerprint: str) -> None:
-        self.in_flight = job_id
-        self.sent_fingerprint = fingerprint
-        self.sent_at = self.clock()
-
-    def ended(self, job_id: str | None, *, retry_in: float | None = None) -> None:
-        """A live job finished, failed or was cancelled. With retry_in, the same canvas goes again later."""
-        if job_id is not None and job_id != self.in_flight:
-            return
-        self.in_flight = None
-        if retry_in is not None:
-            self.sent_fingerprint = None
-            self.retry_after = self.clock() + retry_in
-
-    def reset(self) -> None:
-        """Disconnected or live turned off: the next send starts from scratch."""
-        self.in_flight = None
-        self.sent_fingerprint = None
-        self.retry_after = 0.0

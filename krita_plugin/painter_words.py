@@ -2,7 +2,28 @@
 
 from __future__ import annotations
 
-START_HINT = "Start it with: python -m backend"
+import functools
+import json
+from pathlib import Path
+
+INSTALL_RECORD = Path(__file__).with_name(".install-record.json")  # written by install.py next to the plugin
+GENERIC_START = "python3 install.py --run (in the Krita Live Diffusion folder)"
+
+
+@functools.lru_cache(maxsize=1)
+def start_command(record: Path = INSTALL_RECORD) -> str:
+    """The command that starts the backend the way this plugin was installed (the installer records it)."""
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return GENERIC_START
+    command = data.get("start_command") if isinstance(data, dict) else None
+    return command if isinstance(command, str) and command.strip() else GENERIC_START
+
+
+def start_hint() -> str:
+    return f"Start it with: {start_command()}"
+
 
 _ERROR_CODES = {
     "version_mismatch": "The backend and this plugin are from different releases. Update both.",
@@ -40,7 +61,7 @@ def describe_connection_failure(error: BaseException, url: str) -> str:
         or "Connect call failed" in text
         or "refused" in text.lower()
     ):
-        return f"No backend is running at {url}. {START_HINT}"
+        return f"No backend is running at {url}. {start_hint()}"
     if isinstance(error, (TimeoutError,)) or name == "TimeoutError":
         return f"The backend at {url} does not answer (it may be busy or starting)."
     if name in {"InvalidStatus", "InvalidStatusCode"}:

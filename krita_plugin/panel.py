@@ -1,5 +1,10 @@
 """The docker's widgets: what the painter sees and touches. No logic beyond showing and reading values;
-the controller decides what happens."""
+the controller decides what happens.
+
+Order follows use: the status line, the prompt, Live / Generate / Cancel, the result and its history, Apply;
+then folded sections (generation, guidance layers, models, backend). Every row fits Krita's default docker
+width (about 260 px) without a horizontal scrollbar.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,6 @@ from PyQt5.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
-    QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -19,6 +23,7 @@ from PyQt5.QtWidgets import (
     QProgressBar,
     QPushButton,
     QScrollArea,
+    QSizePolicy,
     QSlider,
     QSpinBox,
     QStyle,
@@ -28,10 +33,52 @@ from PyQt5.QtWidgets import (
 )
 
 from ._compat import protocol
-from .settings import MAX_SEED, ConnectionSettings, ControlLayerChoice, GenerationSettings, Mode, random_seed
+from .result_view import HistoryStrip, ResultView
+from .settings import (
+    MAX_BATCH,
+    MAX_SEED,
+    RESOLUTIONS,
+    ConnectionSettings,
+    ControlLayerChoice,
+    GenerationSettings,
+    random_seed,
+)
 
 STATUS_COLORS = {"ok": "#3a3", "busy": "#c90", "bad": "#c33", "off": "#888"}
 DEFAULT_CHOICE = ""  # item data for "backend default" / "none"
+COMBO_MIN_CHARS = 3  # combos shrink to this many characters instead of widening the docker
+
+
+class Section(QWidget):
+    """A titled, foldable group: the header toggles the body (folded sections keep the panel short)."""
+
+    def __init__(self, title: str, name: str, expanded: bool = False, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.header = QToolButton(objectName=f"kld_section_{name}")
+        self.header.setText(title)
+        self.header.setCheckable(True)
+        self.header.setChecked(expanded)
+        self.header.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
+        self.header.setAutoRaise(True)
+        self.header.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
+        self.body = QWidget(self)
+        self.form = QFormLayout(self.body)
+        self.form.setContentsMargins(8, 0, 0, 4)
+        self.form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
+        self.form.setRowWrapPolicy(QFormLayout.WrapLongRows)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(self.header)
+        layout.addWidget(self.body)
+        self.header.toggled.connect(self.set_expanded)
+        self.set_expanded(expanded)
+
+    def set_expanded(self, expanded: bool) -> None:
+        self.header.setArrowType(Qt.DownArrow if expanded else Qt.RightArrow)
+        if self.header.isChecked() != expanded:
+            self.header.setChecked(expanded)
+        self.body.setVisible(expanded)
 
 
 class Panel(QScrollArea):
@@ -39,109 +86,141 @@ class Panel(QScrollArea):
     live_toggled = pyqtSignal(bool)
     generate_clicked = pyqtSignal()
     apply_clicked = pyqtSignal()
+    apply_onto_clicked = pyqtSignal()
     cancel_clicked = pyqtSignal()
     create_pose_clicked = pyqtSignal()
+    create_scribble_clicked = pyqtSignal()
+    history_picked = pyqtSignal(str)
     settings_changed = pyqtSignal()
-    mode_changed = pyqtSignal()
+    guidance_changed = pyqtSignal()  # the painter picked another scribble or pose layer
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("kld_panel")
         self.setWidgetResizable(True)
-        body = QWidget(self)
-        self.setWidget(body)
-        layout = QVBoxLayout(body)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.body = QWidget(self)
+        self.setWidget(self.body)
+        layout = QVBoxLayout(self.body)
         layout.setContentsMargins(4, 4, 4, 4)
-        layout.addWidget(self._build_connection())
+        self.status = QLabel("● Not connected", objectName="kld_status")
+        self.status.setWordWrap(True)
+        self.status.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+        layout.addWidget(self.status)
         layout.addWidget(self._build_prompt())
-        # Buttons, progress and messages right after the prompt: used all the time, never scrolled away.
         layout.addLayout(self._build_actions())
         self.progress = QProgressBar(objectName="kld_progress")
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         self.progress.setTextVisible(False)
-        self.progress.setMaximumHeight(8)
+        self.progress.setFixedHeight(6)
         layout.addWidget(self.progress)
+        self.result_view = ResultView(self.body)
+        layout.addWidget(self.result_view, 1)
+        self.history = HistoryStrip(self.body)
+        self.history.picked.connect(self.history_picked)
+        layout.addWidget(self.history)
+        layout.addLayout(self._build_apply())
         self.message = QLabel("", objectName="kld_message")
         self.message.setWordWrap(True)
         self.message.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.message.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Minimum)
+        # Room for two lines whatever the message: a new message never moves the widgets below it.
+        self.message.setMinimumHeight(2 * self.message.fontMetrics().lineSpacing() + 4)
+        self.message.setAlignment(Qt.AlignLeft | Qt.AlignTop)
         layout.addWidget(self.message)
-        layout.addWidget(self._build_sampling())
-        layout.addWidget(self._build_models())
-        layout.addWidget(self._build_controls())
-        layout.addStretch(1)
-        self._update_mode_widgets()
+        self.sections = {
+            "generation": self._build_sampling(),
+            "guidance": self._build_guidance(),
+            "models": self._build_models(),
+            "backend": self._build_connection(),
+        }
+        for section in self.sections.values():
+            layout.addWidget(section)
+        layout.addStretch(0)
         self._connect_change_signals()
+        self.set_can_apply(False)
 
     # --- building ------------------------------------------------------------------------------------------
 
-    def _build_connection(self) -> QGroupBox:
-        box = QGroupBox("Backend")
-        form = QFormLayout(box)
-        self.address = QLineEdit(f"127.0.0.1:{protocol.DEFAULT_PORT}", objectName="kld_address")
-        self.address.setToolTip("Where the backend listens: host:port (start it with: python -m backend)")
-        self.token = QLineEdit("", objectName="kld_token")
-        self.token.setEchoMode(QLineEdit.Password)
-        self.token.setPlaceholderText("only if the backend asks for one")
-        self.connect_button = QPushButton("Connect", objectName="kld_connect")
-        self.connect_button.clicked.connect(self.connect_requested)
-        row = QHBoxLayout()
-        row.addWidget(self.address, 1)
-        row.addWidget(self.connect_button)
-        form.addRow("Address", row)
-        form.addRow("Token", self.token)
-        self.status = QLabel("Not connected", objectName="kld_status")
-        self.status.setWordWrap(True)
-        form.addRow("Status", self.status)
-        self.mode = QComboBox(objectName="kld_mode")
-        for mode in Mode:
-            self.mode.addItem(mode.label, mode.value)
-        self.mode.currentIndexChanged.connect(self._update_mode_widgets)
-        form.addRow("Mode", self.mode)
-        return box
-
-    def _build_prompt(self) -> QGroupBox:
-        box = QGroupBox("Prompt")
-        form = QFormLayout(box)
+    def _build_prompt(self) -> QWidget:
+        box = QWidget(self.body)
+        layout = QVBoxLayout(box)
+        layout.setContentsMargins(0, 0, 0, 0)
         self.prompt = QPlainTextEdit(objectName="kld_prompt")
         self.prompt.setPlaceholderText("what the image shows, e.g. a castle on a hill at dawn, oil painting")
-        self.prompt.setMaximumHeight(64)
+        self.prompt.setFixedHeight(3 * self.prompt.fontMetrics().lineSpacing() + 12)
         self.prompt.setTabChangesFocus(True)
-        form.addRow(self.prompt)
+        layout.addWidget(self.prompt)
         self.negative = QLineEdit(objectName="kld_negative")
         self.negative.setPlaceholderText("what to avoid (negative prompt)")
-        form.addRow(self.negative)
+        layout.addWidget(self.negative)
         return box
 
-    def _build_sampling(self) -> QGroupBox:
-        box = QGroupBox("Generation")
-        form = QFormLayout(box)
+    def _build_actions(self) -> QHBoxLayout:
+        row = QHBoxLayout()
+        self.live = QPushButton("Live", objectName="kld_live")
+        self.live.setCheckable(True)
+        self.live.setToolTip("Repaint continuously as you paint: each finished stroke is sent at once")
+        self.live.toggled.connect(lambda on: self.live.setText("● Live" if on else "Live"))
+        self.live.toggled.connect(self.live_toggled)
+        self.generate = QPushButton("Generate", objectName="kld_generate")
+        self.generate.setToolTip("Render once (with a selection: only the selection is redrawn)")
+        self.generate.clicked.connect(self.generate_clicked)
+        self.cancel = QToolButton(objectName="kld_cancel")
+        self.cancel.setIcon(self.style().standardIcon(QStyle.SP_BrowserStop))
+        self.cancel.setToolTip("Cancel (also stops Live)")
+        self.cancel.clicked.connect(self.cancel_clicked)
+        row.addWidget(self.live, 1)
+        row.addWidget(self.generate, 1)
+        row.addWidget(self.cancel)
+        return row
+
+    def _build_apply(self) -> QHBoxLayout:
+        row = QHBoxLayout()
+        self.apply = QPushButton("Apply", objectName="kld_apply")
+        self.apply.setToolTip("Keep the shown result as a new layer above the active layer")
+        self.apply.clicked.connect(self.apply_clicked)
+        self.apply_onto = QPushButton("Onto layer", objectName="kld_apply_onto")
+        self.apply_onto.setToolTip("Paint the shown result onto the active paint layer")
+        self.apply_onto.clicked.connect(self.apply_onto_clicked)
+        row.addWidget(self.apply, 1)
+        row.addWidget(self.apply_onto, 1)
+        return row
+
+    def _build_sampling(self) -> Section:
+        section = Section("Generation", "generation", expanded=True)
+        form = section.form
         self.strength = QSlider(Qt.Horizontal, objectName="kld_strength")
         self.strength.setRange(0, 100)
         self.strength.setValue(50)
         self.strength_label = QLabel("50%")
+        self.strength_label.setFixedWidth(self.strength_label.fontMetrics().horizontalAdvance("100%") + 4)
         self.strength.valueChanged.connect(lambda v: self.strength_label.setText(f"{v}%"))
         self.strength.setToolTip("How much the image may change: low keeps your painting, 100% repaints it")
-        row = QHBoxLayout()
-        row.addWidget(self.strength, 1)
-        row.addWidget(self.strength_label)
-        form.addRow("Strength", row)
+        form.addRow("Strength", _row(self.strength, self.strength_label))
+        self.resolution = QComboBox(objectName="kld_resolution")
+        for value in RESOLUTIONS:
+            self.resolution.addItem(f"{value:g}x", value)
+        self.resolution.setCurrentIndex(RESOLUTIONS.index(1.0))
+        self.resolution.setToolTip(
+            "Working resolution: 1x renders at the model's native size (about 512x512 for SD1.5), whatever "
+            "the canvas size; the result is scaled to the canvas. Higher is sharper and slower."
+        )
+        self.batch = QSpinBox(objectName="kld_batch")
+        self.batch.setRange(1, MAX_BATCH)
+        self.batch.setToolTip("Generate makes this many variations (consecutive seeds)")
+        form.addRow("Size", _row(self.resolution, QLabel("Batch"), self.batch))
         self.seed = QSpinBox(objectName="kld_seed")
         self.seed.setRange(0, MAX_SEED)
+        self.seed.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
         self.dice = QToolButton(objectName="kld_dice")
-        # A standard icon: emoji glyphs are missing from many systems' fonts.
         self.dice.setIcon(self.style().standardIcon(QStyle.SP_BrowserReload))
         self.dice.setToolTip("New random seed")
         self.dice.clicked.connect(lambda: self.seed.setValue(random_seed()))
         self.seed_lock = QCheckBox("Lock", objectName="kld_seed_lock")
-        self.seed_lock.setToolTip(
-            "Keep this seed for every Generate (Live always keeps it, so the image stays calm)"
-        )
-        row = QHBoxLayout()
-        row.addWidget(self.seed, 1)
-        row.addWidget(self.dice)
-        row.addWidget(self.seed_lock)
-        form.addRow("Seed", row)
+        self.seed_lock.setToolTip("Keep this seed for every Generate (Live always keeps it)")
+        form.addRow("Seed", _row(self.seed, self.dice, self.seed_lock))
         self.steps = QSpinBox(objectName="kld_steps")
         self.steps.setRange(1, 50)
         self.steps.setValue(4)
@@ -149,76 +228,63 @@ class Panel(QScrollArea):
         self.cfg.setRange(0.0, 30.0)
         self.cfg.setSingleStep(0.1)
         self.cfg.setValue(1.0)
-        row = QHBoxLayout()
-        row.addWidget(QLabel("Steps"))
-        row.addWidget(self.steps)
-        row.addWidget(QLabel("CFG"))
-        row.addWidget(self.cfg)
-        form.addRow(row)
-        self.sampler = QComboBox(objectName="kld_sampler")
+        form.addRow("Steps", _row(self.steps, QLabel("CFG"), self.cfg))
+        self.sampler = _combo("kld_sampler")
         for name in protocol.SAMPLERS:
             self.sampler.addItem(name, name)
         form.addRow("Sampler", self.sampler)
-        return box
+        return section
 
-    def _build_models(self) -> QGroupBox:
-        box = QGroupBox("Models")
-        form = QFormLayout(box)
-        self.checkpoint = QComboBox(objectName="kld_checkpoint")
-        self.checkpoint.addItem("Backend default", DEFAULT_CHOICE)
-        form.addRow("Checkpoint", self.checkpoint)
-        self.lora = QComboBox(objectName="kld_lora")
-        self.lora.addItem("None", DEFAULT_CHOICE)
-        self.lora_strength = _strength_spin("kld_lora_strength")
-        row = QHBoxLayout()
-        row.addWidget(self.lora, 1)
-        row.addWidget(self.lora_strength)
-        form.addRow("LoRA", row)
-        return box
-
-    def _build_controls(self) -> QGroupBox:
-        box = QGroupBox("Guidance layers")
-        form = QFormLayout(box)
-        self.scribble_layer = QComboBox(objectName="kld_scribble_layer")
+    def _build_guidance(self) -> Section:
+        section = Section("Guidance layers", "guidance")
+        form = section.form
+        self.scribble_layer = _combo("kld_scribble_layer")
         self.scribble_layer.addItem("None", DEFAULT_CHOICE)
-        self.scribble_layer.setToolTip("A layer with lines to follow (it is left out of the image itself)")
+        self.scribble_layer.setToolTip(
+            "A layer with lines to follow (left out of the image itself, stays visible)"
+        )
+        self.new_scribble = QToolButton(objectName="kld_new_scribble")
+        self.new_scribble.setText("+")
+        self.new_scribble.setToolTip("Add a scribble layer on top and select it to draw guide lines on")
+        self.new_scribble.clicked.connect(self.create_scribble_clicked)
         self.scribble_strength = _strength_spin("kld_scribble_strength")
-        row = QHBoxLayout()
-        row.addWidget(self.scribble_layer, 1)
-        row.addWidget(self.scribble_strength)
-        form.addRow("Scribble", row)
-        self.pose_layer = QComboBox(objectName="kld_pose_layer")
+        form.addRow("Scribble", _row(self.scribble_layer, self.new_scribble, self.scribble_strength))
+        self.pose_layer = _combo("kld_pose_layer")
         self.pose_layer.addItem("None", DEFAULT_CHOICE)
         self.pose_layer.setToolTip("A pose layer: move its joints with the shape select tool")
         self.new_pose = QToolButton(objectName="kld_new_pose")
-        self.new_pose.setText("New")
+        self.new_pose.setText("+")
         self.new_pose.setToolTip("Add a pose layer with a figure to move joint by joint")
         self.new_pose.clicked.connect(self.create_pose_clicked)
         self.pose_strength = _strength_spin("kld_pose_strength")
-        row = QHBoxLayout()
-        row.addWidget(self.pose_layer, 1)
-        row.addWidget(self.new_pose)
-        row.addWidget(self.pose_strength)
-        form.addRow("Pose", row)
-        return box
+        form.addRow("Pose", _row(self.pose_layer, self.new_pose, self.pose_strength))
+        return section
 
-    def _build_actions(self) -> QHBoxLayout:
-        row = QHBoxLayout()
-        self.live = QPushButton("Live", objectName="kld_live")
-        self.live.setCheckable(True)
-        self.live.setToolTip("Repaint continuously while you paint")
-        self.live.toggled.connect(lambda on: self.live.setText("● Live" if on else "Live"))
-        self.live.toggled.connect(self.live_toggled)
-        self.generate = QPushButton("Generate", objectName="kld_generate")
-        self.generate.clicked.connect(self.generate_clicked)
-        self.apply = QPushButton("Apply", objectName="kld_apply")
-        self.apply.setToolTip("Keep the result as a new layer (named with the prompt and seed)")
-        self.apply.clicked.connect(self.apply_clicked)
-        self.cancel = QPushButton("Cancel", objectName="kld_cancel")
-        self.cancel.clicked.connect(self.cancel_clicked)
-        for button in (self.live, self.generate, self.apply, self.cancel):
-            row.addWidget(button)
-        return row
+    def _build_models(self) -> Section:
+        section = Section("Models", "models")
+        form = section.form
+        self.checkpoint = _combo("kld_checkpoint")
+        self.checkpoint.addItem("Backend default", DEFAULT_CHOICE)
+        form.addRow("Model", self.checkpoint)
+        self.lora = _combo("kld_lora")
+        self.lora.addItem("None", DEFAULT_CHOICE)
+        self.lora_strength = _strength_spin("kld_lora_strength")
+        form.addRow("LoRA", _row(self.lora, self.lora_strength))
+        return section
+
+    def _build_connection(self) -> Section:
+        section = Section("Backend", "backend")
+        form = section.form
+        self.address = QLineEdit(f"127.0.0.1:{protocol.DEFAULT_PORT}", objectName="kld_address")
+        self.address.setToolTip("Where the backend listens: host:port")
+        self.connect_button = QPushButton("Connect", objectName="kld_connect")
+        self.connect_button.clicked.connect(self.connect_requested)
+        form.addRow("Address", _row(self.address, self.connect_button))
+        self.token = QLineEdit("", objectName="kld_token")
+        self.token.setEchoMode(QLineEdit.Password)
+        self.token.setPlaceholderText("only if the backend asks for one")
+        form.addRow("Token", self.token)
+        return section
 
     def _connect_change_signals(self) -> None:
         for signal in (
@@ -226,29 +292,18 @@ class Panel(QScrollArea):
             self.seed.valueChanged, self.seed_lock.toggled, self.steps.valueChanged, self.cfg.valueChanged,
             self.sampler.currentIndexChanged, self.checkpoint.currentIndexChanged,
             self.lora.currentIndexChanged, self.lora_strength.valueChanged,
-            self.scribble_layer.currentIndexChanged, self.scribble_strength.valueChanged,
-            self.pose_layer.currentIndexChanged, self.pose_strength.valueChanged,
-            self.mode.currentIndexChanged,
+            self.scribble_strength.valueChanged, self.pose_strength.valueChanged,
+            self.resolution.currentIndexChanged, self.batch.valueChanged,
+            self.scribble_layer.currentIndexChanged, self.pose_layer.currentIndexChanged,
         ):  # fmt: skip
             signal.connect(self.settings_changed)
-
-    def _update_mode_widgets(self) -> None:
-        live_mode = self.current_mode() is Mode.LIVE
-        self.live.setVisible(live_mode)
-        self.generate.setVisible(not live_mode)
-        if not live_mode and self.live.isChecked():
-            self.live.setChecked(False)
-        self.generate.setText("Inpaint" if self.current_mode() is Mode.INPAINT else "Generate")
-        self.mode_changed.emit()
+        self.scribble_layer.activated.connect(lambda _: self.guidance_changed.emit())
+        self.pose_layer.activated.connect(lambda _: self.guidance_changed.emit())
 
     # --- reading --------------------------------------------------------------------------------------------
 
-    def current_mode(self) -> Mode:
-        return Mode(self.mode.currentData() or Mode.LIVE.value)
-
     def settings(self) -> GenerationSettings:
         return GenerationSettings(
-            mode=self.current_mode(),
             prompt=self.prompt.toPlainText().strip(),
             negative_prompt=self.negative.text().strip(),
             strength=self.strength.value() / 100.0,
@@ -260,6 +315,8 @@ class Panel(QScrollArea):
             checkpoint=self.checkpoint.currentData() or "",
             lora=self.lora.currentData() or "",
             lora_strength=self.lora_strength.value(),
+            resolution=float(self.resolution.currentData() or 1.0),
+            batch=self.batch.value(),
             scribble=ControlLayerChoice(
                 self.scribble_layer.currentData() or "", self.scribble_strength.value()
             ),
@@ -272,7 +329,6 @@ class Panel(QScrollArea):
     # --- showing --------------------------------------------------------------------------------------------
 
     def set_settings(self, settings: GenerationSettings) -> None:
-        self.mode.setCurrentIndex(max(0, self.mode.findData(settings.mode.value)))
         self.prompt.setPlainText(settings.prompt)
         self.negative.setText(settings.negative_prompt)
         # Saved settings may hold anything (an edited kritarc, another version): out-of-range integers make
@@ -286,6 +342,8 @@ class Panel(QScrollArea):
         _select(self.checkpoint, settings.checkpoint, add=True)
         _select(self.lora, settings.lora, add=True)
         self.lora_strength.setValue(_finite(settings.lora_strength, 1.0))
+        self.resolution.setCurrentIndex(max(0, self.resolution.findData(settings.resolution)))
+        self.batch.setValue(_clamp(settings.batch, self.batch))
         self.scribble_strength.setValue(_finite(settings.scribble.strength, 1.0))
         self.pose_strength.setValue(_finite(settings.pose.strength, 1.0))
 
@@ -297,6 +355,7 @@ class Panel(QScrollArea):
         color = STATUS_COLORS.get(state, STATUS_COLORS["off"])
         self.status.setText(f'<span style="color:{color}">●</span> {_escape(text)}')
         self.status.setProperty("state", state)
+        self.status.setProperty("plain", text)
 
     def set_message(self, text: str, error: bool = False) -> None:
         self.message.setText(
@@ -322,6 +381,10 @@ class Panel(QScrollArea):
     def set_live(self, on: bool) -> None:
         self.live.setChecked(on)
 
+    def set_can_apply(self, can: bool) -> None:
+        self.apply.setEnabled(can)
+        self.apply_onto.setEnabled(can)
+
     def set_models(self, models: dict[str, list[str]], samplers: list[str]) -> None:
         _fill(self.checkpoint, "Backend default", models.get("checkpoints") or [])
         # The LCM LoRA is the backend's business (it speeds up every model); list the painter's style LoRAs.
@@ -333,11 +396,28 @@ class Panel(QScrollArea):
         _fill_pairs(self.scribble_layer, "None", scribble)
         _fill_pairs(self.pose_layer, "None", pose)
 
-    def select_pose_layer(self, node_id: str) -> None:
-        _select(self.pose_layer, node_id)
+    def select_guidance(self, scribble: str, pose: str) -> None:
+        """Shows a document's stored choices without announcing them as the painter's new choice."""
+        for combo, wanted in ((self.scribble_layer, scribble), (self.pose_layer, pose)):
+            if combo.currentData() != wanted:
+                _select(combo, wanted)
 
-    def select_scribble_layer(self, node_id: str) -> None:
-        _select(self.scribble_layer, node_id)
+
+def _row(*widgets: QWidget) -> QWidget:
+    holder = QWidget()
+    layout = QHBoxLayout(holder)
+    layout.setContentsMargins(0, 0, 0, 0)
+    for index, widget in enumerate(widgets):
+        layout.addWidget(widget, 1 if index == 0 else 0)
+    return holder
+
+
+def _combo(name: str) -> QComboBox:
+    combo = QComboBox(objectName=name)
+    combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(COMBO_MIN_CHARS)
+    combo.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
+    return combo
 
 
 def _strength_spin(name: str) -> QDoubleSpinBox:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ._compat import protocol
-from .settings import GenerationSettings, Mode
+from .job_records import SentImage
+from .settings import GenerationSettings
 
 Keypoint = tuple[float, float] | None
 
@@ -21,8 +22,13 @@ class CanvasCapture:
     canvas: bytes
     mask: bytes | None = None
     scribble: bytes | None = None
-    pose: list[list[Keypoint]] | None = None  # people x 18 keypoints, in canvas pixels
-    fingerprint: str = ""
+    pose: list[list[Keypoint]] | None = None  # people x 18 keypoints, in the sent image's pixels
+    image_width: int = 0  # the sent images' size (0: the rectangle's): smaller when scaled down for sending
+    image_height: int = 0
+
+    def __post_init__(self) -> None:
+        self.image_width = self.image_width or self.width
+        self.image_height = self.image_height or self.height
 
     @property
     def bounds(self) -> protocol.Bounds:
@@ -33,6 +39,7 @@ class CanvasCapture:
 class BuiltJob:
     request: protocol.JobRequest
     frames: list[bytes] = field(default_factory=list)
+    images: tuple[SentImage, ...] = ()  # what the frames carry, to send again under another id
 
     @property
     def job_id(self) -> str:
@@ -90,6 +97,7 @@ def build_params(
         cfg=settings.cfg,
         strength=settings.strength,
         seed=settings.seed,
+        resolution=settings.resolution,
         controls=controls,
     )
 
@@ -102,29 +110,44 @@ def build_job(
     live: bool,
     models: dict[str, list[str]] | None = None,
 ) -> BuiltJob:
-    """The JobRequest and its frames, in the order the protocol wants them (JSON first, then each image)."""
-    inpaint = settings.mode is Mode.INPAINT
-    if inpaint and capture.mask is None:
-        raise ValueError("an inpaint job needs a mask")
+    """The JobRequest and its frames, in the order the protocol wants them (JSON first, then each image).
+    A capture with a selection mask is an inpaint job."""
     params = build_params(settings, capture, models or {})
-    w, h = capture.width, capture.height
-    BGRA8, GRAY8 = protocol.ImageEncoding.BGRA8, protocol.ImageEncoding.GRAY8
-    images: list[tuple[str, protocol.ImageEncoding, bytes]] = [("canvas", BGRA8, capture.canvas)]
-    if inpaint and capture.mask is not None:
-        images.append(("mask", GRAY8, capture.mask))
+    w, h = capture.image_width, capture.image_height
+    bgra8, gray8 = protocol.ImageEncoding.BGRA8.label, protocol.ImageEncoding.GRAY8.label
+    images = [SentImage("canvas", bgra8, w, h, capture.canvas)]
+    if capture.mask is not None:
+        images.append(SentImage("mask", gray8, w, h, capture.mask))
     if capture.scribble is not None:
-        images.append(("scribble", BGRA8, capture.scribble))
+        images.append(SentImage("scribble", bgra8, w, h, capture.scribble))
+    mode = "inpaint" if capture.mask is not None else "img2img"
+    return assemble(job_id, mode, live, params, tuple(images), capture.bounds)
+
+
+def assemble(
+    job_id: str,
+    mode: str,
+    live: bool,
+    params: protocol.JobParams,
+    images: tuple[SentImage, ...],
+    bounds: protocol.Bounds,
+) -> BuiltJob:
+    """A job from its parts; also how the same inputs are sent again under a new id (Apply's refine)."""
     request = protocol.JobRequest(
         job_id=job_id,
-        mode="inpaint" if inpaint else "img2img",
+        mode=mode,
         live=live,
         params=params,
-        images=[protocol.ImageSpec(slot, encoding.label, w, h) for slot, encoding, _ in images],
-        bounds=capture.bounds,
+        images=[protocol.ImageSpec(i.slot, i.encoding, i.width, i.height) for i in images],
+        bounds=bounds,
         result_encoding="bgra8",
     )
     frames = [
-        protocol.encode_frame(protocol.ImageFrame(job_id, slot, encoding, w, h, payload))
-        for slot, encoding, payload in images
+        protocol.encode_frame(
+            protocol.ImageFrame(
+                job_id, i.slot, protocol.ImageEncoding.from_label(i.encoding), i.width, i.height, i.payload
+            )
+        )
+        for i in images
     ]
-    return BuiltJob(request, frames)
+    return BuiltJob(request, frames, images)

@@ -5,22 +5,14 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import asdict, dataclass, field, fields
-from enum import Enum
 from typing import Any
 
 from ._compat import protocol
 
 MAX_SEED = 2**31 - 1  # what a spin box can hold; the protocol allows more
-
-
-class Mode(str, Enum):
-    LIVE = "live"
-    GENERATE = "generate"
-    INPAINT = "inpaint"
-
-    @property
-    def label(self) -> str:
-        return {"live": "Live", "generate": "Generate / Refine", "inpaint": "Inpaint selection"}[self.value]
+MAX_BATCH = 8
+# The working-resolution multipliers the panel offers (1.0 = the model's native size, e.g. 512x512 for SD1.5).
+RESOLUTIONS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 
 
 @dataclass
@@ -55,7 +47,8 @@ class ControlLayerChoice:
 
 @dataclass
 class GenerationSettings:
-    mode: Mode = Mode.LIVE
+    """What shapes a job. Whether it inpaints is not a setting: a selection in the document means inpaint."""
+
     prompt: str = ""
     negative_prompt: str = ""
     strength: float = 0.5
@@ -67,13 +60,13 @@ class GenerationSettings:
     checkpoint: str = ""  # "" = the backend's default
     lora: str = ""
     lora_strength: float = 1.0
+    resolution: float = 1.0  # working-resolution multiplier of the model's native size
+    batch: int = 1  # Generate: variations with consecutive seeds
     scribble: ControlLayerChoice = field(default_factory=ControlLayerChoice)
     pose: ControlLayerChoice = field(default_factory=ControlLayerChoice)
 
     def to_json(self) -> str:
-        data = asdict(self)
-        data["mode"] = self.mode.value
-        return json.dumps(data)
+        return json.dumps(asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> GenerationSettings:
@@ -93,14 +86,15 @@ class GenerationSettings:
             if isinstance(current, ControlLayerChoice) and isinstance(value, dict):
                 # Layer ids belong to one document; only the strength carries over between sessions.
                 setattr(settings, item.name, ControlLayerChoice("", _float(value.get("strength"), 1.0)))
-            elif isinstance(current, Mode):
-                settings.mode = Mode(value) if value in {m.value for m in Mode} else Mode.LIVE
             elif isinstance(current, bool):
                 setattr(settings, item.name, bool(value))
             elif isinstance(current, (int, float, str)) and isinstance(value, type(current)):
                 setattr(settings, item.name, value)
             elif isinstance(current, float) and isinstance(value, int):
                 setattr(settings, item.name, float(value))
+        settings.batch = max(1, min(MAX_BATCH, settings.batch))
+        if settings.resolution not in RESOLUTIONS:
+            settings.resolution = 1.0
         return settings
 
 

@@ -74,6 +74,21 @@ def test_install_puts_every_file_in_place(
     assert (pykrita(user_profile) / "other_plugin" / "__init__.py").is_file()
 
 
+def test_the_plugin_learns_the_command_that_starts_this_backend(
+    fake_repo: Path, user_profile: Path, websockets_venv: Path
+) -> None:
+    """A painter whose backend is not running is told the command that works for this install (the venv's
+    Python), not a bare `python -m backend` that fails outside it."""
+    from krita_plugin.painter_words import GENERIC_START, start_command
+
+    assert install(fake_repo, websockets_venv) == 0
+    record = pykrita(user_profile) / PLUGIN / ".install-record.json"
+    command = start_command.__wrapped__(record)
+    assert str(websockets_venv) in command and command.endswith("-m backend")
+    assert command.startswith("cd ")
+    assert start_command.__wrapped__(record.with_name("missing.json")) == GENERIC_START
+
+
 def test_install_leaves_other_kritarc_settings_untouched(
     fake_repo: Path, user_profile: Path, websockets_venv: Path
 ) -> None:

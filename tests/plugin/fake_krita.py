@@ -34,6 +34,7 @@ class Node:
         self._opacity = 255
         self._blend = "normal"
         self._inherit_alpha = False
+        self._locked = False
         self._pass_through = False
         self._pixels = bytearray(doc.width() * doc.height() * 4)
         self._children: list[Node] = []
@@ -70,6 +71,29 @@ class Node:
 
     def setBlendingMode(self, mode: str) -> None:
         self._blend = mode
+
+    def locked(self) -> bool:
+        return self._locked
+
+    def setLocked(self, locked: bool) -> None:
+        self._locked = locked
+
+    def mergeDown(self) -> Node | None:
+        """Like Krita: this layer composited onto the one below into a new node that replaces both."""
+        parent = self._parent
+        if parent is None:
+            return None
+        index = parent._children.index(self)
+        if index == 0:
+            return None
+        below = parent._children[index - 1]
+        merged = Node(self._doc, below.name(), below.type())
+        merged._pixels = self._doc._composite([below, self])
+        parent._children[index - 1 : index + 1] = [merged]
+        merged._parent = parent
+        self._parent = below._parent = None
+        self._doc.undo_log.append(("merge down", below.name()))
+        return merged
 
     def inheritAlpha(self) -> bool:
         return self._inherit_alpha
@@ -388,7 +412,7 @@ class Krita:
     _instance: Krita | None = None
 
     def __init__(self) -> None:
-        self.documents: list[Document] = []
+        self._documents: list[Document] = []
         self.active: Document | None = None
         self.settings: dict[tuple[str, str], str] = {}
         self.extensions: list[Any] = []
@@ -401,6 +425,9 @@ class Krita:
             cls._instance = cls()
         return cls._instance
 
+    def documents(self) -> list[Document]:
+        return list(self._documents)
+
     def activeDocument(self) -> Document | None:
         return self.active
 
@@ -411,7 +438,7 @@ class Krita:
         self, w: int, h: int, name: str, model: str, depth: str, profile: str, res: float
     ) -> Document:
         doc = Document(w, h, res, model)
-        self.documents.append(doc)
+        self._documents.append(doc)
         return doc
 
     def readSetting(self, group: str, key: str, default: str) -> str:

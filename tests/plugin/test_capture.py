@@ -2,7 +2,15 @@ from __future__ import annotations
 
 import pytest
 
-from krita_plugin.capture import CaptureError, CaptureRequest, capture, image_without, selection_mask
+from krita_plugin.capture import (
+    CaptureError,
+    CaptureRequest,
+    capture,
+    context_rect,
+    image_without,
+    scaled_size,
+    selection_mask,
+)
 from krita_plugin.nodes import node_id
 from tests.plugin.fake_krita import Document, Selection
 
@@ -20,6 +28,7 @@ def doc(qapp) -> Document:
 
 
 def add_preview(doc: Document) -> object:
+    """A visible layer left out of the image (what a scribble guidance layer is)."""
     preview = doc.createNode("preview", "paintlayer")
     preview.setPixelData(BLUE * 24, 0, 0, 6, 4)
     doc.rootNode().addChildNode(preview, None)
@@ -66,20 +75,45 @@ def test_fallback_waits_while_the_painter_is_mid_stroke(doc: Document) -> None:
 
 
 def test_selection_becomes_an_8bit_mask(doc: Document) -> None:
-    assert selection_mask(doc) is None
+    assert selection_mask(doc, (0, 0, 6, 4)) is None
     selection = Selection()
     selection.select(2, 1, 3, 2, 255)
     doc.setSelection(selection)
-    mask = selection_mask(doc)
+    mask = selection_mask(doc, (0, 0, 6, 4))
     assert mask is not None and len(mask) == 6 * 4
     rows = [mask[r * 6 : (r + 1) * 6] for r in range(4)]
     assert rows[0] == bytes(6) and rows[3] == bytes(6)
     assert rows[1] == bytes([0, 0, 255, 255, 255, 0]) == rows[2]
 
 
-def test_inpaint_needs_a_selection(doc: Document) -> None:
-    with pytest.raises(CaptureError, match="Select the area"):
-        capture(doc, CaptureRequest(exclude=set(), with_mask=True))
+def test_a_selection_captures_its_context_with_a_mask(doc: Document) -> None:
+    selection = Selection()
+    selection.select(2, 1, 1, 1, 255)
+    doc.setSelection(selection)
+    snapshot = capture(doc, CaptureRequest(exclude=set()))
+    assert snapshot.mask is not None and (snapshot.width, snapshot.height) == (6, 4)  # context, clipped
+    assert capture(doc, CaptureRequest(exclude=set(), use_selection=False)).mask is None
+
+
+def test_context_grows_with_the_selection() -> None:
+    assert context_rect((500, 500, 30, 30), 2000, 2000) == (436, 436, 158, 158)  # at least 64 px
+    assert context_rect((500, 500, 600, 300), 2000, 2000) == (300, 300, 1000, 700)  # a third of its size
+    assert context_rect((0, 0, 30, 30), 50, 40) == (0, 0, 50, 40)  # never outside the document
+
+
+def test_large_regions_are_scaled_down_before_sending(qapp) -> None:
+    assert scaled_size(512, 512, 1024 * 1024) == (512, 512)
+    assert scaled_size(4096, 4096, 1024 * 1024) == (1024, 1024)
+    assert scaled_size(4096, 1, 1024 * 1024) == (4096, 1)
+    doc = Document(40, 20)
+    lines = doc.createNode("lines", "paintlayer")
+    lines.setPixelData(BLUE * 40, 0, 0, 40, 1)
+    doc.rootNode().addChildNode(lines, None)
+    sid = node_id(lines)
+    snapshot = capture(doc, CaptureRequest(exclude={sid}, scribble_id=sid, max_pixels=200))
+    assert (snapshot.width, snapshot.height) == (40, 20)  # the document rectangle it covers
+    assert (snapshot.image_width, snapshot.image_height) == (20, 10)
+    assert len(snapshot.canvas) == len(snapshot.scribble) == 20 * 10 * 4
 
 
 def test_control_layers_are_sent_but_left_out_of_the_image(doc: Document) -> None:

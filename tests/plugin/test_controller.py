@@ -6,11 +6,12 @@ import pytest
 
 from krita_plugin._compat import protocol
 from krita_plugin.controller import Controller
-from krita_plugin.layers import PREVIEW_NAME
+from krita_plugin.document_state import read_state
+from krita_plugin.guidance import SCRIBBLE_LAYER_NAME
 from krita_plugin.network import Connected, ResultReady, ServerMessage, Status, StatusChanged
 from krita_plugin.nodes import node_id
 from krita_plugin.panel import Panel
-from krita_plugin.settings import ConnectionSettings, Mode
+from krita_plugin.settings import ConnectionSettings
 from tests.plugin.fake_krita import Selection
 
 
@@ -40,6 +41,11 @@ class FakeNetwork:
     def jobs(self) -> list[protocol.JobRequest]:
         return [p[0] for p in self.sent if isinstance(p[0], protocol.JobRequest)]
 
+    def frames(self, job: protocol.JobRequest) -> dict[str, protocol.ImageFrame]:
+        parts = next(p for p in self.sent if p[0] is job)
+        decoded = [protocol.decode_frame(f, 1 << 16, 1 << 16) for f in parts[1:]]
+        return {frame.slot: frame for frame in decoded}
+
 
 class Clock:
     now = 1000.0
@@ -53,6 +59,7 @@ WELCOME = protocol.Welcome(
     {"checkpoints": ["tiny.safetensors"], "loras": ["lcm.safetensors", "style.safetensors"]},
     {}, ["lcm", "euler"], protocol.Limits(), True,
 )  # fmt: skip
+GREEN = b"\x00\xff\x00\xff"
 
 
 @pytest.fixture
@@ -65,92 +72,106 @@ def setup(krita_app):
     network.connected = True
     controller.handle_event(Connected(WELCOME))
     controller.handle_event(StatusChanged(Status.CONNECTED, "Connected."))
-    yield controller, network, krita_app.activeDocument(), panel, clock
+    doc = krita_app.activeDocument()
+    painting = doc.createNode("Painting", "paintlayer")
+    doc.rootNode().addChildNode(painting, doc.find("Background"))
+    doc.setActiveNode(painting)
+    doc.undo_log.clear()
+    yield controller, network, doc, panel, clock
     controller.shutdown()
 
 
-def result_for(job: protocol.JobRequest, fill: bytes = b"\x00\xff\x00\xff", bounds: list[int] | None = None):
+def result_for(job: protocol.JobRequest, fill: bytes = GREEN, bounds: list[int] | None = None, size=None):
     x, y, w, h = bounds or job.bounds.to_list()
-    result = protocol.Result(job.job_id, [x, y, w, h], w, h, "bgra8", job.params.to_dict(), {"total": 0.042})
-    frame = protocol.ImageFrame(job.job_id, "result", protocol.ImageEncoding.BGRA8, w, h, fill * (w * h))
+    pw, ph = size or (w, h)
+    params = {**job.params.to_dict()}
+    result = protocol.Result(job.job_id, [x, y, w, h], pw, ph, "bgra8", params, {"total": 0.042})
+    frame = protocol.ImageFrame(job.job_id, "result", protocol.ImageEncoding.BGRA8, pw, ph, fill * (pw * ph))
     return ResultReady(result, frame)
 
 
+def taesd(event: ResultReady) -> ResultReady:
+    event.result.params["decoder"] = "taesd"
+    return event
+
+
 def paint(doc, pixel: bytes = b"\x00\x00\xff\xff", x: int = 2, y: int = 2) -> None:
-    doc.activeNode().setPixelData(pixel, x, y, 1, 1)
+    doc.find("Painting").setPixelData(pixel, x, y, 1, 1)
 
 
-def test_welcome_fills_the_model_lists(setup) -> None:
-    _, _, _, panel, _ = setup
+def test_welcome_fills_the_model_lists_and_status_is_green_only_when_ready(setup) -> None:
+    _controller, _, _, panel, _ = setup
     assert [panel.checkpoint.itemData(i) for i in range(panel.checkpoint.count())] == ["", "tiny.safetensors"]
     assert [panel.lora.itemData(i) for i in range(panel.lora.count())] == ["", "style.safetensors"]
-    assert "Connected" in panel.status.text() and "cpu" in panel.status.text()
+    assert panel.status.property("state") == "ok" and "cpu" in panel.status.text()
 
 
 def test_live_sends_on_change_only_and_never_a_backlog(setup) -> None:
     controller, network, doc, panel, _ = setup
-    controller.tick()
+    controller.check_live()
     assert network.sent == []  # live is off
     panel.set_live(True)
-    controller.tick()
+    controller.check_live()
     assert len(network.jobs()) == 1
     first = network.jobs()[0]
     assert first.live and first.mode == "img2img" and first.bounds == protocol.Bounds(0, 0, 16, 12)
+    assert first.params.resolution == 1.0
     paint(doc)
     for _ in range(5):
-        controller.tick()  # changes while the first job runs are not queued
+        controller.check_live()  # changes while the first job runs are not queued
     assert len(network.jobs()) == 1
     controller.handle_event(result_for(first))
-    controller.tick()
+    controller.check_live()
     assert len(network.jobs()) == 2  # then the latest canvas goes once
     controller.handle_event(result_for(network.jobs()[1]))
-    for _ in range(5):
-        controller.tick()
+    for _ in range(12):  # including full re-scans of every layer
+        controller.check_live()
     assert len(network.jobs()) == 2  # unchanged canvas: nothing sent
 
 
-def test_live_result_shows_in_the_preview_without_the_preview_feeding_back(setup) -> None:
+def test_live_results_never_touch_the_document(setup) -> None:
+    """The result is shown in the result view; no layer, no undo step, the active layer stays."""
     controller, network, doc, panel, _ = setup
+    names = doc.names()
     panel.set_live(True)
-    controller.tick()
-    controller.handle_event(result_for(network.jobs()[0]))
-    preview = doc.find(PREVIEW_NAME)
-    assert doc.names()[-1] == PREVIEW_NAME
-    assert preview.pixelData(0, 0, 16, 12) == b"\x00\xff\x00\xff" * (16 * 12)
-    for _ in range(12):  # including a full re-scan of every layer
-        controller.tick()
-    assert len(network.jobs()) == 1  # showing a result is not a change of the painting
-    assert doc.find("Background").writes == 0
+    for round_ in range(5):
+        paint(doc, bytes([round_, 0, 255, 255]), x=round_)
+        controller.check_live()
+        controller.handle_event(result_for(network.jobs()[-1]))
+        assert doc.activeNode() is doc.find("Painting")
+    assert doc.names() == names
+    assert doc.undo_log == []
+    assert all(node.writes == 0 for node in doc.rootNode().childNodes() if node.name() != "Painting")
+    view = panel.result_view
+    assert view.image is not None and view.image.pixel(0, 0) == 0xFF00FF00
+    assert panel.apply.isEnabled()
 
 
 def test_prompt_change_sends_in_live(setup) -> None:
     controller, network, _, panel, _ = setup
     panel.set_live(True)
-    controller.tick()
+    controller.check_live()
     controller.handle_event(result_for(network.jobs()[0]))
     panel.prompt.setPlainText("a dragon")
-    controller.tick()
+    controller.check_live()
     assert network.jobs()[-1].params.prompt == "a dragon"
 
 
 def test_stale_results_are_dropped(setup) -> None:
-    controller, network, doc, panel, _ = setup
-    panel.mode.setCurrentIndex(panel.mode.findData(Mode.GENERATE.value))
+    controller, network, _, panel, _ = setup
     controller.on_generate()
     controller.on_generate()  # the newer request replaces the older one
     old, new = network.jobs()
     assert any(isinstance(p[0], protocol.Cancel) and p[0].job_id == old.job_id for p in network.sent)
     controller.handle_event(result_for(old, b"\x01\x01\x01\xff"))
-    assert controller.stats["stale"] == 1
-    assert PREVIEW_NAME not in doc.names()
+    assert controller.stats["stale"] == 1 and panel.result_view.image is None
     controller.handle_event(result_for(new))
     assert controller.stats["results"] == 1
-    assert doc.find(PREVIEW_NAME).pixelData(0, 0, 1, 1) == b"\x00\xff\x00\xff"
+    assert panel.result_view.image.pixel(0, 0) == 0xFF00FF00
 
 
 def test_generate_picks_a_new_seed_unless_locked(setup) -> None:
     controller, network, _, panel, _ = setup
-    panel.mode.setCurrentIndex(panel.mode.findData(Mode.GENERATE.value))
     panel.seed.setValue(5)
     panel.seed_lock.setChecked(True)
     controller.on_generate()
@@ -164,63 +185,135 @@ def test_generate_picks_a_new_seed_unless_locked(setup) -> None:
     assert len(seeds) > 1
 
 
-def test_inpaint_sends_the_selection_and_places_the_result(setup) -> None:
+def test_generate_batch_makes_variations_with_consecutive_seeds(setup) -> None:
     controller, network, doc, panel, _ = setup
-    panel.mode.setCurrentIndex(panel.mode.findData(Mode.INPAINT.value))
+    panel.seed.setValue(40)
+    panel.seed_lock.setChecked(True)
+    panel.batch.setValue(3)
     controller.on_generate()
-    assert network.jobs() == []
-    assert "Select the area" in panel.message.property("plain")
-    selection = Selection()
-    selection.select(4, 3, 5, 4, 255)
-    doc.setSelection(selection)
+    jobs = network.jobs()
+    assert [j.params.seed for j in jobs] == [40, 41, 42] and not any(j.live for j in jobs)
+    for index, job in enumerate(jobs):
+        controller.handle_event(result_for(job, bytes([index, 0, 0, 255])))
+    entries = controller.history.entries(node_id(doc.rootNode()))
+    assert [e.record.seed for e in entries] == [42, 41, 40]
+    assert panel.history.count() == 3
+    assert controller.stats["stale"] == 0
+
+
+def test_history_keeps_results_and_a_click_shows_one(setup) -> None:
+    controller, network, doc, panel, _clock = setup
+    panel.seed_lock.setChecked(True)
+    for index in range(25):
+        panel.seed.setValue(index)
+        controller.on_generate()
+        controller.handle_event(result_for(network.jobs()[-1], bytes([index, 0, 0, 255])))
+    entries = controller.history.entries(node_id(doc.rootNode()))
+    assert len(entries) >= 20 and entries[0].record.seed == 24
+    assert panel.history.count() == len(entries)
+    oldest = entries[-1]
+    panel.history.picked.emit(oldest.job_id)
+    assert panel.result_view.image.pixel(0, 0) == 0xFF000000 | (oldest.record.seed)  # BGRA: blue = seed
+    controller.on_apply()
+    applied = doc.names()[-1]
+    assert applied.endswith(f"seed {oldest.record.seed}")
+
+
+def test_live_frames_replace_each_other_unless_the_painter_paused(setup) -> None:
+    controller, network, doc, panel, clock = setup
+    panel.set_live(True)
+    for round_ in range(4):
+        paint(doc, bytes([round_, 1, 2, 255]))
+        controller.check_live()
+        controller.handle_event(result_for(network.jobs()[-1]))
+        clock.now += 0.2  # painting fast: each frame replaces the last
+    assert len(controller.history.entries(node_id(doc.rootNode()))) == 1
+    clock.now += 5  # a pause: that frame stays
+    paint(doc, b"\x09\x09\x09\xff")
+    controller.check_live()
+    controller.handle_event(result_for(network.jobs()[-1]))
+    assert len(controller.history.entries(node_id(doc.rootNode()))) == 2
+
+
+def test_selection_redraws_only_the_selection_and_its_context(qapp, krita_app) -> None:
+    doc = krita_app.createDocument(200, 150, "big", "RGBA", "U8", "", 72.0)
+    krita_app.setActiveDocument(doc)
+    controller = Controller(Panel(), krita_app, network_factory=FakeNetwork)
+    network: FakeNetwork = controller.network
+    controller.start()
+    try:
+        network.connected = True
+        controller.handle_event(Connected(WELCOME))
+        controller.handle_event(StatusChanged(Status.CONNECTED, "Connected."))
+        selection = Selection()
+        selection.select(120, 90, 10, 8, 255)
+        doc.setSelection(selection)
+        controller.panel.set_live(True)
+        controller.check_live()
+        (job,) = network.jobs()
+        assert job.mode == "inpaint" and {i.slot for i in job.images} == {"canvas", "mask"}
+        x, y, w, h = job.bounds.to_list()
+        assert (x, y, x + w, y + h) == (56, 26, 194, 150)  # 64 px of context, clipped to the document
+        mask = network.frames(job)["mask"]
+        assert (mask.width, mask.height) == (w, h)
+        assert mask.payload[(90 - y) * w + (120 - x)] == 255 and mask.payload[0] == 0
+        controller.handle_event(result_for(job, bounds=[110, 80, 30, 28]))
+        controller.on_apply()
+        applied = doc.find(doc.names()[-1])
+        assert applied.bounds().getRect() == (110, 80, 30, 28)
+    finally:
+        controller.shutdown()
+
+
+def test_results_at_the_working_size_are_scaled_to_their_bounds(setup) -> None:
+    controller, network, doc, _panel, _ = setup
     controller.on_generate()
     (job,) = network.jobs()
-    assert job.mode == "inpaint" and {i.slot for i in job.images} == {"canvas", "mask"}
-    controller.handle_event(result_for(job, bounds=[4, 3, 5, 4]))
-    assert doc.find(PREVIEW_NAME).bounds().getRect() == (4, 3, 5, 4)
+    assert (job.images[0].width, job.images[0].height) == (16, 12)  # small: sent as it is
+    controller.handle_event(result_for(job, b"\x10\x20\x30\xff", size=(8, 6)))  # working size < canvas
     controller.on_apply()
-    applied = doc.names()[-2]
-    assert applied.endswith(f"seed {job.params.seed}")
-    assert doc.find(applied).bounds().getRect() == (4, 3, 5, 4)
+    applied = doc.find(doc.names()[-1])
+    assert applied.bounds().getRect() == (0, 0, 16, 12)  # scaled to the bounds
+    assert applied.pixelData(7, 5, 1, 1) == b"\x10\x20\x30\xff"
 
 
 def test_errors_are_shown_in_painter_words_and_transient_ones_retry(setup) -> None:
     controller, network, _, panel, clock = setup
     panel.set_live(True)
-    controller.tick()
+    controller.check_live()
     job = network.jobs()[0]
     controller.handle_event(ServerMessage(protocol.Error("not_ready", "loading", job.job_id)))
     assert "still loading" in panel.message.property("plain")
-    controller.tick()
+    controller.check_live()
     assert len(network.jobs()) == 1  # not at once
     clock.now += 3
-    controller.tick()
+    controller.check_live()
     assert len(network.jobs()) == 2  # the same canvas again, after a pause
     controller.handle_event(
         ServerMessage(protocol.Error("model_error", "The checkpoint is broken.", network.jobs()[1].job_id))
     )
     assert panel.message.property("plain") == "The checkpoint is broken."
     clock.now += 10
-    controller.tick()
+    controller.check_live()
     assert len(network.jobs()) == 2  # a real error does not loop
 
 
 def test_disconnect_pauses_live_and_reconnect_resumes(setup) -> None:
     controller, network, _, panel, _ = setup
     panel.set_live(True)
-    controller.tick()
+    controller.check_live()
     network.connected = False
     controller.handle_event(
         StatusChanged(Status.WAITING, "No backend is running at ws://127.0.0.1:9631.", 2.0)
     )
-    assert "Retrying in 2 s" in panel.status.text()
+    assert "Retrying in 2 s" in panel.status.text() and panel.status.property("state") == "bad"
     assert not controller.tracker.busy
-    controller.tick()
+    controller.check_live()
     assert len(network.jobs()) == 1
     network.connected = True
     controller.handle_event(Connected(WELCOME))
     controller.handle_event(StatusChanged(Status.CONNECTED, "Connected."))
-    controller.tick()
+    controller.check_live()
     assert len(network.jobs()) == 2  # resumes with the current canvas
 
 
@@ -228,17 +321,17 @@ def test_hidden_docker_pauses_live(setup) -> None:
     controller, network, _, panel, _ = setup
     panel.set_live(True)
     controller.set_visible(False)
-    controller.tick()
+    controller.check_live()
     assert network.jobs() == []
     controller.set_visible(True)
-    controller.tick()
+    controller.check_live()
     assert len(network.jobs()) == 1
 
 
 def test_cancel_stops_live_and_tells_the_backend(setup) -> None:
     controller, network, _, panel, _ = setup
     panel.set_live(True)
-    controller.tick()
+    controller.check_live()
     job = network.jobs()[0]
     controller.on_cancel()
     assert isinstance(network.sent[-1][0], protocol.Cancel) and network.sent[-1][0].job_id == job.job_id
@@ -247,22 +340,56 @@ def test_cancel_stops_live_and_tells_the_backend(setup) -> None:
     assert controller.stats["stale"] == 1
 
 
-def test_scribble_layer_is_sent_and_left_out_of_the_canvas(setup) -> None:
+def test_new_scribble_layer_is_offered_first_sent_and_left_out_of_the_canvas(setup) -> None:
     controller, network, doc, panel, _ = setup
-    lines = doc.createNode("lines", "paintlayer")
-    lines.setPixelData(b"\x00\x00\x00\xff" * 16, 0, 0, 16, 1)
-    doc.rootNode().addChildNode(lines, None)
-    controller.slow_tick()
-    panel.select_scribble_layer(node_id(lines))
+    controller.on_create_scribble()
+    scribble = doc.find(SCRIBBLE_LAYER_NAME)
+    assert doc.names()[-1] == SCRIBBLE_LAYER_NAME and doc.activeNode() is scribble  # ready to draw on
+    assert panel.scribble_layer.itemData(1) == node_id(scribble)  # the plugin's guidance layers first
+    assert panel.scribble_layer.currentData() == node_id(scribble)
+    scribble.setPixelData(b"\x00\x00\x00\xff" * 16, 0, 0, 16, 1)
     panel.set_live(True)
-    controller.tick()
+    controller.check_live()
     (job,) = network.jobs()
     assert [c.kind for c in job.params.controls] == ["scribble"]
-    frames = {
-        protocol.decode_frame(f, 99, 99).slot: protocol.decode_frame(f, 99, 99) for f in network.sent[0][1:]
-    }
+    frames = network.frames(job)
     assert frames["scribble"].payload[:4] == b"\x00\x00\x00\xff"
     assert frames["canvas"].payload[:4] == b"\xff\xff\xff\xff"
+    assert scribble.visible()  # guidance stays in view while live
+
+
+def test_guidance_choices_live_in_the_document_across_switches_and_restarts(setup, krita_app) -> None:
+    controller, _, doc, panel, _ = setup
+    lines = doc.createNode("my lines", "paintlayer")
+    doc.rootNode().addChildNode(lines, None)
+    controller.slow_tick()
+    index = panel.scribble_layer.findData(node_id(lines))
+    panel.scribble_layer.setCurrentIndex(index)
+    panel.scribble_layer.activated.emit(index)  # the painter's pick
+    assert read_state(doc).scribble == node_id(lines)
+    other = krita_app.createDocument(8, 8, "other", "RGBA", "U8", "", 72.0)
+    krita_app.setActiveDocument(other)
+    controller.slow_tick()
+    assert panel.scribble_layer.currentData() == ""  # that document has no scribble choice
+    krita_app.setActiveDocument(doc)
+    controller.slow_tick()
+    assert panel.scribble_layer.currentData() == node_id(lines)
+    controller.shutdown()
+    again = Controller(Panel(), krita_app, network_factory=FakeNetwork)
+    again.start()
+    again.slow_tick()
+    assert again.panel.scribble_layer.currentData() == node_id(lines)  # a restart reads it from the document
+    again.shutdown()
+
+
+def test_applied_results_are_not_offered_as_guidance(setup) -> None:
+    controller, network, _doc, panel, _ = setup
+    controller.on_generate()
+    controller.handle_event(result_for(network.jobs()[0]))
+    controller.on_apply()
+    controller.slow_tick()
+    offered = [panel.scribble_layer.itemText(i) for i in range(panel.scribble_layer.count())]
+    assert offered == ["None", "Background", "Painting"]
 
 
 def test_pose_layer_created_picked_and_sent_as_keypoints(setup) -> None:
@@ -270,16 +397,18 @@ def test_pose_layer_created_picked_and_sent_as_keypoints(setup) -> None:
     controller.on_create_pose()
     pose_layer = next(n for n in doc.rootNode().childNodes() if n.type() == "vectorlayer")
     assert panel.pose_layer.currentData() == node_id(pose_layer)
+    assert doc.activeNode() is doc.find("Painting")
     panel.set_live(True)
-    controller.tick()
+    controller.check_live()
     (job,) = network.jobs()
     (control,) = job.params.controls
     assert control.kind == "pose" and len(control.pose) == 1 and control.pose[0][1] is not None
     assert {i.slot for i in job.images} == {"canvas"}
 
 
-def test_apply_without_result_explains(setup) -> None:
+def test_apply_is_disabled_and_explained_without_a_result(setup) -> None:
     controller, _, _, panel, _ = setup
+    assert not panel.apply.isEnabled() and not panel.apply_onto.isEnabled()
     controller.on_apply()
     assert "Nothing to apply" in panel.message.property("plain")
 
@@ -287,19 +416,20 @@ def test_apply_without_result_explains(setup) -> None:
 def test_no_document_is_explained(setup, krita_app) -> None:
     controller, _, _, panel, _ = setup
     krita_app.setActiveDocument(None)
-    controller.tick()
-    panel.mode.setCurrentIndex(panel.mode.findData(Mode.GENERATE.value))
+    controller.check_live()
     controller.on_generate()
     assert "Open or create an image" in panel.message.property("plain")
 
 
 def test_bugs_never_escape_and_are_shown(setup, monkeypatch) -> None:
-    controller, _, _, panel, _ = setup
+    controller, network, _, panel, _ = setup
 
     def broken(*_: Any) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(controller.results, "apply", broken)
+    controller.on_generate()
+    controller.handle_event(result_for(network.jobs()[0]))
+    monkeypatch.setattr("krita_plugin.controller.apply_as_layer", broken)
     controller.on_apply()  # must not raise
     assert "went wrong" in panel.message.property("plain")
 
@@ -308,10 +438,14 @@ def test_settings_are_saved_and_restored(setup, krita_app) -> None:
     controller, _, _, panel, _ = setup
     panel.prompt.setPlainText("misty forest")
     panel.address.setText("10.0.0.2:9000")
+    panel.resolution.setCurrentIndex(panel.resolution.findData(1.5))
+    panel.sections["models"].set_expanded(True)
     controller.shutdown()
     again = Controller(Panel(), krita_app, network_factory=FakeNetwork)
     again.start()
     assert again.panel.settings().prompt == "misty forest"
+    assert again.panel.settings().resolution == 1.5
+    assert again.panel.sections["models"].body.isVisibleTo(again.panel.sections["models"])
     assert again.network.started[-1].url == "ws://10.0.0.2:9000"
     again.shutdown()
 
@@ -329,7 +463,7 @@ def test_loading_backend_is_polled_until_ready(krita_app) -> None:
         )
         controller.handle_event(Connected(loading))
         controller.handle_event(StatusChanged(Status.CONNECTED, "Connected."))
-        assert controller.panel.status.property("state") == "busy"
+        assert controller.panel.status.property("state") == "busy"  # not green: it can't paint yet
         assert "Loading the engine" in controller.panel.status.text()
         controller.slow_tick()
         assert isinstance(network.sent[-1][0], protocol.ListModels)
@@ -344,49 +478,105 @@ def test_loading_backend_is_polled_until_ready(krita_app) -> None:
         controller.shutdown()
 
 
-def test_pose_layer_created_while_a_job_runs_stays_above_the_preview(setup) -> None:
-    controller, network, doc, panel, _ = setup
-    panel.set_live(True)
-    controller.tick()
-    (job,) = network.jobs()  # sent without any guidance layer
-    controller.on_create_pose()
-    controller.handle_event(result_for(job))
-    assert doc.names()[-2:] == [PREVIEW_NAME, "Pose (Live Diffusion)"]
+def test_no_checkpoint_message_goes_when_a_backend_with_models_connects(krita_app) -> None:
+    from dataclasses import replace
+
+    controller = Controller(Panel(), krita_app, network_factory=FakeNetwork)
+    controller.start()
+    try:
+        controller.network.connected = True
+        controller.handle_event(Connected(replace(WELCOME, models={"checkpoints": []}, ready=False)))
+        controller.handle_event(StatusChanged(Status.CONNECTED, "Connected."))
+        assert "no checkpoint" in controller.panel.message.property("plain")
+        assert controller.panel.status.property("state") != "ok"
+        controller.handle_event(Connected(WELCOME))
+        controller.handle_event(StatusChanged(Status.CONNECTED, "Connected."))
+        assert controller.panel.message.property("plain") == ""
+        assert controller.panel.status.property("state") == "ok"
+    finally:
+        controller.shutdown()
 
 
-def test_apply_renders_a_taesd_preview_again_at_full_quality(setup) -> None:
+def test_slow_backend_status_ends_with_the_job(setup) -> None:
+    controller, network, _, panel, clock = setup
+    controller.on_generate()
+    clock.now += 20
+    controller.slow_tick()
+    assert "slow" in panel.status.property("plain")
+    controller.handle_event(result_for(network.jobs()[0]))
+    assert "slow" not in panel.status.property("plain") and panel.status.property("state") == "ok"
+
+
+def test_apply_is_instant_and_the_full_quality_render_replaces_it_in_place(setup) -> None:
     controller, network, doc, panel, _ = setup
     panel.set_live(True)
-    controller.tick()
+    controller.check_live()
     (live,) = network.jobs()
-    preview_result = result_for(live, b"\x10\x10\x10\xff")
-    preview_result.result.params["decoder"] = "taesd"
-    controller.handle_event(preview_result)
-    layers_before = doc.names()
+    controller.handle_event(taesd(result_for(live, b"\x10\x10\x10\xff")))
     panel.prompt.setPlainText("something else")  # typed after the preview arrived, before Apply
+    paint(doc, b"\x33\x33\x33\xff")  # and painted: the render must still use the inputs that made it
     controller.on_apply()
-    assert doc.names() == layers_before  # nothing applied yet: the full-quality render is on its way
-    full = network.jobs()[-1]
-    assert not full.live and full.params.seed == live.params.seed
-    assert full.params.to_dict() == live.params.to_dict()  # exactly what made the preview
-    paint(doc)  # the painter keeps painting: a newer live frame leaves while the render runs
-    controller.tick()
+    applied = doc.find(doc.names()[-1])
+    assert applied.pixelData(0, 0, 1, 1) == b"\x10\x10\x10\xff"  # what the painter saw, at once
+    assert doc.undo_log == [("add", applied.name())]
+    assert doc.activeNode() is doc.find("Painting")
+    refine = network.jobs()[-1]
+    assert not refine.live and refine.params.to_dict() == live.params.to_dict()
+    assert network.frames(refine)["canvas"].payload == network.frames(live)["canvas"].payload
+    controller.check_live()  # the painter's new stroke goes as a live frame meanwhile
     assert network.jobs()[-1].live
-    final = result_for(full, b"\x20\x30\x40\xff")
-    final.result.params["decoder"] = "vae"
+    final = result_for(refine, b"\x20\x30\x40\xff")
     controller.handle_event(final)
-    applied = doc.find(doc.names()[-2])
-    assert applied.name().endswith(f"seed {live.params.seed}")
     assert applied.pixelData(0, 0, 1, 1) == b"\x20\x30\x40\xff"
-    assert controller.apply_job is None
+    assert doc.undo_log == [("add", applied.name())]  # no extra undo step
+    assert not controller.history.selected(node_id(doc.rootNode())).fast_decoder
 
 
-def test_apply_of_a_full_quality_result_is_immediate(setup) -> None:
+def test_the_painters_strokes_on_an_applied_layer_win_over_the_late_render(setup) -> None:
     controller, network, doc, panel, _ = setup
-    panel.set_live(True)
-    controller.tick()
-    (live,) = network.jobs()
-    controller.handle_event(result_for(live))  # decoded with the full VAE (no "decoder": "taesd")
+    controller.on_generate()
+    controller.handle_event(taesd(result_for(network.jobs()[0], b"\x10\x10\x10\xff")))
     controller.on_apply()
-    assert len(network.jobs()) == 1
-    assert doc.names()[-2].endswith(f"seed {live.params.seed}")
+    applied = doc.find(doc.names()[-1])
+    applied.setPixelData(b"\x01\x02\x03\xff", 5, 5, 1, 1)  # the painter touched it
+    controller.handle_event(result_for(network.jobs()[-1], b"\x20\x30\x40\xff"))
+    assert applied.pixelData(5, 5, 1, 1) == b"\x01\x02\x03\xff"
+    assert applied.pixelData(0, 0, 1, 1) == b"\x10\x10\x10\xff"
+    assert "history" in panel.message.property("plain")
+
+
+def test_apply_onto_the_active_layer_merges_once_final(setup) -> None:
+    controller, network, doc, _panel, _ = setup
+    controller.on_generate()
+    controller.handle_event(taesd(result_for(network.jobs()[0], b"\x10\x10\x10\xff")))
+    controller.on_apply_onto()
+    assert doc.names() == ["Background", "Painting", "Live Diffusion: applying…"]  # seen at once
+    controller.handle_event(result_for(network.jobs()[-1], b"\x20\x30\x40\xff"))
+    assert doc.names() == ["Background", "Painting"]
+    merged = doc.find("Painting")
+    assert merged.pixelData(0, 0, 1, 1) == b"\x20\x30\x40\xff"
+    assert doc.activeNode() is merged
+    assert [step for step, _ in doc.undo_log] == ["add", "merge down"]
+
+
+def test_apply_onto_refuses_a_non_paint_layer(setup) -> None:
+    controller, network, doc, panel, _ = setup
+    controller.on_generate()
+    controller.handle_event(result_for(network.jobs()[0]))
+    controller.on_create_pose()
+    doc.setActiveNode(next(n for n in doc.rootNode().childNodes() if n.type() == "vectorlayer"))
+    names = doc.names()
+    controller.on_apply_onto()
+    assert doc.names() == names and "paint layer" in panel.message.property("plain")
+
+
+def test_results_for_another_document_wait_in_its_history(setup, krita_app) -> None:
+    controller, network, doc, panel, _ = setup
+    controller.on_generate()
+    other = krita_app.createDocument(8, 8, "other", "RGBA", "U8", "", 72.0)
+    krita_app.setActiveDocument(other)
+    controller.handle_event(result_for(network.jobs()[0]))
+    assert panel.result_view.image is None
+    krita_app.setActiveDocument(doc)
+    controller.slow_tick()
+    assert panel.result_view.image is not None

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 from krita_plugin.backoff import Backoff
-from krita_plugin.jobs import JobIds, JobTracker, LiveState
+from krita_plugin.jobs import JobIds, JobTracker
+from krita_plugin.live_state import LiveState
 
 
 class Clock:
@@ -33,9 +34,18 @@ def test_tracker_drops_results_of_older_jobs() -> None:
 def test_tracker_forget_makes_everything_stale() -> None:
     tracker = JobTracker()
     tracker.start("job-1", live=False)
-    assert tracker.forget() == "job-1"
+    assert tracker.forget() == ["job-1"]
     assert not tracker.wants("job-1")
-    assert tracker.forget() is None
+    assert tracker.forget() == []
+
+
+def test_tracker_waits_for_every_job_of_a_batch() -> None:
+    tracker = JobTracker()
+    tracker.start(["g-1", "g-2", "g-3"], live=False)
+    assert tracker.finish("g-2") and tracker.busy
+    assert tracker.finish("g-1") and tracker.finish("g-3")
+    assert not tracker.busy
+    assert not tracker.finish("g-3")
 
 
 def test_tracker_measures_silence_since_last_progress() -> None:

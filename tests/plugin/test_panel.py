@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from krita_plugin.panel import Panel
-from krita_plugin.settings import ControlLayerChoice, GenerationSettings, Mode
+from krita_plugin.settings import ControlLayerChoice, GenerationSettings
 
 
 def test_settings_round_trip_through_the_widgets(qapp) -> None:
@@ -10,24 +10,73 @@ def test_settings_round_trip_through_the_widgets(qapp) -> None:
         {"checkpoints": ["a.safetensors", "b.safetensors"], "loras": ["s.safetensors"]}, ["lcm", "euler"]
     )
     wanted = GenerationSettings(
-        mode=Mode.INPAINT, prompt="a cat", negative_prompt="dog", strength=0.35, seed=99, seed_locked=True,
+        prompt="a cat", negative_prompt="dog", strength=0.35, seed=99, seed_locked=True,
         steps=6, cfg=1.5, sampler="euler", checkpoint="b.safetensors", lora="s.safetensors",
-        lora_strength=0.5,
+        lora_strength=0.5, resolution=1.5, batch=4,
         scribble=ControlLayerChoice("", 0.7), pose=ControlLayerChoice("", 1.2),
     )  # fmt: skip
     panel.set_settings(wanted)
     assert panel.settings() == wanted
 
 
-def test_mode_switches_between_live_and_generate_buttons(qapp) -> None:
+DOCKER_WIDTH = 260  # Krita's default docker width
+
+
+def _needed_width(panel: Panel) -> int:
+    """The docker width needed with no horizontal scrolling: the body, the vertical scrollbar, the frame."""
+    return (
+        panel.body.minimumSizeHint().width()
+        + panel.verticalScrollBar().sizeHint().width()
+        + 2 * panel.frameWidth()
+    )
+
+
+def test_the_panel_fits_the_default_docker_width_whatever_it_shows(qapp) -> None:
     panel = Panel()
+    for section in panel.sections.values():
+        section.set_expanded(True)
+    long_name = "a very long checkpoint name that painters really do have v2 final final.safetensors"
+    panel.set_models({"checkpoints": [long_name], "loras": [long_name]}, ["lcm"])
+    panel.set_layer_choices([("{1}", "Scribble layer with a long long name " * 3)], [("{2}", "Pose " * 20)])
+    panel.set_message(
+        "A long error message that has to wrap over several lines in the narrow docker. " * 3, True
+    )
+    panel.set_status("Connected (cuda:0 NVIDIA GeForce RTX 4090 float16) — loading dreamshaper_8…", "busy")
+    assert _needed_width(panel) <= DOCKER_WIDTH
+    panel.resize(DOCKER_WIDTH, 900)
     panel.show()
-    assert panel.live.isVisible() and not panel.generate.isVisible()
-    panel.live.setChecked(True)
-    panel.mode.setCurrentIndex(panel.mode.findData(Mode.INPAINT.value))
-    assert not panel.live.isVisible() and panel.generate.isVisible()
-    assert not panel.live.isChecked()  # leaving live mode turns live off
-    assert panel.generate.text() == "Inpaint"
+    qapp.processEvents()
+    assert not panel.horizontalScrollBar().isVisible()
+    assert panel.cancel.isVisible() and panel.strength_label.isVisible()
+    assert panel.cancel.geometry().right() <= panel.viewport().width()
+
+
+def test_messages_do_not_move_the_widgets_below(qapp) -> None:
+    panel = Panel()
+    panel.resize(DOCKER_WIDTH, 900)
+    panel.show()
+    panel.set_message("")
+    qapp.processEvents()
+    before = panel.sections["generation"].mapTo(panel.body, panel.sections["generation"].rect().topLeft())
+    panel.set_message("Done in 42 ms. Apply keeps it as a layer.")
+    qapp.processEvents()
+    after = panel.sections["generation"].mapTo(panel.body, panel.sections["generation"].rect().topLeft())
+    assert before == after
+
+
+def test_prompt_and_actions_come_first(qapp) -> None:
+    panel = Panel()
+    panel.resize(DOCKER_WIDTH, 900)
+    panel.show()
+    qapp.processEvents()
+
+    def top(widget) -> int:
+        return widget.mapTo(panel.body, widget.rect().topLeft()).y()
+
+    assert top(panel.prompt) < top(panel.live) == top(panel.generate) < top(panel.result_view)
+    assert top(panel.result_view) < top(panel.apply) < top(panel.sections["generation"])
+    assert top(panel.sections["guidance"]) < top(panel.sections["backend"])
+    assert not panel.sections["backend"].body.isVisibleTo(panel)  # address and token folded away
 
 
 def test_model_lists_keep_the_choice_and_hide_the_lcm_lora(qapp) -> None:
@@ -49,7 +98,7 @@ def test_layer_choices_refresh_without_spurious_changes(qapp) -> None:
     changes = []
     panel.settings_changed.connect(lambda: changes.append(1))
     panel.set_layer_choices([("{1}", "lines")], [])
-    panel.select_scribble_layer("{1}")
+    panel.select_guidance("{1}", "")
     changes.clear()
     panel.set_layer_choices([("{1}", "lines")], [])
     assert changes == []

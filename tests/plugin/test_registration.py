@@ -20,8 +20,9 @@ def test_import_inside_krita_registers_docker_and_extension(qapp, monkeypatch, t
             del sys.modules[name]
         importlib.reload(importlib.import_module("krita_plugin"))
         app = krita.Krita.instance()
-        (factory,) = app.docker_factories
+        factory, result_factory = app.docker_factories
         assert factory.docker_id == "krita_live_diffusion_docker" and len(app.extensions) == 1
+        assert result_factory.docker_id == "krita_live_diffusion_result"
         monkeypatch.setenv("KLD_TEST_CONTROL", str(tmp_path))
         docker = factory.cls()  # what Krita does when it builds a window
         try:

@@ -4,7 +4,7 @@ import pytest
 
 from krita_plugin._compat import protocol
 from krita_plugin.request_builder import CanvasCapture, build_job, control_model
-from krita_plugin.settings import ConnectionSettings, ControlLayerChoice, GenerationSettings, Mode
+from krita_plugin.settings import ConnectionSettings, ControlLayerChoice, GenerationSettings
 
 W, H = 8, 6
 
@@ -55,24 +55,22 @@ def test_default_checkpoint_and_lora_choices() -> None:
     assert request.params.loras == [protocol.LoraParam("style.safetensors", 0.7, 0.7)]
 
 
-def test_inpaint_job_sends_the_selection_mask() -> None:
+def test_a_selection_mask_makes_an_inpaint_job() -> None:
     mask = bytes([0, 255] * (W * H // 2))
-    job = build_job("inpaint-1", GenerationSettings(mode=Mode.INPAINT), capture(mask=mask), live=False)
+    job = build_job("inpaint-1", GenerationSettings(), capture(mask=mask), live=True)
     request, frames = decode_on_server(job)
     assert request.mode == "inpaint"
     assert frames["mask"].encoding is protocol.ImageEncoding.GRAY8
     assert frames["mask"].payload == mask
 
 
-def test_inpaint_without_mask_is_refused() -> None:
-    with pytest.raises(ValueError):
-        build_job("j", GenerationSettings(mode=Mode.INPAINT), capture(), live=False)
-
-
-def test_mask_is_not_sent_outside_inpaint() -> None:
-    job = build_job("j", GenerationSettings(mode=Mode.GENERATE), capture(mask=bytes(W * H)), live=False)
-    _, frames = decode_on_server(job)
-    assert "mask" not in frames
+def test_a_scaled_down_capture_sends_smaller_images_with_the_documents_bounds() -> None:
+    small = CanvasCapture(10, 20, 400, 300, bytes(4) * (200 * 150), mask=bytes(200 * 150), image_width=200,
+                          image_height=150, scribble=bytes(4) * (200 * 150))  # fmt: skip
+    request, frames = decode_on_server(build_job("j", GenerationSettings(resolution=0.75), small, live=True))
+    assert request.bounds == protocol.Bounds(10, 20, 400, 300)
+    assert {(f.width, f.height) for f in frames.values()} == {(200, 150)}
+    assert request.params.resolution == 0.75
 
 
 def test_scribble_and_pose_controls() -> None:
@@ -117,11 +115,11 @@ def test_addresses_a_painter_types(typed: str, url: str) -> None:
 
 def test_settings_round_trip_and_tolerate_garbage() -> None:
     settings = GenerationSettings(
-        mode=Mode.INPAINT, prompt="x", seed=5, cfg=2.0, scribble=ControlLayerChoice("n", 0.3)
+        prompt="x", seed=5, cfg=2.0, resolution=0.5, batch=3, scribble=ControlLayerChoice("n", 0.3)
     )
     restored = GenerationSettings.from_json(settings.to_json())
     assert (
-        restored.mode is Mode.INPAINT
+        (restored.resolution, restored.batch) == (0.5, 3)
         and restored.prompt == "x"
         and restored.seed == 5
         and restored.cfg == 2.0
@@ -129,11 +127,13 @@ def test_settings_round_trip_and_tolerate_garbage() -> None:
     assert restored.scribble == ControlLayerChoice("", 0.3)  # layer ids don't outlive the document
     assert GenerationSettings.from_json("not json") == GenerationSettings()
     assert GenerationSettings.from_json('{"steps": "many", "mode": "bogus"}') == GenerationSettings()
+    odd = GenerationSettings.from_json('{"resolution": 3.7, "batch": 99}')
+    assert (odd.resolution, odd.batch) == (1.0, 8)
 
 
 def test_the_panels_defaults_are_the_protocols() -> None:
     """The backend warms up with the protocol's default parameters: the painter's first live frame with the
     panel's defaults must be that frame."""
     panel, protocol_defaults = GenerationSettings(), protocol.JobParams()
-    for name in ("steps", "strength", "cfg", "sampler", "seed"):
+    for name in ("steps", "strength", "cfg", "sampler", "seed", "resolution"):
         assert getattr(panel, name) == getattr(protocol_defaults, name), name

@@ -15,11 +15,10 @@ import pytest
 from krita_plugin._compat import protocol
 from krita_plugin.backoff import Backoff
 from krita_plugin.capture import image_without
-from krita_plugin.controller import SETTINGS_GROUP, Controller
-from krita_plugin.layers import PREVIEW_NAME, ResultLayers
+from krita_plugin.controller import Controller
 from krita_plugin.network import Connected, NetworkClient
 from krita_plugin.nodes import node_id
-from krita_plugin.placement import place
+from krita_plugin.persistence import SETTINGS_GROUP
 from krita_plugin.settings import MAX_SEED, ConnectionSettings
 from tests.plugin.fake_krita import Document
 from tests.plugin.test_controller import FakeNetwork
@@ -78,20 +77,6 @@ def test_a_scribble_layer_inside_a_group_is_left_out_of_the_image(qapp) -> None:
     assert doc.pixelData(0, 0, 6, 4) != white
     assert image_without(doc, {node_id(lines)}) == white  # the scribble guides; it is not painted in
     assert lines.visible()  # shown again afterwards
-
-
-def test_a_saved_preview_shows_only_the_new_result(qapp) -> None:
-    doc = Document(10, 8)
-    old = doc.createNode(PREVIEW_NAME, "paintlayer")  # from an earlier session, showing an old result
-    old.setPixelData(BLUE * 80, 0, 0, 10, 8)
-    doc.rootNode().addChildNode(old, None)
-    results = ResultLayers()
-    results.show(doc, place([2, 2, 3, 3], 3, 3, GREEN * 9), {"prompt": "x", "seed": 1})
-    pixels = old.pixelData(0, 0, 10, 8)
-    assert old.pixelData(2, 2, 3, 3) == GREEN * 9
-    assert pixels.count(BLUE) == 0  # the old result no longer covers the painting
-    results.apply(doc)
-    assert old.pixelData(0, 0, 10, 8) == bytes(10 * 8 * 4)  # after Apply the painting is visible again
 
 
 def test_closing_a_window_stops_its_dockers_connection(krita_app) -> None:

@@ -1,0 +1,88 @@
+"""What the plugin keeps in the painter's document, and only after the painter asked for it: the recipe of
+each applied layer, which layers guide live painting (scribble, pose) and which of them the plugin created.
+
+Stored as one document annotation (saved in the .kra, invisible in the image). Nothing is written while the
+painter merely paints with Live on, so a live session leaves the saved file exactly as the plugin-off one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+ANNOTATION_TYPE = "krita-live-diffusion"
+ANNOTATION_DESCRIPTION = "Live Diffusion: applied layers' recipes and the guidance layers (by layer id)"
+STATE_VERSION = 2
+
+
+@dataclass
+class DocumentState:
+    applied: dict[str, dict[str, Any]] = field(default_factory=dict)  # layer id -> the recipe that made it
+    scribble: str = ""  # the chosen scribble layer's id
+    pose: str = ""  # the chosen pose layer's id
+    guidance_layers: list[str] = field(default_factory=list)  # layers created with "New scribble/pose layer"
+
+    @classmethod
+    def from_json(cls, data: Any) -> DocumentState:
+        if not isinstance(data, dict):
+            return cls()
+        if "version" not in data:  # the first format: layer id -> recipe, nothing else
+            return cls(applied={k: v for k, v in data.items() if isinstance(v, dict)})
+        applied = data.get("applied")
+        layers = data.get("guidance_layers")
+        return cls(
+            applied={k: v for k, v in applied.items() if isinstance(v, dict)}
+            if isinstance(applied, dict)
+            else {},
+            scribble=_text(data.get("scribble")),
+            pose=_text(data.get("pose")),
+            guidance_layers=[x for x in layers if isinstance(x, str)] if isinstance(layers, list) else [],
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": STATE_VERSION, **asdict(self)}
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def read_state(doc: Any) -> DocumentState:
+    if ANNOTATION_TYPE not in list(doc.annotationTypes()):
+        return DocumentState()
+    try:
+        data = json.loads(bytes(doc.annotation(ANNOTATION_TYPE)).decode("utf-8"))
+    except ValueError:
+        return DocumentState()
+    return DocumentState.from_json(data)
+
+
+def write_state(doc: Any, state: DocumentState) -> None:
+    text = json.dumps(state.to_json(), indent=1, sort_keys=True)
+    doc.setAnnotation(ANNOTATION_TYPE, ANNOTATION_DESCRIPTION, text.encode("utf-8"))
+
+
+def record_applied(doc: Any, layer_id: str, recipe: dict[str, Any]) -> None:
+    state = read_state(doc)
+    clean = {k: v for k, v in recipe.items() if not k.startswith("_")}
+    clean["applied_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    state.applied[layer_id] = clean
+    write_state(doc, state)
+
+
+def remember_guidance(
+    doc: Any, *, scribble: str | None = None, pose: str | None = None, created: str = ""
+) -> None:
+    """Stores the painter's guidance choice (None leaves a kind as it is); writes only on a change."""
+    state = read_state(doc)
+    before = state.to_json()
+    if scribble is not None:
+        state.scribble = scribble
+    if pose is not None:
+        state.pose = pose
+    if created and created not in state.guidance_layers:
+        state.guidance_layers.append(created)
+    if state.to_json() != before:
+        write_state(doc, state)
