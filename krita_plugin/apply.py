@@ -14,13 +14,17 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from PyQt5.QtCore import QTimer
+
 from .compose import scale_bgra
 from .document_state import record_applied
 from .history import ResultEntry
 from .nodes import find_node, is_layer, node_id
 from .placement import Rect, layer_name
+from .safe import guarded
 
 MERGE_PENDING_NAME = "Live Diffusion: applying…"
+RESTORE_ACTIVE_MS = (0, 100, 400)
 
 
 class ApplyError(Exception):
@@ -54,9 +58,28 @@ def _placement(doc: Any) -> tuple[Any, Any | None, Any | None]:
     return active.parentNode(), active, active
 
 
-def _restore_active(doc: Any, active: Any | None) -> None:
-    if active is not None and doc.activeNode() is not active:
-        doc.setActiveNode(active)
+def keep_active(doc: Any, active: Any | None, added: Any) -> None:
+    """Gives the painter's active layer back after the plugin added `added`.
+
+    Krita activates an added layer asynchronously (a queued signal), so the layer is restored now and again
+    after Krita has had its turn, but only while the active layer is still the one the plugin added: a layer
+    the painter picks meanwhile stays."""
+    if active is None:
+        return
+    added_id = node_id(added)
+
+    def restore() -> None:
+        try:
+            current = doc.activeNode()
+            if current is None or node_id(current) == added_id:
+                doc.setActiveNode(active)
+        except RuntimeError:  # the document was closed meanwhile
+            pass
+
+    restore()
+    later = guarded(restore)  # a timer callback's exception would open Krita's "Script error" dialog
+    for delay in RESTORE_ACTIVE_MS:
+        QTimer.singleShot(delay, later)
 
 
 def _add_layer(doc: Any, entry: ResultEntry, name: str) -> tuple[Any, Any | None, int]:
@@ -66,7 +89,7 @@ def _add_layer(doc: Any, entry: ResultEntry, name: str) -> tuple[Any, Any | None
     layer = doc.createNode(name, "paintlayer")
     layer.setPixelData(pixels, x, y, w, h)  # before adding: undoing the add removes the layer with its pixels
     parent.addChildNode(layer, above)  # the undo step
-    _restore_active(doc, active)
+    keep_active(doc, active, layer)
     doc.refreshProjection()
     return layer, active, zlib.crc32(bytes(layer.pixelData(x, y, w, h)))
 
@@ -103,8 +126,8 @@ def finish_merge(doc: Any, applied: AppliedLayer) -> bool:
     doc.waitForDone()
     if merged is not None and was_target:
         doc.setActiveNode(merged)  # the painter's layer, now holding the result
-    else:
-        _restore_active(doc, active)
+    elif active is not None:
+        doc.setActiveNode(active)
     doc.refreshProjection()
     return True
 

@@ -22,7 +22,8 @@ from PyQt5.QtWidgets import QApplication
 
 from . import persistence
 from ._compat import protocol
-from .apply import AppliedLayer, ApplyError, apply_as_layer, apply_onto_active, finish_merge, replace_pixels
+from .apply import keep_active
+from .apply_flow import ApplyFlow
 from .capture import CaptureError, CaptureRequest, capture
 from .document_state import read_state, remember_guidance
 from .fingerprint import CanvasWatcher, content_hash
@@ -37,8 +38,8 @@ from .nodes import find_node, node_id
 from .painter_words import TRANSIENT_CODES, describe_error
 from .panel import Panel
 from .pose_layer import create_pose_layer, read_pose, sync_bones
-from .request_builder import assemble, build_job
-from .result_view import entry_image, result_hub
+from .presenter import present
+from .request_builder import build_job
 from .safe import add_error_sink, guarded, remove_error_sink, report_exception
 from .settings import GenerationSettings, random_seed
 
@@ -69,7 +70,9 @@ class Controller(QObject):
         self.watcher = CanvasWatcher()
         self.history = ResultHistory(clock=clock)
         self.records = JobRecords()
-        self.refines: dict[str, tuple[AppliedLayer, ResultEntry]] = {}  # refine job id -> where it goes
+        self.applying = ApplyFlow(
+            self.network, self.ids, self.records, self._document_by_id, self.panel.set_message
+        )
         self.input = InputWatch(self.check_live, self)
         self.welcome: protocol.Welcome | None = None
         self.models: dict[str, list[str]] = {}
@@ -186,20 +189,7 @@ class Controller(QObject):
         if doc is None or entry is None:
             self.panel.set_message("Nothing to apply yet: paint with Live on or Generate first.", error=True)
             return
-        refine = entry.fast_decoder and self.status is Status.CONNECTED and bool(entry.record.images)
-        try:
-            if onto:
-                applied = apply_onto_active(doc, entry, merge_now=not refine)
-            else:
-                applied = apply_as_layer(doc, entry)
-        except ApplyError as problem:
-            self.panel.set_message(str(problem), error=True)
-            return
-        where = "onto the active layer" if onto else "as a new layer"
-        if refine and self._send_refine(entry, applied):
-            self.panel.set_message(f"Applied {where}; the full-quality render replaces it in a moment.")
-        else:
-            self.panel.set_message(f"Applied {where}.")
+        self.applying.apply(doc, entry, onto=onto, connected=self.status is Status.CONNECTED)
 
     @guarded
     def on_cancel(self) -> None:
@@ -215,8 +205,7 @@ class Controller(QObject):
             return
         active = doc.activeNode()
         layer = create_pose_layer(doc)  # on top: its joints stay visible and movable
-        if active is not None:
-            doc.setActiveNode(active)
+        keep_active(doc, active, layer)
         remember_guidance(doc, pose=node_id(layer), created=node_id(layer))
         self._show_document(doc)
         self.panel.set_message("Pose layer added: move its joints with the shape select tool.")
@@ -337,7 +326,7 @@ class Controller(QObject):
             self.live.reset()
             self.panel.set_idle()
             for record in self.records.clear():
-                self._refine_ended(record.job_id)
+                self.applying.ended(record.job_id)
         self._show_connection_status(event)
 
     def _backend_slow(self) -> bool:
@@ -410,7 +399,7 @@ class Controller(QObject):
         self.live.ended(job_id, retry_in=retry_in)
         record = self.records.pop(job_id)
         if record is not None and record.purpose is Purpose.REFINE:
-            self._refine_ended(job_id)
+            self.applying.ended(job_id)
         if self.tracker.finish(job_id) and not self.tracker.busy:
             self.panel.set_idle()
             self._after_job()
@@ -420,7 +409,9 @@ class Controller(QObject):
         self.live.ended(result.job_id)
         record = self.records.pop(result.job_id)
         if record is not None and record.purpose is Purpose.REFINE:
-            self._on_refined(result, frame)
+            changed = self.applying.refined(result, frame)
+            if changed is not None and changed is self.app.activeDocument():
+                self._show_selected(changed)
             return
         if not self.tracker.finish(result.job_id) or record is None:
             self.stats["stale"] += 1  # superseded by a newer request or cancelled: never shown
@@ -466,47 +457,6 @@ class Controller(QObject):
         if self.status is Status.CONNECTED and self.welcome is not None and not self.welcome.ready:
             self.welcome.ready = True
             self._show_connection_status()
-
-    # --- Apply's full-quality render ------------------------------------------------------------------------
-
-    def _send_refine(self, entry: ResultEntry, applied: AppliedLayer) -> bool:
-        record = entry.record
-        job_id = self.ids.next("refine")
-        params = protocol.JobParams.from_dict(record.params, protocol.Limits().max_steps)
-        job = assemble(job_id, record.mode, False, params, record.images, protocol.Bounds(*record.rect))
-        if not self.network.send(job.request, *job.frames):
-            return False
-        self.records.add(replace(record, job_id=job_id, live=False, purpose=Purpose.REFINE))
-        self.refines[job_id] = (applied, entry)
-        return True
-
-    def _on_refined(self, result: protocol.Result, frame: protocol.ImageFrame) -> None:
-        target = self.refines.pop(result.job_id, None)
-        if target is None or frame.encoding is not protocol.ImageEncoding.BGRA8:
-            return
-        applied, entry = target
-        entry.refined(bytes(frame.payload), frame.width, frame.height, result.params)
-        doc = self._document_by_id(applied.document)
-        if doc is not None:
-            replaced = replace_pixels(doc, applied, entry)
-            if applied.merge_into:
-                finish_merge(doc, applied)
-            if not replaced:
-                self.panel.set_message(
-                    "The full-quality render is in the history (the applied layer changed)."
-                )
-            if doc is self.app.activeDocument():
-                self._show_selected(doc)
-
-    def _refine_ended(self, job_id: str) -> None:
-        """A refine that will never come: an onto-layer Apply still merges what the painter saw."""
-        target = self.refines.pop(job_id, None)
-        if target is None:
-            return
-        applied, _ = target
-        doc = self._document_by_id(applied.document)
-        if doc is not None and applied.merge_into:
-            finish_merge(doc, applied)
 
     # --- sending --------------------------------------------------------------------------------------------
 
@@ -589,22 +539,7 @@ class Controller(QObject):
         self.panel.set_layer_choices(choices.scribble, choices.pose)
 
     def _show_selected(self, doc: Any) -> None:
-        document = _doc_id(doc)
-        entry = self.history.selected(document)
-        if entry is None:
-            image, caption, aspect = None, "", 0.0
-        else:
-            image = entry_image(entry.pixels, entry.width, entry.height)
-            caption = entry.label + (" · fast preview" if entry.fast_decoder else "")
-            aspect = entry.rect[2] / max(1, entry.rect[3])
-        self.panel.result_view.set_image(image, caption, aspect)
-        result_hub.shown.emit(image, caption, aspect)
-        self.panel.history.set_entries(
-            [(e.job_id, e.label) for e in self.history.entries(document)],
-            lambda job_id: _thumbnail_source(self.history, job_id),
-            entry.job_id if entry is not None else "",
-        )
-        self.panel.set_can_apply(entry is not None)
+        present(self.panel, self.history, _doc_id(doc))
 
     def _document_by_id(self, document: str) -> Any | None:
         active = self.app.activeDocument()
@@ -617,11 +552,6 @@ class Controller(QObject):
 
     def _show_bug(self, text: str) -> None:
         self.panel.set_message(text, error=True)
-
-
-def _thumbnail_source(history: ResultHistory, job_id: str) -> Any:
-    entry = history.find(job_id)
-    return None if entry is None else entry_image(entry.pixels, entry.width, entry.height)
 
 
 def _doc_id(doc: Any) -> str:

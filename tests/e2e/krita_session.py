@@ -186,6 +186,19 @@ class KritaSession:
         )
         return done.returncode == 0 and path.exists()
 
+    def xdotool(self, *args: str, timeout: float = 60.0) -> str:
+        """Real pointer and keyboard input on this session's display, as a painter's hand makes it."""
+        done = subprocess.run(
+            ["xdotool", *args],
+            env={**os.environ, "DISPLAY": self.display},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if done.returncode != 0:
+            raise KritaError(f"xdotool {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
+        return done.stdout
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -429,7 +429,7 @@ def test_bugs_never_escape_and_are_shown(setup, monkeypatch) -> None:
 
     controller.on_generate()
     controller.handle_event(result_for(network.jobs()[0]))
-    monkeypatch.setattr("krita_plugin.controller.apply_as_layer", broken)
+    monkeypatch.setattr("krita_plugin.apply_flow.apply_as_layer", broken)
     controller.on_apply()  # must not raise
     assert "went wrong" in panel.message.property("plain")
 
