@@ -24,24 +24,25 @@ from . import persistence
 from ._compat import protocol
 from .apply import keep_active
 from .apply_flow import ApplyFlow
-from .capture import CaptureError, CaptureRequest, capture
+from .capture import CaptureError
 from .document_state import read_state, remember_guidance
-from .fingerprint import CanvasWatcher, content_hash
+from .fingerprint import CanvasWatcher
 from .guidance import chosen, create_scribble_layer, layer_choices
 from .history import ResultEntry, ResultHistory
 from .input_watch import InputWatch
-from .job_records import JobRecord, JobRecords, Purpose
+from .job_records import JobRecords, Purpose
 from .jobs import JobIds, JobTracker
 from .live_state import LiveState
 from .network import Connected, NetworkClient, ResultReady, ServerMessage, Status, StatusChanged
 from .nodes import find_node, node_id
 from .painter_words import TRANSIENT_CODES, describe_error
 from .panel import Panel
-from .pose_layer import create_pose_layer, read_pose, sync_bones
+from .pose_layer import create_pose_layer, sync_bones
 from .presenter import present
-from .request_builder import build_job
 from .safe import add_error_sink, guarded, remove_error_sink, report_exception
+from .sending import Sender, live_fingerprint
 from .settings import GenerationSettings, random_seed
+from .status_line import status_line
 
 SLOW_AFTER = 8.0  # seconds without word from a running job before the panel says the backend is slow
 PUMP_MS = 30
@@ -70,6 +71,7 @@ class Controller(QObject):
         self.watcher = CanvasWatcher()
         self.history = ResultHistory(clock=clock)
         self.records = JobRecords()
+        self.sender = Sender(self.network, self.ids, self.records)
         self.applying = ApplyFlow(
             self.network, self.ids, self.records, self._document_by_id, self.panel.set_message
         )
@@ -258,7 +260,7 @@ class Controller(QObject):
             return  # mid-stroke: its release pokes again
         doc.waitForDone()  # the stroke that just ended is in the layers
         self.stats["checks"] += 1
-        fingerprint = self._fingerprint(doc, settings, pose_node)
+        fingerprint = live_fingerprint(self.watcher, doc, settings, pose_node)
         if not self.live.should_send(fingerprint):
             return
         sent = self._send(doc, settings, live=True)
@@ -268,18 +270,6 @@ class Controller(QObject):
             self.stats["stroke_to_send_ms"].append((time.perf_counter() - self.input.last_release) * 1000)
         else:
             self.live.sent_fingerprint = fingerprint  # a refused capture says so once, not on every release
-
-    def _fingerprint(self, doc: Any, settings: GenerationSettings, pose_node: Any | None) -> str:
-        extra = [settings.to_json(), repr(_selection_key(doc))]
-        if settings.scribble.enabled:
-            scribble = find_node(doc, settings.scribble.node_id)
-            if scribble is not None:
-                extra.append(
-                    content_hash(bytes(scribble.projectionPixelData(0, 0, doc.width(), doc.height())))
-                )
-        if pose_node is not None:
-            extra.append(repr(read_pose(pose_node, doc.xRes(), doc.yRes())))
-        return self.watcher.fingerprint(doc, exclude=_guidance_ids(settings), extra="|".join(extra))
 
     # --- timers ---------------------------------------------------------------------------------------------
 
@@ -334,25 +324,9 @@ class Controller(QObject):
 
     def _show_connection_status(self, event: StatusChanged | None = None) -> None:
         self._slow_shown = self._backend_slow()
-        if self.status is Status.CONNECTED:
-            welcome = self.welcome
-            device = f" ({welcome.device})" if welcome and welcome.device else ""
-            if welcome is not None and not welcome.ready:
-                # Green only when the backend can paint: connected but without a loaded model is not that.
-                self.panel.set_status(f"Connected{device} — {welcome.message or 'loading…'}", "busy")
-            elif self._slow_shown:
-                self.panel.set_status(
-                    "Connected; the backend is slow to answer (busy or loading a model)…", "busy"
-                )
-            else:
-                self.panel.set_status(f"Ready{device}", "ok")
-        elif self.status is Status.CONNECTING:
-            self.panel.set_status("Connecting…", "busy")
-        elif self.status is Status.WAITING and event is not None:
-            retry = f" Retrying in {event.retry_in:.0f} s." if event.retry_in else ""
-            self.panel.set_status(event.message + retry, "bad")
-        elif event is not None:
-            self.panel.set_status(event.message or "Not connected.", "off")
+        line = status_line(self.status, self.welcome, self._slow_shown, event)
+        if line is not None:
+            self.panel.set_status(*line)
 
     def _on_connected(self, welcome: protocol.Welcome) -> None:
         self.welcome = welcome
@@ -471,44 +445,18 @@ class Controller(QObject):
         return doc
 
     def _send(self, doc: Any, settings: GenerationSettings, *, live: bool) -> list[str]:
-        """Captures and sends a job (a Generate batch: one per seed); returns the ids sent, [] when nothing
-        could be sent (the panel says why)."""
-        request = CaptureRequest(
-            exclude=_guidance_ids(settings),
-            scribble_id=settings.scribble.node_id,
-            pose_id=settings.pose.node_id,
-            max_pixels=round(1024 * 1024 * max(1.0, settings.resolution) ** 2),
-        )
+        """The ids sent; [] when nothing could be sent (the panel says why)."""
         try:
-            snapshot = capture(doc, request, refresh_allowed=_no_buttons_down)
+            sent = self.sender.send(
+                doc, settings, live=live, models=self.models, refresh_allowed=_no_buttons_down
+            )
         except CaptureError as problem:
             if str(problem) != "busy":
                 self.panel.set_message(str(problem), error=True)
             return []
-        count = 1 if live else settings.batch
-        sent: list[str] = []
-        for index in range(count):
-            job_id = self.ids.next("live" if live else "generate")
-            seeded = replace(settings, seed=(settings.seed + index) % (2**31))
-            job = build_job(job_id, seeded, snapshot, live=live, models=self.models)
-            if not self.network.send(job.request, *job.frames):
-                self.panel.set_message("Not connected to the backend (see the status above).", error=True)
-                break
-            self.records.add(
-                JobRecord(
-                    job_id=job_id,
-                    document=_doc_id(doc),
-                    live=live,
-                    mode=job.request.mode,
-                    rect=_rect(snapshot.bounds.to_list()),
-                    settings_json=seeded.to_json(),
-                    params=job.request.params.to_dict(),
-                    images=job.images,
-                    batch=(index + 1, count),
-                )
-            )
-            sent.append(job_id)
-            self.stats["sent"] += 1
+        if not sent:
+            self.panel.set_message("Not connected to the backend (see the status above).", error=True)
+        self.stats["sent"] = self.sender.sent
         return sent
 
     def _cancel_current(self) -> None:
@@ -561,17 +509,6 @@ def _doc_id(doc: Any) -> str:
 def _rect(values: Any) -> tuple[int, int, int, int]:
     x, y, w, h = (int(v) for v in values)
     return x, y, w, h
-
-
-def _guidance_ids(settings: GenerationSettings) -> set[str]:
-    return {settings.scribble.node_id, settings.pose.node_id} - {""}
-
-
-def _selection_key(doc: Any) -> tuple[int, int, int, int] | None:
-    selection = doc.selection()
-    if selection is None:
-        return None
-    return selection.x(), selection.y(), selection.width(), selection.height()
 
 
 def _release(network: Any, sink: Callable[[str], None], *_: Any) -> None:

@@ -83,8 +83,19 @@ def run(krita: KritaSession, code: str, timeout: float = 30.0):
     return krita.run(PRE + code, timeout)
 
 
+STATE = """
+result = {"message": panel.message.property("plain"), "status": panel.status.property("plain"),
+          "live_on": panel.live.isChecked(), "visible": c.visible, "in_flight": c.live.in_flight,
+          "waiting_for": c.tracker.current, "sent": c.stats["sent"], "results": c.stats["results"],
+          "checks": c.stats["checks"], "active": doc.activeNode().name()}
+"""
+
+
 def wait(krita: KritaSession, expression: str, timeout: float = 90.0):
-    return krita.wait_until(expression, timeout, setup=PRE)
+    try:
+        return krita.wait_until(expression, timeout, setup=PRE)
+    except AssertionError as timed_out:
+        raise AssertionError(f"{timed_out}\nthe plugin's state: {run(krita, STATE)}") from None
 
 
 def panel_state(krita: KritaSession) -> str:
