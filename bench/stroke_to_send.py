@@ -46,6 +46,7 @@ def measure(session: KritaSession, painter: Painter, size: int, strokes: int) ->
         painter.stroke([(size * 0.1, y), (size * 0.5, y + size * 0.03), (size * 0.9, y)])
         session.wait_until(f"c.stats['results'] > {before} and not c.tracker.busy", 120, setup=PRE)
     latencies = session.run(PRE + "result = list(c.stats['stroke_to_send_ms'])\npanel.live.setChecked(False)")
+    phases = session.run(PRE + "result = list(c.stats['send_phases_ms'])")
     session.run("for d in Krita.instance().documents(): d.setModified(False)")
     return {
         "name": f"stroke_to_send/{size}x{size}",
@@ -53,6 +54,9 @@ def measure(session: KritaSession, painter: Painter, size: int, strokes: int) ->
         "p90_ms": round(percentile(latencies, 0.9), 2),
         "min_ms": round(min(latencies), 2),
         "runs": len(latencies),
+        "phases_median_ms": {
+            name: round(statistics.median(p[name] for p in phases if name in p), 2) for name in phases[0]
+        },
     }
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import compose
+from .compose import Buffer
 from .nodes import find_node, is_layer, node_id, top_level, walk
 from .placement import Rect
 from .pose_layer import read_pose
@@ -94,7 +95,7 @@ def image_without(
     exclude: set[str],
     refresh_allowed: Callable[[], bool] = lambda: True,
     rect: Rect | None = None,
-) -> bytes:
+) -> Buffer:
     """The document's image (or its `rect`) as if the excluded layers were hidden.
 
     Krita's own projection when no excluded layer is visible; else composited here from the layers' own
@@ -114,11 +115,11 @@ def image_without(
     ]
     hidden = [n for n in top if node_id(n) in exclude and n.visible()] + nested
     if not hidden:
-        return bytes(doc.pixelData(x, y, width, height))
+        return doc.pixelData(x, y, width, height)  # a QByteArray: no copy until one is needed
     if not nested and all(can_compose(n) for n in layers):
         stack = [
             compose.LayerPixels(
-                bytes(n.projectionPixelData(x, y, width, height)), n.opacity() / 255.0, n.blendingMode()
+                n.projectionPixelData(x, y, width, height), n.opacity() / 255.0, n.blendingMode()
             )
             for n in layers
         ]
@@ -129,7 +130,7 @@ def image_without(
         for node in hidden:
             node.setVisible(False)
         doc.refreshProjection()
-        return bytes(doc.pixelData(x, y, width, height))
+        return doc.pixelData(x, y, width, height)
     finally:
         for node in hidden:
             node.setVisible(True)
@@ -152,9 +153,7 @@ def capture(
         node = find_node(doc, request.scribble_id)
         if node is None:
             raise CaptureError("The scribble layer is gone. Pick another one in the panel.")
-        scribble = _scaled(
-            bytes(node.projectionPixelData(x, y, width, height)), width, height, image_w, image_h
-        )
+        scribble = _scaled(node.projectionPixelData(x, y, width, height), width, height, image_w, image_h)
     pose = None
     if request.pose_id:
         node = find_node(doc, request.pose_id)
@@ -175,7 +174,9 @@ def capture(
     )
 
 
-def _scaled(bgra: bytes, width: int, height: int, new_width: int, new_height: int) -> bytes:
+def _scaled(bgra: Buffer, width: int, height: int, new_width: int, new_height: int) -> bytes:
+    """Krita's pixels (a QByteArray, or bytes), scaled when asked, as the bytes a frame carries. Read through
+    the buffer, not copied first: at 2048x2048 each copy of the 16 MiB costs more than the scaling."""
     if (width, height) == (new_width, new_height):
-        return bgra
+        return bytes(bgra)
     return compose.scale_bgra(bgra, width, height, new_width, new_height)

@@ -7,6 +7,7 @@ which would need a synchronous refresh on every change.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from PyQt5.QtCore import Qt
 from PyQt5.QtGui import QImage, QPainter
@@ -28,9 +29,13 @@ BLEND_MODES: dict[str, QPainter.CompositionMode] = {
 }
 
 
+# Pixels as Krita hands them (QByteArray) or as bytes: anything with the buffer protocol that QImage can view.
+Buffer = Any
+
+
 @dataclass
 class LayerPixels:
-    bgra: bytes  # width x height, Krita's BGRA byte order, not premultiplied
+    bgra: Buffer  # width x height, Krita's BGRA byte order, not premultiplied
     opacity: float = 1.0
     blend_mode: str = "normal"
 
@@ -39,10 +44,15 @@ def supported(blend_mode: str) -> bool:
     return blend_mode in BLEND_MODES
 
 
-def bgra_image(bgra: bytes, width: int, height: int) -> QImage:
-    """A QImage viewing BGRA bytes (QImage's ARGB32 is B,G,R,A in memory on little-endian machines)."""
-    image = QImage(bgra, width, height, width * 4, QImage.Format_ARGB32)
-    return image.copy()  # own the pixels: the bytes object may go away
+def bgra_view(bgra: Buffer, width: int, height: int) -> QImage:
+    """A QImage viewing BGRA pixels without copying them (QImage's ARGB32 is B,G,R,A in memory on
+    little-endian machines); valid only while `bgra` lives."""
+    return QImage(bgra, width, height, width * 4, QImage.Format_ARGB32)
+
+
+def bgra_image(bgra: Buffer, width: int, height: int) -> QImage:
+    """A QImage owning a copy of BGRA pixels."""
+    return bgra_view(bgra, width, height).copy()
 
 
 def image_bytes(image: QImage) -> bytes:
@@ -66,14 +76,14 @@ def compose(width: int, height: int, layers: list[LayerPixels]) -> bytes:
         for layer in layers:
             painter.setCompositionMode(BLEND_MODES[layer.blend_mode])
             painter.setOpacity(max(0.0, min(1.0, layer.opacity)))
-            painter.drawImage(0, 0, bgra_image(layer.bgra, width, height))
+            painter.drawImage(0, 0, bgra_view(layer.bgra, width, height))  # layers outlive the painting
     finally:
         painter.end()
     return image_bytes(target)
 
 
-def scale_bgra(bgra: bytes, width: int, height: int, new_width: int, new_height: int) -> bytes:
-    image = bgra_image(bgra, width, height)
+def scale_bgra(bgra: Buffer, width: int, height: int, new_width: int, new_height: int) -> bytes:
+    image = bgra_view(bgra, width, height)  # scaled() makes a new image: no copy of the source needed
     scaled = image.scaled(new_width, new_height, Qt.IgnoreAspectRatio, Qt.SmoothTransformation)
     return image_bytes(scaled)
 

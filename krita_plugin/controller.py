@@ -26,7 +26,6 @@ from .apply import keep_active
 from .apply_flow import ApplyFlow
 from .capture import CaptureError
 from .document_state import read_state, remember_guidance
-from .fingerprint import CanvasWatcher
 from .guidance import chosen, create_scribble_layer, layer_choices
 from .history import ResultEntry, ResultHistory
 from .input_watch import InputWatch
@@ -39,8 +38,9 @@ from .painter_words import TRANSIENT_CODES, describe_error
 from .panel import Panel
 from .pose_layer import create_pose_layer, sync_bones
 from .presenter import present
+from .request_builder import CanvasCapture
 from .safe import add_error_sink, guarded, remove_error_sink, report_exception
-from .sending import Sender, live_fingerprint
+from .sending import Sender, job_fingerprint
 from .settings import GenerationSettings, random_seed
 from .status_line import status_line
 
@@ -68,7 +68,6 @@ class Controller(QObject):
         self.ids = JobIds()
         self.tracker = JobTracker(clock=clock)
         self.live = LiveState(clock=clock)
-        self.watcher = CanvasWatcher()
         self.history = ResultHistory(clock=clock)
         self.records = JobRecords()
         self.sender = Sender(self.network, self.ids, self.records)
@@ -83,6 +82,7 @@ class Controller(QObject):
         self.stats: dict[str, Any] = {
             "sent": 0, "results": 0, "stale": 0, "checks": 0,
             "stroke_to_send_ms": collections.deque(maxlen=LATENCIES_KEPT),
+            "send_phases_ms": collections.deque(maxlen=LATENCIES_KEPT),
         }  # fmt: skip
         self.document = ""  # the document the panel shows (root node id)
         self._settings_dirty = False
@@ -170,7 +170,8 @@ class Controller(QObject):
         if not settings.seed_locked:
             settings.seed = random_seed()
             self.panel.set_seed(settings.seed)
-        sent = self._send(doc, settings, live=False)
+        snapshot = self._capture(doc, settings)
+        sent = self._send(doc, snapshot, settings, live=False) if snapshot is not None else []
         if sent:
             self.tracker.start(sent, live=False)
             self.panel.set_waiting()
@@ -258,18 +259,26 @@ class Controller(QObject):
             return
         if not _no_buttons_down():
             return  # mid-stroke: its release pokes again
+        started = time.perf_counter()
         doc.waitForDone()  # the stroke that just ended is in the layers
+        waited = time.perf_counter()
         self.stats["checks"] += 1
-        fingerprint = live_fingerprint(self.watcher, doc, settings, pose_node)
+        snapshot = self._capture(doc, settings)
+        if snapshot is None:
+            return
+        fingerprint = job_fingerprint(snapshot, settings)
         if not self.live.should_send(fingerprint):
             return
-        sent = self._send(doc, settings, live=True)
+        sent = self._send(doc, snapshot, settings, live=True)
         if sent:
             self.tracker.start(sent, live=True)
             self.live.sent(sent[0], fingerprint)
             self.stats["stroke_to_send_ms"].append((time.perf_counter() - self.input.last_release) * 1000)
+            phases = {"to_check": started - self.input.last_release, "krita_finishing": waited - started}
+            phases.update(self.sender.timings)
+            self.stats["send_phases_ms"].append({k: round(v * 1000, 2) for k, v in phases.items()})
         else:
-            self.live.sent_fingerprint = fingerprint  # a refused capture says so once, not on every release
+            self.live.sent_fingerprint = fingerprint  # a refused job says so once, not on every release
 
     # --- timers ---------------------------------------------------------------------------------------------
 
@@ -444,16 +453,20 @@ class Controller(QObject):
             return None
         return doc
 
-    def _send(self, doc: Any, settings: GenerationSettings, *, live: bool) -> list[str]:
-        """The ids sent; [] when nothing could be sent (the panel says why)."""
+    def _capture(self, doc: Any, settings: GenerationSettings) -> CanvasCapture | None:
+        """What a job would carry now; None when the document can't be sent (the panel says why)."""
         try:
-            sent = self.sender.send(
-                doc, settings, live=live, models=self.models, refresh_allowed=_no_buttons_down
-            )
+            return self.sender.capture(doc, settings, refresh_allowed=_no_buttons_down)
         except CaptureError as problem:
             if str(problem) != "busy":
                 self.panel.set_message(str(problem), error=True)
-            return []
+            return None
+
+    def _send(
+        self, doc: Any, snapshot: CanvasCapture, settings: GenerationSettings, *, live: bool
+    ) -> list[str]:
+        """The ids sent; [] when nothing could be sent (the panel says why)."""
+        sent = self.sender.send(doc, snapshot, settings, live=live, models=self.models)
         if not sent:
             self.panel.set_message("Not connected to the backend (see the status above).", error=True)
         self.stats["sent"] = self.sender.sent
@@ -476,7 +489,6 @@ class Controller(QObject):
         """The panel shows this document's guidance choices and results (after a switch, or a new layer)."""
         self.document = _doc_id(doc)
         self.live.reset()
-        self.watcher.invalidate()
         state = read_state(doc)
         self._refresh_layer_choices(doc, state)
         self.panel.select_guidance(*chosen(doc, state))

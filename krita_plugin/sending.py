@@ -1,19 +1,19 @@
-"""From the document to the wire: what live mode compares between checks (the fingerprint), and capturing,
-building, sending and recording jobs (a Generate batch is one job per seed)."""
+"""From the document to the wire: capturing what a job would carry, comparing it with what live mode sent last
+(the fingerprint), and building, sending and recording jobs (a Generate batch is one job per seed)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 from .capture import SEND_PIXELS, CaptureRequest, capture
-from .fingerprint import CanvasWatcher, content_hash
+from .fingerprint import content_hash
 from .job_records import JobRecord, JobRecords
 from .jobs import JobIds
-from .nodes import find_node, node_id
-from .pose_layer import read_pose
-from .request_builder import build_job
+from .nodes import node_id
+from .request_builder import CanvasCapture, build_job
 from .settings import MAX_SEED, GenerationSettings
 
 
@@ -22,26 +22,18 @@ def guidance_ids(settings: GenerationSettings) -> set[str]:
     return {settings.scribble.node_id, settings.pose.node_id} - {""}
 
 
-def live_fingerprint(
-    watcher: CanvasWatcher, doc: Any, settings: GenerationSettings, pose_node: Any | None
-) -> str:
-    """Equal exactly when the next live job would be the same: the pixels, the settings, the selection's box,
-    the scribble and the pose."""
-    extra = [settings.to_json(), repr(_selection_box(doc))]
-    if settings.scribble.enabled:
-        scribble = find_node(doc, settings.scribble.node_id)
-        if scribble is not None:
-            extra.append(content_hash(bytes(scribble.projectionPixelData(0, 0, doc.width(), doc.height()))))
-    if pose_node is not None:
-        extra.append(repr(read_pose(pose_node, doc.xRes(), doc.yRes())))
-    return watcher.fingerprint(doc, exclude=guidance_ids(settings), extra="|".join(extra))
-
-
-def _selection_box(doc: Any) -> tuple[int, int, int, int] | None:
-    selection = doc.selection()
-    if selection is None:
-        return None
-    return selection.x(), selection.y(), selection.width(), selection.height()
+def job_fingerprint(snapshot: CanvasCapture, settings: GenerationSettings) -> str:
+    """Equal exactly when two jobs would carry the same inputs: the pixels as sent (a change nobody can see in
+    them, like hiding an empty layer, sends nothing), the rectangle, the mask, the guidance, the settings."""
+    return "|".join(
+        (
+            settings.to_json(),
+            repr((snapshot.bounds.to_list(), snapshot.image_width, snapshot.image_height, snapshot.pose)),
+            content_hash(snapshot.canvas),
+            content_hash(snapshot.mask or b""),
+            content_hash(snapshot.scribble or b""),
+        )
+    )
 
 
 class Sender:
@@ -50,18 +42,14 @@ class Sender:
         self.ids = ids
         self.records = records
         self.sent = 0
+        self.timings: dict[str, float] = {}  # seconds the last capture and send spent in each phase
 
-    def send(
-        self,
-        doc: Any,
-        settings: GenerationSettings,
-        *,
-        live: bool,
-        models: dict[str, list[str]],
-        refresh_allowed: Callable[[], bool],
-    ) -> list[str]:
-        """Captures the document and sends its job(s); returns the ids sent ([] when the connection is gone).
-        Raises CaptureError when the document can't be sent as it is (the message says why)."""
+    def capture(
+        self, doc: Any, settings: GenerationSettings, refresh_allowed: Callable[[], bool]
+    ) -> CanvasCapture:
+        """What a job would carry now. Raises CaptureError when the document can't be sent as it is (the
+        message says why)."""
+        started = time.perf_counter()
         request = CaptureRequest(
             exclude=guidance_ids(settings),
             scribble_id=settings.scribble.node_id,
@@ -69,6 +57,20 @@ class Sender:
             max_pixels=round(SEND_PIXELS * max(1.0, settings.resolution) ** 2),
         )
         snapshot = capture(doc, request, refresh_allowed=refresh_allowed)
+        self.timings = {"capture": time.perf_counter() - started}
+        return snapshot
+
+    def send(
+        self,
+        doc: Any,
+        snapshot: CanvasCapture,
+        settings: GenerationSettings,
+        *,
+        live: bool,
+        models: dict[str, list[str]],
+    ) -> list[str]:
+        """Sends the snapshot's job(s); returns the ids sent ([] when the connection is gone)."""
+        started = time.perf_counter()
         rect = (snapshot.x, snapshot.y, snapshot.width, snapshot.height)
         count = 1 if live else settings.batch
         sent: list[str] = []
@@ -93,4 +95,5 @@ class Sender:
             )
             sent.append(job_id)
             self.sent += 1
+        self.timings["build_and_send"] = time.perf_counter() - started
         return sent

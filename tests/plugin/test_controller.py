@@ -129,6 +129,23 @@ def test_live_sends_on_change_only_and_never_a_backlog(setup) -> None:
     assert len(network.jobs()) == 2  # unchanged canvas: nothing sent
 
 
+def test_changes_nobody_can_see_send_nothing(setup) -> None:
+    controller, network, doc, panel, _ = setup
+    panel.set_live(True)
+    controller.check_live()
+    controller.handle_event(result_for(network.jobs()[0]))
+    empty = doc.createNode("empty", "paintlayer")
+    doc.rootNode().addChildNode(empty, None)
+    empty.setVisible(False)
+    controller.check_live()
+    assert len(network.jobs()) == 1  # the image to send is the same
+    selection = Selection()
+    selection.select(1, 1, 4, 4, 255)
+    doc.setSelection(selection)
+    controller.check_live()
+    assert len(network.jobs()) == 2 and network.jobs()[-1].mode == "inpaint"  # a selection is a change
+
+
 def test_live_results_never_touch_the_document(setup) -> None:
     """The result is shown in the result view; no layer, no undo step, the active layer stays."""
     controller, network, doc, panel, _ = setup
