@@ -21,7 +21,9 @@ from .placement import Rect
 from .pose_layer import read_pose
 from .request_builder import CanvasCapture
 
-SEND_PIXELS = 1024 * 1024  # at resolution 1: twice SD1.5's native side, so nothing the model can use is lost
+# At resolution 1: 1.5 times SD1.5's native side, so the backend still scales down (no detail the model can
+# use is lost) while the transfer stays small (every byte is copied, masked and sent on Krita's machine).
+SEND_PIXELS = 768 * 768
 SUPPORTED_TYPES = {"paintlayer", "grouplayer", "vectorlayer", "filelayer", "filllayer", "clonelayer"}
 
 

@@ -266,16 +266,20 @@ class Controller(QObject):
         snapshot = self._capture(doc, settings)
         if snapshot is None:
             return
+        captured = time.perf_counter()
         fingerprint = job_fingerprint(snapshot, settings)
         if not self.live.should_send(fingerprint):
             return
+        compared = time.perf_counter()
         sent = self._send(doc, snapshot, settings, live=True)
         if sent:
             self.tracker.start(sent, live=True)
             self.live.sent(sent[0], fingerprint)
-            self.stats["stroke_to_send_ms"].append((time.perf_counter() - self.input.last_release) * 1000)
+            done = self.sender.left_at
+            self.stats["stroke_to_send_ms"].append((done - self.input.last_release) * 1000)
             phases = {"to_check": started - self.input.last_release, "krita_finishing": waited - started}
             phases.update(self.sender.timings)
+            phases.update(fingerprint=compared - captured, plugin_total=done - started)
             self.stats["send_phases_ms"].append({k: round(v * 1000, 2) for k, v in phases.items()})
         else:
             self.live.sent_fingerprint = fingerprint  # a refused job says so once, not on every release

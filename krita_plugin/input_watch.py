@@ -25,10 +25,7 @@ class InputWatch(QObject):
         super().__init__(parent)
         self.on_release = on_release
         self.last_release = 0.0  # time.perf_counter() of the latest release: where stroke-to-send time starts
-        self._now = QTimer(self)
-        self._now.setSingleShot(True)
-        self._now.setInterval(0)
-        self._now.timeout.connect(self._fire)
+        self._pending = False  # a check is posted and has not run yet
         self._later: list[QTimer] = []
         for delay in RECHECK_AFTER_MS:
             timer = QTimer(self)
@@ -46,16 +43,26 @@ class InputWatch(QObject):
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
         # One release reaches several objects (the window, then widgets up the parent chain): the timers
         # collapse them into one check.
-        if event.type() in RELEASE_EVENTS and not self._now.isActive():
+        if event.type() in RELEASE_EVENTS and not self._pending:
             self.last_release = time.perf_counter()
             self.poke()
         return False
 
     def poke(self) -> None:
-        """Check now and a little later (also used for panel changes, job ends and document switches)."""
-        self._now.start()
+        """Check now and a little later (also used for panel changes, job ends and document switches).
+
+        "Now" is a posted call (QTimer.singleShot(0) posts one): it runs right after Krita has handled the
+        event being delivered (the release that ends the stroke), before the repaints that follow it; a zero
+        interval QTimer would wait behind them."""
+        if not self._pending:
+            self._pending = True
+            QTimer.singleShot(0, self._fire_now)
         for timer in self._later:
             timer.start()
+
+    def _fire_now(self) -> None:
+        self._pending = False
+        self.on_release()
 
     def _fire(self) -> None:
         self.on_release()

@@ -43,6 +43,7 @@ class Sender:
         self.records = records
         self.sent = 0
         self.timings: dict[str, float] = {}  # seconds the last capture and send spent in each phase
+        self.left_at = 0.0  # time.perf_counter() when the last job was handed to the network thread
 
     def capture(
         self, doc: Any, settings: GenerationSettings, refresh_allowed: Callable[[], bool]
@@ -80,6 +81,7 @@ class Sender:
             job = build_job(job_id, seeded, snapshot, live=live, models=models)
             if not self.network.send(job.request, *job.frames):
                 break
+            self.left_at = time.perf_counter()  # handed to the network thread: the UI thread is done with it
             self.records.add(
                 JobRecord(
                     job_id=job_id,
