@@ -231,7 +231,7 @@ class Controller(QObject):
     @guarded
     def on_settings_changed(self) -> None:
         self._settings_dirty = True
-        self.input.poke()
+        self.input.poke_later()  # typing a prompt or dragging a slider: one job once it settles
 
     @guarded
     def on_guidance_changed(self) -> None:

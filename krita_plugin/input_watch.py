@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from PyQt5.QtCore import QEvent, QObject, QTimer
+from PyQt5.QtWidgets import QAbstractSpinBox, QApplication, QLineEdit, QPlainTextEdit, QTextEdit
 
 RELEASE_EVENTS = frozenset({QEvent.MouseButtonRelease, QEvent.TabletRelease, QEvent.KeyRelease})
 RECHECK_AFTER_MS = (350, 1500)  # for work that completes after the release (filters, transforms, fills)
@@ -44,9 +45,17 @@ class InputWatch(QObject):
         # One release reaches several objects (the window, then widgets up the parent chain): the timers
         # collapse them into one check.
         if event.type() in RELEASE_EVENTS and not self._pending:
-            self.last_release = time.perf_counter()
-            self.poke()
+            if event.type() == QEvent.KeyRelease and _typing():
+                self.poke_later()  # a prompt being typed: one check when the typing pauses
+            else:
+                self.last_release = time.perf_counter()
+                self.poke()
         return False
+
+    def poke_later(self) -> None:
+        """Check once things have settled (typing, dragging a slider): restarts the later checks only."""
+        for timer in self._later:
+            timer.start()
 
     def poke(self) -> None:
         """Check now and a little later (also used for panel changes, job ends and document switches).
@@ -66,3 +75,7 @@ class InputWatch(QObject):
 
     def _fire(self) -> None:
         self.on_release()
+
+
+def _typing() -> bool:
+    return isinstance(QApplication.focusWidget(), (QLineEdit, QPlainTextEdit, QTextEdit, QAbstractSpinBox))
