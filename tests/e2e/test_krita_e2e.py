@@ -406,7 +406,7 @@ for other in app.dockers():
         other.hide()
 result_docker.show()
 result_docker.setFloating(True)
-result_docker.setGeometry(560, 120, 520, 560)
+result_docker.setGeometry(40, 110, 430, 460)  # beside the canvas, as on a second screen
 win.qwindow().resizeDocks([docker], [300], Qt.Horizontal)
 panel.verticalScrollBar().setValue(0)
 QApplication.processEvents()
