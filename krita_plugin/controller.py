@@ -29,7 +29,7 @@ from .document_state import read_state, remember_guidance
 from .guidance import chosen, create_scribble_layer, layer_choices
 from .history import ResultEntry, ResultHistory
 from .input_watch import InputWatch
-from .job_records import JobRecords, Purpose
+from .job_records import JobRecord, JobRecords, Purpose
 from .jobs import JobIds, JobTracker
 from .live_state import LiveState
 from .network import Connected, NetworkClient, ResultReady, ServerMessage, Status, StatusChanged
@@ -403,26 +403,15 @@ class Controller(QObject):
         if not self.tracker.finish(result.job_id) or record is None:
             self.stats["stale"] += 1  # superseded by a newer request or cancelled: never shown
             return
-        if frame.encoding is not protocol.ImageEncoding.BGRA8:
+        frames = (frame, *event.extra)
+        if any(f.encoding is not protocol.ImageEncoding.BGRA8 for f in frames):
             self.panel.set_message(
                 f"The backend sent an unexpected image format ({frame.encoding.label}).", True
             )
             return
-        fast = result.params.get("decoder") == "taesd"
-        kept = record if fast else replace(record, images=())  # inputs are kept only to refine fast previews
-        entry = ResultEntry(
-            job_id=result.job_id,
-            document=record.document,
-            rect=_rect(result.bounds),
-            width=frame.width,
-            height=frame.height,
-            pixels=bytes(frame.payload),
-            recipe={"prompt": record.params.get("prompt", ""), **result.params},
-            record=kept,
-            live=record.live,
-            fast_decoder=fast,
-        )
-        self.history.add(entry)
+        seeds = result.seeds or [record.seed + index for index in range(len(frames))]
+        for index, image in enumerate(frames):
+            self.history.add(_entry(result, image, record, index, seeds[min(index, len(seeds) - 1)]))
         self.stats["results"] += 1
         doc = self.app.activeDocument()
         if doc is not None and _doc_id(doc) == record.document:
@@ -516,6 +505,33 @@ class Controller(QObject):
 
     def _show_bug(self, text: str) -> None:
         self.panel.set_message(text, error=True)
+
+
+def _entry(
+    result: protocol.Result, frame: protocol.ImageFrame, record: JobRecord, index: int, seed: int
+) -> ResultEntry:
+    """The history entry of one image of a result (a Generate batch has one per seed)."""
+    fast = result.params.get("decoder") == "taesd"
+    job_id = result.job_id if index == 0 else f"{result.job_id}.{index}"
+    # What made this image alone: its seed, one image. Inputs are kept only to refine fast previews.
+    kept = replace(
+        record,
+        job_id=job_id,
+        params={**record.params, "seed": seed, "batch": 1},
+        images=record.images if fast else (),
+    )
+    return ResultEntry(
+        job_id=job_id,
+        document=record.document,
+        rect=_rect(result.bounds),
+        width=frame.width,
+        height=frame.height,
+        pixels=bytes(frame.payload),
+        recipe={"prompt": record.params.get("prompt", ""), **result.params, "seed": seed},
+        record=kept,
+        live=record.live,
+        fast_decoder=fast,
+    )
 
 
 def _doc_id(doc: Any) -> str:

@@ -42,7 +42,6 @@ class JobRecord:
     images: tuple[SentImage, ...] = ()
     purpose: Purpose = Purpose.SHOW
     target_layer: str = ""  # REFINE: the applied layer whose pixels the render replaces
-    batch: tuple[int, int] = (1, 1)  # (index, count) within a Generate batch
 
     @property
     def seed(self) -> int:

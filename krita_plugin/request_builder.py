@@ -58,8 +58,10 @@ def control_model(models: dict[str, list[str]], kind: str) -> str | None:
 
 
 def build_params(
-    settings: GenerationSettings, capture: CanvasCapture, models: dict[str, list[str]]
+    settings: GenerationSettings, capture: CanvasCapture, models: dict[str, list[str]], live: bool = False
 ) -> protocol.JobParams:
+    """`live`: live frames are single images; Generate asks for `settings.batch` variations (consecutive
+    seeds) in one job."""
     loras = (
         [protocol.LoraParam(settings.lora, settings.lora_strength, settings.lora_strength)]
         if settings.lora
@@ -98,6 +100,7 @@ def build_params(
         strength=settings.strength,
         seed=settings.seed,
         resolution=settings.resolution,
+        batch=1 if live else settings.batch,
         controls=controls,
     )
 
@@ -112,7 +115,7 @@ def build_job(
 ) -> BuiltJob:
     """The JobRequest and its frames, in the order the protocol wants them (JSON first, then each image).
     A capture with a selection mask is an inpaint job."""
-    params = build_params(settings, capture, models or {})
+    params = build_params(settings, capture, models or {}, live)
     w, h = capture.image_width, capture.image_height
     bgra8, gray8 = protocol.ImageEncoding.BGRA8.label, protocol.ImageEncoding.GRAY8.label
     images = [SentImage("canvas", bgra8, w, h, capture.canvas)]

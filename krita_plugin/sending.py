@@ -1,11 +1,10 @@
 """From the document to the wire: capturing what a job would carry, comparing it with what live mode sent last
-(the fingerprint), and building, sending and recording jobs (a Generate batch is one job per seed)."""
+(the fingerprint), and building, sending and recording jobs."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from .capture import SEND_PIXELS, CaptureRequest, capture
@@ -14,7 +13,7 @@ from .job_records import JobRecord, JobRecords
 from .jobs import JobIds
 from .nodes import node_id
 from .request_builder import CanvasCapture, build_job
-from .settings import MAX_SEED, GenerationSettings
+from .settings import GenerationSettings
 
 
 def guidance_ids(settings: GenerationSettings) -> set[str]:
@@ -70,32 +69,26 @@ class Sender:
         live: bool,
         models: dict[str, list[str]],
     ) -> list[str]:
-        """Sends the snapshot's job(s); returns the ids sent ([] when the connection is gone)."""
+        """Sends the snapshot's job (a Generate batch is one job: the backend renders the variations with
+        consecutive seeds); returns the ids sent ([] when the connection is gone)."""
         started = time.perf_counter()
-        rect = (snapshot.x, snapshot.y, snapshot.width, snapshot.height)
-        count = 1 if live else settings.batch
-        sent: list[str] = []
-        for index in range(count):
-            job_id = self.ids.next("live" if live else "generate")
-            seeded = replace(settings, seed=(settings.seed + index) % (MAX_SEED + 1))
-            job = build_job(job_id, seeded, snapshot, live=live, models=models)
-            if not self.network.send(job.request, *job.frames):
-                break
-            self.left_at = time.perf_counter()  # handed to the network thread: the UI thread is done with it
-            self.records.add(
-                JobRecord(
-                    job_id=job_id,
-                    document=node_id(doc.rootNode()),
-                    live=live,
-                    mode=job.request.mode,
-                    rect=rect,
-                    settings_json=seeded.to_json(),
-                    params=job.request.params.to_dict(),
-                    images=job.images,
-                    batch=(index + 1, count),
-                )
+        job_id = self.ids.next("live" if live else "generate")
+        job = build_job(job_id, settings, snapshot, live=live, models=models)
+        if not self.network.send(job.request, *job.frames):
+            return []
+        self.left_at = time.perf_counter()  # handed to the network thread: the UI thread is done with it
+        self.records.add(
+            JobRecord(
+                job_id=job_id,
+                document=node_id(doc.rootNode()),
+                live=live,
+                mode=job.request.mode,
+                rect=(snapshot.x, snapshot.y, snapshot.width, snapshot.height),
+                settings_json=settings.to_json(),
+                params=job.request.params.to_dict(),
+                images=job.images,
             )
-            sent.append(job_id)
-            self.sent += 1
+        )
+        self.sent += 1
         self.timings["build_and_send"] = time.perf_counter() - started
-        return sent
+        return [job_id]

@@ -202,20 +202,34 @@ def test_generate_picks_a_new_seed_unless_locked(setup) -> None:
     assert len(seeds) > 1
 
 
-def test_generate_batch_makes_variations_with_consecutive_seeds(setup) -> None:
+def test_generate_batch_makes_variations_with_consecutive_seeds_in_one_job(setup) -> None:
     controller, network, doc, panel, _ = setup
     panel.seed.setValue(40)
     panel.seed_lock.setChecked(True)
     panel.batch.setValue(3)
     controller.on_generate()
-    jobs = network.jobs()
-    assert [j.params.seed for j in jobs] == [40, 41, 42] and not any(j.live for j in jobs)
-    for index, job in enumerate(jobs):
-        controller.handle_event(result_for(job, bytes([index, 0, 0, 255])))
+    (job,) = network.jobs()
+    assert (job.params.seed, job.params.batch, job.live) == (40, 3, False)
+    first = result_for(job, bytes([0, 0, 0, 255]))
+    first.result.count, first.result.seeds = 3, [40, 41, 42]
+    bgra8 = protocol.ImageEncoding.BGRA8
+    frames = [
+        protocol.ImageFrame(job.job_id, f"result.{i}", bgra8, 16, 12, bytes([i, 0, 0, 255]) * 192)
+        for i in (1, 2)
+    ]
+    controller.handle_event(ResultReady(first.result, first.frame, tuple(frames)))
     entries = controller.history.entries(node_id(doc.rootNode()))
-    assert [e.record.seed for e in entries] == [42, 41, 40]
+    assert [e.recipe["seed"] for e in entries] == [42, 41, 40]
+    assert [e.pixels[0] for e in entries] == [2, 1, 0]
+    assert all(e.record.params["batch"] == 1 for e in entries)  # each is what its own seed makes
     assert panel.history.count() == 3
-    assert controller.stats["stale"] == 0
+    controller.history.select(node_id(doc.rootNode()), entries[1].job_id)
+    controller.on_apply()
+    assert doc.names()[-1].endswith("seed 41")
+    live = controller.panel.live
+    live.setChecked(True)
+    controller.check_live()
+    assert network.jobs()[-1].live and network.jobs()[-1].params.batch == 1  # live frames are single
 
 
 def test_history_keeps_results_and_a_click_shows_one(setup) -> None:
