@@ -19,6 +19,7 @@ from .config import REPO_ROOT, TOKEN_ENV, ServerConfig
 
 # Seconds a stopping server gives the engine's worker to finish what it is in (a job stops at its next step).
 SHUTDOWN_GRACE_S = 5.0
+MIB = 1024 * 1024
 
 
 def positive_int(text: str) -> int:
@@ -81,6 +82,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest WebSocket message in MiB (default: 80)",
     )
     parser.add_argument(
+        "--max-connections",
+        type=positive_int,
+        default=32,
+        help="open connections in all; more are refused with HTTP 503 (default: 32)",
+    )
+    parser.add_argument(
+        "--max-connections-per-address",
+        type=positive_int,
+        default=8,
+        help="open connections from one client address (all loopback clients share one) (default: 8)",
+    )
+    parser.add_argument(
+        "--max-queued-mb",
+        type=positive_int,
+        default=512,
+        help="decoded images of one connection's unfinished jobs, in MiB (4 bytes a pixel); jobs beyond "
+        "are refused as busy (default: 512)",
+    )
+    parser.add_argument(
+        "--max-total-queued-mb",
+        type=positive_int,
+        default=1024,
+        help="the same for all connections together (default: 1024)",
+    )
+    parser.add_argument(
+        "--max-unread-mb",
+        type=positive_int,
+        default=64,
+        help="replies a client may leave unread before its messages wait; a client that stays over it for "
+        "--unread-timeout seconds, or over it by two of the largest results, is disconnected (default: 64)",
+    )
+    parser.add_argument(
+        "--unread-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a client may stay over --max-unread-mb (default: 30)",
+    )
+    parser.add_argument(
         "--accelerate",
         choices=["auto", "off", "compile", "cuda_graphs"],
         default="auto",
@@ -105,8 +145,14 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         limits=Limits(
             max_width=args.max_size,
             max_height=args.max_size,
-            max_message_bytes=args.max_message_mb * 1024 * 1024,
+            max_message_bytes=args.max_message_mb * MIB,
+            max_queued_image_bytes=args.max_queued_mb * MIB,
+            max_total_queued_image_bytes=args.max_total_queued_mb * MIB,
+            max_unread_bytes=args.max_unread_mb * MIB,
         ),
+        max_connections=args.max_connections,
+        unread_timeout_s=max(0.1, args.unread_timeout),
+        max_connections_per_address=args.max_connections_per_address,
         preload=not args.no_preload,
         accelerate=args.accelerate,
     )

@@ -30,6 +30,7 @@ from protocol import (
     decode_message,
     encode_frame,
     encode_message,
+    result_slot,
 )
 
 from .codec import frame_to_array
@@ -43,6 +44,7 @@ class JobReply:
     messages: list[Message] = field(default_factory=list)
     result: Result | None = None
     image: np.ndarray | None = None  # RGBA uint8
+    images: list[np.ndarray] = field(default_factory=list)  # all of a batch's images, `image` first
 
     @property
     def final(self) -> Message:
@@ -115,7 +117,7 @@ class Client:
         await self.socket.send(encode_message(Cancel(job_id)))
 
     async def wait_for(self, job_ids: Sequence[str]) -> dict[str, JobReply]:
-        """Collect replies until every named job has ended (result with its frame, cancelled or error)."""
+        """Collect replies until every named job has ended (result with its frames, cancelled or error)."""
         replies = {job_id: JobReply(job_id) for job_id in job_ids}
         open_jobs = set(job_ids)
         while open_jobs:
@@ -123,9 +125,11 @@ class Client:
             self.inbox.append(item)
             if isinstance(item, ImageFrame):
                 reply = replies.get(item.job_id)
-                if reply is not None and item.slot == "result":
-                    reply.image = _to_rgba(item)
-                    open_jobs.discard(item.job_id)
+                if reply is not None and item.slot == result_slot(len(reply.images)):
+                    reply.images.append(_to_rgba(item))
+                    reply.image = reply.images[0]
+                    if reply.result is None or len(reply.images) >= reply.result.count:
+                        open_jobs.discard(item.job_id)
                 continue
             job_id = getattr(item, "job_id", None)
             if job_id not in replies:

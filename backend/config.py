@@ -8,6 +8,8 @@ from pathlib import Path
 
 from protocol import DEFAULT_PORT, Limits
 
+from .auth_throttle import ThrottleSettings
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOKEN_ENV = "KLD_TOKEN"
 
@@ -25,6 +27,20 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     preload: bool = True
     accelerate: str = "auto"  # live path: auto (compile + CUDA graphs on CUDA), off, compile, cuda_graphs
+    # Open WebSocket connections, in all and per client address (loopback clients share one address).
+    max_connections: int = 32
+    max_connections_per_address: int = 8
+    # A client with more than limits.max_unread_bytes of replies unread for this long is disconnected.
+    unread_timeout_s: float = 30.0
+    # Wrong access tokens from one address: a few free, then blocks doubling in length (with --token only).
+    auth_throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
+
+    @property
+    def max_unread_hard_bytes(self) -> int:
+        """Unread bytes that disconnect a client at once: room for two of the largest results beyond the
+        soft limit, so a client that reads, only slower than results are made, is not dropped for one."""
+        largest_result = self.limits.max_width * self.limits.max_height * 4
+        return self.limits.max_unread_bytes + 2 * largest_result
 
     def binding_problem(self) -> str | None:
         """Why this configuration must not start, in words for the person starting it; None if it may."""

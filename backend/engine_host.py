@@ -11,13 +11,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from protocol import ErrorCode, JobParams, JobRequest, ProtocolError
+from protocol.errors import clip_message
 
 from .config import ServerConfig
+from .model_check import UnusableCache
 from .model_store import ModelError, ModelStore
 from .scheduler import JobCancelledError
 
@@ -39,11 +42,18 @@ class JobInput:
 
 
 @dataclass
+class ModelListing:
+    models: dict[str, list[str]]  # kind -> names
+    unusable: dict[str, dict[str, str]]  # kind -> name -> why it can't be used
+
+
+@dataclass
 class JobOutput:
     image: np.ndarray
     bounds: tuple[int, int, int, int]
     params: dict[str, Any]
     timings: dict[str, float]
+    extra: list[np.ndarray] = field(default_factory=list)  # a batch's other images, in seed order
 
 
 class EngineHost:
@@ -55,6 +65,7 @@ class EngineHost:
         self._manager: Any = None
         self._load_error: BaseException | None = None
         self._loaded = threading.Event()
+        self._checked = UnusableCache()
 
     @property
     def ready(self) -> bool:
@@ -112,6 +123,32 @@ class EngineHost:
     def list_models(self) -> dict[str, list[str]]:
         return self.store.list_models()
 
+    def default_model_file(self) -> Path | None:
+        """The checkpoint jobs use unless they name one (a file or a diffusers folder); None if none."""
+        name = self.store.default_checkpoint()
+        try:
+            return self.store.resolve("checkpoints", name) if name is not None else None
+        except ModelError:
+            return None
+
+    def model_listing(self) -> ModelListing:
+        """The model lists and, beside them, the listed files known to be unusable with why. Reads file
+        headers the first time it sees a file version: call it off the event loop."""
+        models = self.store.list_models()
+        unusable: dict[str, dict[str, str]] = {}
+        for kind, names in models.items():
+            for name in names:
+                try:
+                    reason = self._checked.reason(kind, self.store.resolve(kind, name))
+                except ModelError as error:
+                    reason = error.message
+                except Exception:  # a mark is advice: a bug in it must not fail the handshake
+                    log.exception("could not check %s %s", kind, name)
+                    reason = None
+                if reason is not None:
+                    unusable.setdefault(kind, {})[name] = reason
+        return ModelListing(models, unusable)
+
     def loaded(self) -> dict[str, Any]:
         return self._manager.loaded() if self.ready else {}
 
@@ -144,6 +181,8 @@ class EngineHost:
                     self.store.resolve("controlnet", control.model)
         except ModelError as error:
             code, message = describe_failure(error)
+            # With the full paths that the client's copy of the message won't show (see backend/redact.py).
+            log.info("job %s refused: %s", request.job_id, message)
             raise ProtocolError(code, message, request.job_id) from None
 
     def run(
@@ -159,11 +198,17 @@ class EngineHost:
             result = self._engine.run(engine_job, on_progress, is_cancelled)
         except JobCancelled:
             raise JobCancelledError() from None
-        return JobOutput(result.image, tuple(result.bounds), result.params, result.timings)
+        return JobOutput(result.image, tuple(result.bounds), result.params, result.timings, result.extra)
 
 
 def describe_failure(error: BaseException) -> tuple[ErrorCode, str]:
-    """The error code and painter-readable sentence for anything a job can fail with."""
+    """The error code and painter-readable sentence for anything a job can fail with (kept short: exception
+    texts can quote whole inputs)."""
+    code, message = _describe_failure(error)
+    return code, clip_message(message)
+
+
+def _describe_failure(error: BaseException) -> tuple[ErrorCode, str]:
     if isinstance(error, ProtocolError):
         return error.code, error.message
     if isinstance(error, ModelError):

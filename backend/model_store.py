@@ -39,6 +39,11 @@ DEFAULT_FOREIGN_LAYOUTS: dict[str, dict[str, list[str]]] = {
 }
 REPO_MANIFEST = Path(__file__).resolve().parents[1] / "models" / "manifest.json"
 
+# No file system has names longer than this (bytes per path part); longer ones fail with ENAMETOOLONG.
+MAX_NAME_PART_BYTES = 255
+# Names are echoed in messages; a 500-character one is cut so a reply stays readable.
+SHOWN_NAME_LENGTH = 80
+
 # .ckpt checkpoints are loaded with torch.load(weights_only=True), which refuses pickled code.
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 TAESD_SUFFIXES = (".safetensors", ".pth", ".pt")
@@ -121,18 +126,31 @@ def read_layouts(manifest: Path | None) -> Layouts:
     return Layouts(dict(DEFAULT_LAYOUT), DEFAULT_FOREIGN_LAYOUTS)
 
 
+def shown(name: object) -> str:
+    """A name as messages quote it: repr'd, and cut to a readable length."""
+    text = repr(name)
+    return text if len(text) <= SHOWN_NAME_LENGTH else text[: SHOWN_NAME_LENGTH - 4] + "...'"
+
+
 def check_name(name: str) -> PurePosixPath:
     """Reject names that could leave a model folder before any path is built from them."""
     if not isinstance(name, str) or not name or name.strip() != name:
-        raise UnsafeModelNameError(f"Invalid model name {name!r}.")
+        raise UnsafeModelNameError(f"Invalid model name {shown(name)}.")
     if "\0" in name or "\\" in name or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        raise UnsafeModelNameError(f"Unsafe model name {name!r}: use a relative path with '/' separators.")
+        raise UnsafeModelNameError(
+            f"Unsafe model name {shown(name)}: use a relative path with '/' separators."
+        )
     parts = name.split("/")
     if any(part in ("", ".", "..") for part in parts):
         raise UnsafeModelNameError(
-            f"Unsafe model name {name!r}: '..', '.' and empty path parts are not allowed."
+            f"Unsafe model name {shown(name)}: '..', '.' and empty path parts are not allowed."
         )
     return PurePosixPath(name)
+
+
+def _too_long_for_a_file(rel: PurePosixPath) -> bool:
+    # surrogatepass: a lone surrogate can't name a file either, but must not raise here
+    return any(len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_PART_BYTES for part in rel.parts)
 
 
 def is_diffusers_folder(path: Path) -> bool:
@@ -201,6 +219,11 @@ class ModelStore:
         self._check_kind(kind)
         return self.roots[0].dirs(kind)[0]
 
+    def shown_folder(self, kind: str) -> str:
+        """The folder as messages name it: with a trailing separator, so that once a client's copy is cut to
+        the name inside the models folder (backend/redact.py) it still reads as a folder (`checkpoints/`)."""
+        return f"{self.folder(kind)}{os.sep}"
+
     def ensure_folders(self) -> None:
         for kind in KINDS:
             self.folder(kind).mkdir(parents=True, exist_ok=True)
@@ -220,31 +243,45 @@ class ModelStore:
         """The file (or diffusers folder) for `name`; raises a ModelError subclass with advice otherwise."""
         self._check_kind(kind)
         rel = check_name(name)
-        for root in self.roots:
-            for folder in root.dirs(kind):
-                candidate = folder.joinpath(*rel.parts)
-                if not candidate.exists():  # a dangling symlink counts as absent
-                    continue
-                if not _inside(candidate, folder):
-                    raise UnsafeModelNameError(f"{SINGULAR[kind]} {name!r} points outside {folder}.")
-                if candidate.is_file():
-                    if self._accepts(kind, candidate.name):
-                        return candidate
-                    raise ModelError(
-                        f"{SINGULAR[kind]} {name!r} has an unsupported file type. "
-                        f"Put {HINTS[kind]} in {self.folder(kind)}"
-                    )
-                if kind == "checkpoints" and candidate.is_dir() and is_diffusers_folder(candidate):
-                    return candidate
+        if not _too_long_for_a_file(rel):
+            for root in self.roots:
+                for folder in root.dirs(kind):
+                    found = self._candidate(kind, name, folder, folder.joinpath(*rel.parts))
+                    if found is not None:
+                        return found
         raise ModelNotFoundError(
-            f"No {SINGULAR[kind]} named {name!r}. Put {HINTS[kind]} in {self.folder(kind)}"
+            f"No {SINGULAR[kind]} named {shown(name)}. Put {HINTS[kind]} in {self.shown_folder(kind)}"
         )
 
+    def _candidate(self, kind: str, name: str, folder: Path, candidate: Path) -> Path | None:
+        """`candidate` if it is a usable model of this kind, None if absent; ModelError if it is unusable."""
+        try:
+            if not candidate.exists():  # a dangling symlink counts as absent
+                return None
+            if not _inside(candidate, folder):
+                raise UnsafeModelNameError(f"{SINGULAR[kind]} {shown(name)} points outside {folder}.")
+            if candidate.is_file():
+                if self._accepts(kind, candidate.name):
+                    return candidate
+                raise ModelError(
+                    f"{SINGULAR[kind]} {shown(name)} has an unsupported file type. "
+                    f"Put {HINTS[kind]} in {self.shown_folder(kind)}"
+                )
+            if kind == "checkpoints" and candidate.is_dir() and is_diffusers_folder(candidate):
+                return candidate
+        except OSError as error:
+            # Permissions, a name the file system refuses, an I/O error: the model can't be used, and the
+            # job that named it must hear so (an OSError escaping would be an `internal` error).
+            raise ModelError(
+                f"{SINGULAR[kind]} {shown(name)} can't be opened ({error.strerror or error})."
+            ) from None
+        return None
+
     def no_checkpoint_error(self) -> NoCheckpointError:
+        checkpoints, loras = self.shown_folder("checkpoints"), self.shown_folder("loras")
         return NoCheckpointError(
-            f"No checkpoint found. Put an SD1.5 .safetensors checkpoint in {self.folder('checkpoints')} "
-            f"(and the LCM-LoRA for SD1.5 in {self.folder('loras')}), or run `python install.py` to fetch "
-            "the default models."
+            f"No checkpoint found. Put an SD1.5 .safetensors checkpoint in {checkpoints} (and the LCM-LoRA "
+            f"for SD1.5 in {loras}), or run `python install.py` to fetch the default models."
         )
 
     def default_checkpoint(self) -> str | None:

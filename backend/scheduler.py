@@ -1,4 +1,5 @@
-"""Job scheduling: one worker owns the model; clients are served round-robin; live jobs are latest-wins.
+"""Job scheduling: one worker owns the model; users are served round-robin, then each user's connections
+(backend/turns.py); live jobs are latest-wins.
 
 The scheduler lives on the asyncio loop. The work itself runs on a single worker thread, so the loop keeps
 answering handshakes, cancels and other clients while the GPU is busy. Cancellation is cooperative: the
@@ -10,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
+
+from .turns import FairTurns
 
 Payload = TypeVar("Payload")
 log = logging.getLogger("backend.scheduler")
@@ -61,7 +64,8 @@ class Scheduler(Generic[Payload]):
         self._max_queued = max_queued_per_client
         self._queues: dict[int, OrderedDict[str, ScheduledJob[Payload]]] = {}
         self._reporters: dict[int, JobReporter] = {}
-        self._turns: deque[int] = deque()
+        self._users: dict[int, str] = {}  # client -> the user it belongs to (who gets a fair share)
+        self._turns = FairTurns()
         self._running: ScheduledJob[Payload] | None = None
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
@@ -70,9 +74,11 @@ class Scheduler(Generic[Payload]):
 
     # --- client side ----------------------------------------------------------------------------------
 
-    def register(self, client_id: int, reporter: JobReporter) -> None:
+    def register(self, client_id: int, reporter: JobReporter, user: str | None = None) -> None:
+        """`user`: whose share of the worker this client's jobs take (None: a user of its own)."""
         self._queues[client_id] = OrderedDict()
         self._reporters[client_id] = reporter
+        self._users[client_id] = user if user is not None else f"client-{client_id}"
 
     def submit(self, job: ScheduledJob[Payload]) -> list[ScheduledJob[Payload]]:
         """Queue a job; returns the jobs it superseded (already removed or flagged for cancellation)."""
@@ -86,8 +92,7 @@ class Scheduler(Generic[Payload]):
             raise QueueFullError(f"{staying} jobs are already queued for this connection")
         superseded = self.supersede_live(job.client_id) if job.live else []
         queue[job.job_id] = job
-        if job.client_id not in self._turns:
-            self._turns.append(job.client_id)
+        self._turns.waiting(self._users[job.client_id], job.client_id)
         self._wakeup.set()
         return superseded
 
@@ -120,6 +125,7 @@ class Scheduler(Generic[Payload]):
         """A client went away: drop its queue and stop its running job at the next step."""
         self._queues.pop(client_id, None)
         self._reporters.pop(client_id, None)
+        self._users.pop(client_id, None)  # its place in the turns is skipped once its queue is gone
         running = self._running
         if running is not None and running.client_id == client_id:
             running.cancel("disconnected")
@@ -164,16 +170,14 @@ class Scheduler(Generic[Payload]):
         return asyncio.get_running_loop().run_in_executor(self._executor, function)
 
     def _next_job(self) -> ScheduledJob[Payload] | None:
-        for _ in range(len(self._turns)):
-            client_id = self._turns.popleft()
-            queue = self._queues.get(client_id)
-            if not queue:
-                continue
-            _, job = queue.popitem(last=False)
-            if queue:
-                self._turns.append(client_id)
-            return job
-        return None
+        client_id = self._turns.take(lambda client: bool(self._queues.get(client)))
+        if client_id is None:
+            return None
+        queue = self._queues[client_id]
+        _, job = queue.popitem(last=False)
+        if queue:
+            self._turns.waiting(self._users[client_id], client_id)
+        return job
 
     async def _dispatch_forever(self) -> None:
         loop = asyncio.get_running_loop()

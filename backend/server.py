@@ -7,8 +7,9 @@ import hashlib
 import hmac
 import itertools
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from typing import Any
 
@@ -43,16 +44,26 @@ from protocol import (
     decode_message,
     encode_frame,
     encode_message,
+    result_slot,
 )
 
+from .admission import Admission, client_address, user_key
+from .auth_throttle import AuthThrottle, retry_after
 from .codec import array_to_payload, frame_to_array
 from .config import ServerConfig
-from .engine_host import EngineHost, JobInput, JobOutput, describe_failure
+from .engine_host import EngineHost, JobInput, JobOutput, ModelListing, describe_failure
+from .job_size import fit_limits
+from .outbox import Outbox
+from .redact import PathRedactor
+from .result_bounds import document_bounds
 from .scheduler import QueueFullError, ScheduledJob, Scheduler
 
 log = logging.getLogger("backend.server")
 SERVER_NAME = "krita-live-diffusion-backend"
 HELLO_TIMEOUT_S = 30.0
+CLOSE_GRACE_S = 5.0  # a dropped client gets this long to take the close frame before the socket is cut
+MIB = 1024 * 1024
+MAX_COORDINATE = 2**30  # protocol: result bounds beyond this are rejected by decoders
 POLICY_VIOLATION = 1008
 
 
@@ -71,47 +82,96 @@ class PendingJob:
 class Connection:
     """One client: reads its messages, owns its pending job, and writes replies in order."""
 
-    def __init__(self, server: Server, socket: ServerConnection, client_id: int) -> None:
+    def __init__(self, server: Server, socket: ServerConnection, client_id: int, user: str) -> None:
         self.server = server
         self.socket = socket
         self.client_id = client_id
+        self.user = user  # whose fair share of the worker this connection's jobs take
         self.pending: PendingJob | None = None
         # Frames still in flight for a job we already answered with an error are dropped without more noise.
         self.refused_job: str | None = None
-        self.outbox: asyncio.Queue[list[str | bytes] | None] = asyncio.Queue()
+        self.outbox = Outbox()
         self.requests: dict[str, JobRequest] = {}
         self.live_cache: tuple[str, JobOutput] | None = None
+        self.dropping: asyncio.Task[None] | None = None
 
     # --- sending ----------------------------------------------------------------------------------------
 
-    def send(self, *parts: Message | bytes) -> None:
-        """Queue messages that must reach the client back to back (a Result and its frame)."""
-        self.outbox.put_nowait([p if isinstance(p, bytes) else encode_message(p) for p in parts])
+    def send(self, *parts: Message | bytes, results: int = 1) -> None:
+        """Queue messages that must reach the client back to back (a Result and its frames). `results`: how
+        many results' worth of images the parts carry (a batch's count)."""
+        if self.dropping is not None:
+            return
+        for_client = self.server.for_client
+        self.outbox.put([p if isinstance(p, bytes) else encode_message(for_client(p)) for p in parts])
+        # The hard limit leaves room above the soft one for two of the largest results; a batch of N images
+        # arrives as N results at once, so it gets that room N times (or asking for 8 large variations
+        # would drop a client that reads them all).
+        soft_limit = self.server.config.limits.max_unread_bytes
+        hard_limit = soft_limit + results * (self.server.config.max_unread_hard_bytes - soft_limit)
+        if self.outbox.size > hard_limit:
+            self.drop(f"not reading replies: over {hard_limit // MIB} MiB unread")
 
     def send_error(self, error: ProtocolError) -> None:
         self.send(Error.from_exception(error))
 
     async def write_forever(self) -> None:
-        while (parts := await self.outbox.get()) is not None:
+        while (taken := await self.outbox.take()) is not None:
+            parts, size = taken
             for part in parts:
-                await self.socket.send(part)
+                await self.socket.send(part)  # waits while the client's TCP window is full
+            self.outbox.sent(size)
+
+    def drop(self, reason: str) -> None:
+        """Disconnect a client that doesn't read its replies, and free them now rather than when it goes."""
+        if self.dropping is None:
+            log.warning("client %d dropped: %s", self.client_id, reason)
+            self.outbox.discard()
+            self.dropping = asyncio.get_running_loop().create_task(self._close(reason))
+
+    async def _close(self, reason: str) -> None:
+        try:
+            # The close frame queues behind what the client hasn't read; a client that reads again sees it.
+            await asyncio.wait_for(self.socket.close(POLICY_VIOLATION, reason[:120]), CLOSE_GRACE_S)
+        except (TimeoutError, ConnectionClosed):
+            pass
+        finally:
+            self.socket.transport.abort()  # a no-op once closed; ends a close the client never answers
 
     # --- receiving --------------------------------------------------------------------------------------
 
+    async def watch_unread(self) -> None:
+        """Disconnect a client whose unread replies stay over the limit, whether or not it sends anything."""
+        config = self.server.config
+        limit = config.limits.max_unread_bytes
+        while True:
+            await self.outbox.wait_until_over(limit)
+            if not await self.outbox.wait_until_at_most(limit, config.unread_timeout_s):
+                self.drop(
+                    f"not reading replies: over {limit // MIB} MiB unread for {config.unread_timeout_s:g} s"
+                )
+                return
+
     async def serve(self) -> None:
         writer = asyncio.create_task(self.write_forever(), name=f"writer-{self.client_id}")
-        self.server.scheduler.register(self.client_id, self)
+        watcher = asyncio.create_task(self.watch_unread(), name=f"unread-{self.client_id}")
+        self.server.scheduler.register(self.client_id, self, self.user)
         try:
             await self.read_forever()
         except ConnectionClosed:
             pass
         finally:
+            watcher.cancel()
             self.server.scheduler.unregister(self.client_id)
-            self.outbox.put_nowait(None)
+            self.outbox.close()
             try:
                 await asyncio.wait_for(writer, timeout=5)
             except (TimeoutError, ConnectionClosed):
                 writer.cancel()
+            self.outbox.discard()
+            self.live_cache = None
+            if self.dropping is not None:
+                await self.dropping
 
     async def read_forever(self) -> None:
         try:
@@ -121,7 +181,11 @@ class Connection:
             return
         if not await self.handle_hello(first):
             return
-        async for data in self.socket:
+        while True:
+            # Backpressure: while too many replies are unread, the client's messages wait in TCP and its
+            # sends slow down (watch_unread disconnects a client that stays so).
+            await self.outbox.wait_until_at_most(self.server.config.limits.max_unread_bytes)
+            data = await self.socket.recv()  # ConnectionClosed when the client leaves
             try:
                 if isinstance(data, bytes):
                     await self.handle_frame(data)
@@ -138,10 +202,13 @@ class Connection:
                 self.send_error(ProtocolError(ErrorCode.INTERNAL, f"Internal error: {error}"))
 
     async def refuse(self, error: ProtocolError) -> None:
-        await self.socket.send(encode_message(Error.from_exception(error)))
+        await self.socket.send(encode_message(self.server.for_client(Error.from_exception(error))))
         await self.socket.close(POLICY_VIOLATION, error.code.value)
 
     async def handle_hello(self, data: str | bytes) -> bool:
+        if isinstance(data, bytes):
+            await self.refuse(ProtocolError(ErrorCode.BAD_MESSAGE, "The hello must be a JSON text message."))
+            return False
         try:
             message = decode_message(data, CLIENT_MESSAGES, self.server.config.limits)
         except ProtocolError as error:
@@ -160,9 +227,15 @@ class Connection:
             )
             return False
         if not self.server.token_accepted(self.socket.request, message.token):
-            await self.refuse(ProtocolError(ErrorCode.UNAUTHORIZED, "Wrong or missing access token."))
+            blocked = self.server.token_failed(self.socket)
+            later = f" This address may try again in {retry_after(blocked)} s." if blocked else ""
+            await self.refuse(ProtocolError(ErrorCode.UNAUTHORIZED, "Wrong or missing access token." + later))
             return False
-        self.send(self.server.welcome())
+        self.server.token_succeeded(self.socket)
+        # Until here messages were capped at the small hello limit (set in serve()): no one unauthenticated
+        # can make the server hold megabytes. Read per frame by websockets, so it applies from the next one.
+        self.socket.protocol.max_message_size = self.server.config.limits.max_message_bytes
+        self.send(self.server.welcome(await asyncio.to_thread(self.server.engine.model_listing)))
         return True
 
     async def handle_message(self, message: Message) -> None:
@@ -171,7 +244,8 @@ class Connection:
         elif isinstance(message, Cancel):
             self.cancel(message.job_id)
         elif isinstance(message, ListModels):
-            self.send(ModelList(self.server.engine.list_models(), self.server.engine.loaded()))
+            listing = await asyncio.to_thread(self.server.engine.model_listing)  # reads file headers
+            self.send(ModelList(listing.models, self.server.engine.loaded(), listing.unusable))
         elif isinstance(message, Hello):
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "Hello was already received on this connection.")
 
@@ -187,11 +261,66 @@ class Connection:
                 )
             )
         if request.job_id in self.requests:
-            raise ProtocolError(
-                ErrorCode.DUPLICATE_JOB, "A job with this id is still running.", request.job_id
-            )
-        self.server.engine.check_models(request)
+            self.refuse_duplicate(request.job_id)
+        with tied_to(request.job_id):
+            check_result_bounds(request)
+            self.check_image_budget(request)
+            self.server.engine.check_models(request)
         self.pending = PendingJob(request)
+
+    def check_image_budget(self, request: JobRequest) -> None:
+        """Queued jobs hold their decoded images until they run: bounded per connection and in all."""
+        limits = self.server.config.limits
+        needed = image_bytes(request)
+        if needed > limits.max_queued_image_bytes:
+            raise ProtocolError(
+                ErrorCode.TOO_LARGE,
+                f"This job's images take {needed / MIB:.0f} MiB decoded; the server holds at most "
+                f"{limits.max_queued_image_bytes / MIB:.0f} MiB of images per connection.",
+                request.job_id,
+            )
+        mine = self.queued_image_bytes(superseded_by=request)
+        if mine + needed > limits.max_queued_image_bytes:
+            raise ProtocolError(
+                ErrorCode.BUSY,
+                f"This connection's unfinished jobs hold {mine / MIB:.0f} MiB of images; this one needs "
+                f"{needed / MIB:.0f} MiB more, over the {limits.max_queued_image_bytes / MIB:.0f} MiB "
+                "allowed. Wait for a result or cancel a job.",
+                request.job_id,
+            )
+        everyone = mine + sum(c.queued_image_bytes() for c in self.server.connections if c is not self)
+        if everyone + needed > limits.max_total_queued_image_bytes:
+            raise ProtocolError(
+                ErrorCode.BUSY,
+                f"The server is holding {everyone / MIB:.0f} MiB of queued images, its limit is "
+                f"{limits.max_total_queued_image_bytes / MIB:.0f} MiB: try again in a moment.",
+                request.job_id,
+            )
+
+    def queued_image_bytes(self, superseded_by: JobRequest | None = None) -> int:
+        """Decoded image bytes of this connection's unfinished jobs. A new live job replaces the queued live
+        job, so that one isn't counted against it (a running one still holds its memory until it stops)."""
+        running = self.server.scheduler.running
+        running_id = running.job_id if running is not None and running.client_id == self.client_id else None
+        live = superseded_by is not None and superseded_by.live
+        total = sum(
+            image_bytes(queued)
+            for job_id, queued in self.requests.items()
+            if not (live and queued.live and job_id != running_id)
+        )
+        if self.pending is not None:
+            total += image_bytes(self.pending.request)
+        return total
+
+    def refuse_duplicate(self, job_id: str) -> None:
+        # Its frames follow: dropped quietly. The error names the id in words but is not tied to it: an error
+        # with that job_id would read as the end of the job still running under it.
+        self.refused_job = job_id
+        raise ProtocolError(
+            ErrorCode.DUPLICATE_JOB,
+            f"A job with id {job_id!r} is still running; this new job with the same id was refused. "
+            "Use a new id for each job.",
+        )
 
     async def handle_frame(self, data: bytes) -> None:
         limits = self.server.config.limits
@@ -237,9 +366,10 @@ class Connection:
         job_id = request.job_id
         try:
             # Decoding and hashing megapixels would stall every other client: both run off the event loop.
-            arrays, key = await asyncio.to_thread(
-                _decode_job_images, request, pending.frames, self.server.engine.resolved_models
-            )
+            with tied_to(job_id):
+                arrays, key = await asyncio.to_thread(
+                    _decode_job_images, request, pending.frames, self.server.engine.resolved_models
+                )
         except ProtocolError as error:
             error.job_id = job_id
             raise
@@ -267,9 +397,7 @@ class Connection:
         except QueueFullError as error:
             raise ProtocolError(ErrorCode.BUSY, f"Too many jobs waiting: {error}.", job_id) from None
         except KeyError:
-            raise ProtocolError(
-                ErrorCode.DUPLICATE_JOB, "A job with this id is still running.", job_id
-            ) from None
+            self.refuse_duplicate(job_id)
         self.requests[job_id] = request
         for old in superseded:
             self.requests.pop(old.job_id, None)
@@ -293,7 +421,8 @@ class Connection:
     # --- reports from the scheduler (JobReporter) ----------------------------------------------------------
 
     def job_progress(self, job_id: str, step: int, total: int) -> None:
-        if job_id in self.requests:
+        # Progress is advisory: not queued behind replies the client hasn't read yet.
+        if job_id in self.requests and self.outbox.size <= self.server.config.limits.max_unread_bytes:
             self.send(Progress(job_id, step, total))
 
     async def job_done(self, job: ScheduledJob[Any], result: JobOutput) -> None:
@@ -302,16 +431,19 @@ class Connection:
             return
         if request.live and job.payload is not None and job.payload.cache_key is not None:
             self.live_cache = (job.payload.cache_key, result)
-        x, y, width, height = result.bounds
-        if request.bounds is not None:
-            x, y = x + request.bounds.x, y + request.bounds.y
-        payload = await asyncio.to_thread(array_to_payload, result.image, request.result_encoding)
+        # Bounds in document coordinates; the pixels may be fewer than the bounds (a canvas larger than the
+        # working size, or sent scaled down): the client scales them to fit.
+        bounds = list(document_bounds(result.bounds, request))
+        height, width = result.image.shape[:2]
+        images = [result.image, *result.extra]  # a batch: image i has seed `seed + i`
         encoding = ImageEncoding.from_label(request.result_encoding)
-        message = Result(
-            job.job_id, [x, y, width, height], width, height, encoding.label, result.params, result.timings
-        )
-        frame = encode_frame(ImageFrame(job.job_id, "result", encoding, width, height, payload))
-        self.send(message, frame)
+        # Encoding megapixels (up to 8 of them) would stall every other client: off the event loop.
+        frames = await asyncio.to_thread(_result_frames, job.job_id, images, encoding)
+        seeds = [request.params.seed + index for index in range(len(images))]
+        message = Result(job.job_id, bounds, width, height, encoding.label, result.params, result.timings)
+        message.count, message.seeds = len(images), seeds
+        # One group: the Result and all its frames reach the client back to back, in slot order.
+        self.send(message, *frames, results=len(images))
 
     async def job_cancelled(self, job: ScheduledJob[Any], reason: str) -> None:
         if self.requests.pop(job.job_id, None) is not None:
@@ -322,7 +454,52 @@ class Connection:
         code, message = describe_failure(error)
         if code is ErrorCode.INTERNAL:
             log.error("job %s failed", job.job_id, exc_info=error)
+        elif code is ErrorCode.MODEL_ERROR:
+            # A model file that failed to load: the operator's to fix (the log keeps paths clients don't see).
+            log.warning("job %s: %s", job.job_id, message)
         self.send(Error(code.value, message, job.job_id))
+
+
+@contextmanager
+def tied_to(job_id: str) -> Iterator[None]:
+    """An unexpected failure while taking in a job still ends that job by its id: a client tracking its jobs
+    would wait forever for one whose error has `job_id: null`."""
+    try:
+        yield
+    except ProtocolError:
+        raise
+    except Exception as error:
+        log.exception("unexpected error while taking in job %s", job_id)
+        raise ProtocolError(
+            ErrorCode.INTERNAL, f"Internal error: {type(error).__name__}: {error}", job_id
+        ) from error
+
+
+def _result_frames(job_id: str, images: list[np.ndarray], encoding: ImageEncoding) -> list[bytes]:
+    """A result's images as its binary frames: `<job_id>/result`, `<job_id>/result.1`, ... (all one size)."""
+    frames = []
+    for index, image in enumerate(images):
+        height, width = image.shape[:2]
+        payload = array_to_payload(image, encoding.label)
+        frames.append(encode_frame(ImageFrame(job_id, result_slot(index), encoding, width, height, payload)))
+    return frames
+
+
+def image_bytes(request: JobRequest) -> int:
+    """What a job's images take once decoded: RGBA for colour images (PNG included), one byte for gray8."""
+    return sum(spec.width * spec.height * (1 if spec.encoding == "gray8" else 4) for spec in request.images)
+
+
+def check_result_bounds(request: JobRequest) -> None:
+    """Results land inside the job's bounds; past the protocol's coordinate range they could be produced but
+    not decoded (by this project's own client either)."""
+    bounds = request.bounds
+    if bounds is not None and max(bounds.x + bounds.width, bounds.y + bounds.height) > MAX_COORDINATE:
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE,
+            f"'bounds' {bounds.to_list()} reach past {MAX_COORDINATE}, the largest document coordinate.",
+            request.job_id,
+        )
 
 
 def _decode_job_images(
@@ -346,22 +523,32 @@ def _input_key(request: JobRequest, frames: dict[str, ImageFrame], models: str =
 
 class Server:
     def __init__(self, config: ServerConfig, engine: EngineHost | None = None) -> None:
-        self.config = config
         self.engine = engine or EngineHost(config)
+        # The image sizes this machine's memory holds, rather than the configured ones it might not.
+        self.config = replace(config, limits=fit_limits(config.limits, self.engine.default_model_file()))
         self.scheduler: Scheduler[JobInput] = Scheduler(self.engine.run)
         self._ids = itertools.count(1)
         self._socket_server: WebSocketServer | None = None
+        self.admission = Admission(config.max_connections, config.max_connections_per_address)
+        self.auth_throttle = AuthThrottle(config.auth_throttle)
+        self.redactor = PathRedactor(root.path for root in self.engine.store.roots)
+        self.connections: set[Connection] = set()  # past the handshake (the queued-image budget sums them)
 
     async def start(self) -> int:
         """Bind and serve; returns the port (useful with port 0). The engine loads in the background."""
         origins: list[str | None] = [None, *self.config.allowed_origins]
+        limits = self.config.limits
         self._socket_server = await serve(
             self._handle,
             self.config.host,
             self.config.port,
             origins=origins,  # type: ignore[arg-type]
-            process_request=self._check_http_token,
-            max_size=self.config.limits.max_message_bytes,
+            process_request=self._process_request,
+            # Until the hello is accepted; then raised to max_message_bytes (Connection.handle_hello).
+            max_size=min(limits.max_hello_message_bytes, limits.max_message_bytes),
+            # Messages websockets reads ahead of the handler, each up to max_size: 2, not its default 16,
+            # or a paused connection (backpressure) would still buffer over a gigabyte.
+            max_queue=2,
             compression=None,  # raw pixels: deflate would cost more time than the loopback saves
             ping_interval=20,
             ping_timeout=60,
@@ -388,13 +575,34 @@ class Server:
     async def _handle(self, socket: ServerConnection) -> None:
         client_id = next(self._ids)
         log.info("client %d connected from %s", client_id, socket.remote_address)
-        await Connection(self, socket, client_id).serve()
+        connection = Connection(self, socket, client_id, user_key(socket))
+        self.connections.add(connection)
+        try:
+            await connection.serve()
+        finally:
+            self.connections.discard(connection)
         log.info("client %d disconnected", client_id)
 
-    def _check_http_token(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        if self.config.token is not None:
+            # Before anything else: a blocked address's tokens aren't even compared (a guess tells nothing).
+            blocked = self.auth_throttle.blocked_for(client_address(connection))
+            if blocked:
+                wait = retry_after(blocked)
+                response = connection.respond(
+                    HTTPStatus.TOO_MANY_REQUESTS,
+                    f"Too many wrong access tokens from this address; try again in {wait} s.\n",
+                )
+                response.headers["Retry-After"] = wait
+                return response
         header = request.headers.get("Authorization")
         if header is not None and not self._token_matches(header.removeprefix("Bearer ").strip()):
+            self.token_failed(connection)
             return connection.respond(HTTPStatus.UNAUTHORIZED, "Wrong access token.\n")
+        refusal = self.admission.admit(connection)
+        if refusal is not None:
+            log.warning("refused a connection from %s: %s", client_address(connection), refusal)
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, refusal + "\n")
         return None
 
     def _token_matches(self, candidate: str | None) -> bool:
@@ -403,6 +611,18 @@ class Server:
             return True
         return candidate is not None and hmac.compare_digest(candidate.encode(), expected.encode())
 
+    def token_failed(self, connection: ServerConnection) -> float:
+        """Count a wrong or missing token against the client's address; the block it starts (s), or 0."""
+        address = client_address(connection)
+        blocked = self.auth_throttle.failed(address)
+        block = f"; blocked for {blocked:g} s" if blocked else ""
+        log.warning("wrong or missing access token from %s%s", address, block)
+        return blocked
+
+    def token_succeeded(self, connection: ServerConnection) -> None:
+        if self.config.token is not None:
+            self.auth_throttle.succeeded(client_address(connection))
+
     def token_accepted(self, request: Request | None, hello_token: str | None) -> bool:
         if self.config.token is None:
             return True
@@ -410,16 +630,27 @@ class Server:
         header_token = header.removeprefix("Bearer ").strip() if header else None
         return self._token_matches(header_token) or self._token_matches(hello_token)
 
-    def welcome(self) -> Welcome:
+    def for_client(self, message: Message) -> Message:
+        """A message as a client reads it: no server paths in its words (backend/redact.py)."""
+        redact = self.redactor.redact
+        if isinstance(message, (Welcome, ModelList)):
+            unusable = {k: {n: redact(why) for n, why in v.items()} for k, v in message.unusable.items()}
+            message = replace(message, unusable=unusable)
+        if isinstance(message, (Error, Welcome)):
+            message = replace(message, message=redact(message.message))
+        return message
+
+    def welcome(self, listing: ModelListing) -> Welcome:
         engine = self.engine
         return Welcome(
             protocol_version=PROTOCOL_VERSION,
             server=SERVER_NAME,
             device=engine.device_name,
-            models=engine.list_models(),
+            models=listing.models,
             loaded=engine.loaded(),
             samplers=list(SAMPLERS),
             limits=self.config.limits,
             ready=engine.ready,
             message=engine.status_message(),
+            unusable=listing.unusable,
         )

@@ -399,7 +399,10 @@ def main() -> None:
         # Tiny runs keep full-size proportions at the tiny UNet's native size (128), or the CPU would need
         # minutes: the selection is 1/8 of the canvas side and the working area the model's native size.
         resolution = args.inpaint_resolution or (512 if args.full else 128)
-        engine = Engine(models, device, dtype, EngineSettings(inpaint_resolution=resolution))
+        # working_size=False: img2img at --size as the pipelines render it (at the model's native size, the
+        # default, the working size is that same size anyway)
+        settings = EngineSettings(working_size=False, inpaint_resolution=resolution)
+        engine = Engine(models, device, dtype, settings)
         bench = Bench(
             engine, parts, controlnet, controlnet_name, checkpoint, timer,
             args.size or (512 if args.full else 128), args.canvas or (2048 if args.full else 256),

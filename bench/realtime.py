@@ -660,8 +660,13 @@ def main() -> None:
         engines: dict[str, Engine] = {}
         for variant in variants:
             mode, variant_fast, tuned_cudnn = variant_settings(variant, fast)
+            # working_size=False: the engine renders --size as the pipelines do (at the model's native size,
+            # the default, the working size is that same size anyway).
             settings = EngineSettings(
-                inpaint_resolution=sizes.inpaint_resolution, accelerate=mode, fast=variant_fast
+                working_size=False,
+                inpaint_resolution=sizes.inpaint_resolution,
+                accelerate=mode,
+                fast=variant_fast,
             )
             engines[variant] = (CudnnTunedEngine if tuned_cudnn else Engine)(models, device, dtype, settings)
         parts, taesd, controlnet = reference_models(

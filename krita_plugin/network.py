@@ -58,8 +58,12 @@ class ServerMessage:
 
 @dataclass(frozen=True)
 class ResultReady:
+    """A finished job: `frame` is its (first) image; a batch's others, seeds seed+1, seed+2, ..., are in
+    `extra`, in order (all share the result's bounds and size)."""
+
     result: protocol.Result
     frame: protocol.ImageFrame
+    extra: tuple[protocol.ImageFrame, ...] = ()
 
 
 class _Refused(Exception):
@@ -266,6 +270,7 @@ class NetworkClient:
 
     async def _read_forever(self, socket: Any) -> None:
         pending: protocol.Result | None = None
+        frames: list[protocol.ImageFrame] = []  # the pending result's images so far
         async for data in socket:
             if isinstance(data, (bytes, bytearray, memoryview)):
                 try:
@@ -276,11 +281,20 @@ class NetworkClient:
                             protocol.Error(error.code.value, error.message, pending and pending.job_id)
                         )
                     )
-                    pending = None
+                    pending, frames = None, []
                     continue
-                if pending is not None and frame.job_id == pending.job_id and frame.slot == "result":
-                    self._emit(ResultReady(pending, frame))
-                pending = None
+                if pending is None:
+                    continue  # no result is waiting for pixels: nothing to attach this frame to
+                expected = protocol.result_slot(len(frames))
+                if frame.job_id == pending.job_id and frame.slot == expected:
+                    frames.append(frame)
+                    if len(frames) == pending.count:
+                        self._emit(ResultReady(pending, frames[0], tuple(frames[1:])))
+                        pending, frames = None, []
+                    continue
+                # The result's images can no longer all arrive: end its job rather than leave it waiting.
+                self._emit_incomplete(pending, f"{frame.name!r} came where {expected!r} was due")
+                pending, frames = None, []
                 continue
             try:
                 message = protocol.decode_message(data, protocol.SERVER_MESSAGES)
@@ -288,6 +302,13 @@ class NetworkClient:
                 log.warning("ignoring a message the plugin does not understand: %s", error.message)
                 continue
             if isinstance(message, protocol.Result):
-                pending = message  # its pixels are the next binary frame
+                if pending is not None:
+                    self._emit_incomplete(pending, "the next result came first")
+                pending, frames = message, []  # its pixels are the next `count` binary frames
             else:
                 self._emit(ServerMessage(message))
+
+    def _emit_incomplete(self, result: protocol.Result, why: str) -> None:
+        log.warning("result of %s arrived incomplete: %s", result.job_id, why)
+        message = f"The backend's result arrived incomplete ({why}); try again."
+        self._emit(ServerMessage(protocol.Error(protocol.ErrorCode.BAD_FRAME.value, message, result.job_id)))

@@ -10,6 +10,7 @@ from .frames import ImageEncoding, ImageFrame, bgra_to_rgba, decode_frame, encod
 from .messages import (
     CLIENT_MESSAGES,
     DEFAULT_PORT,
+    MAX_BATCH,
     PROTOCOL_VERSION,
     SAMPLERS,
     SERVER_MESSAGES,
@@ -34,13 +35,14 @@ from .messages import (
     Welcome,
     decode_message,
     encode_message,
+    result_slot,
 )
 
 __all__ = [
-    "CLIENT_MESSAGES", "DEFAULT_PORT", "PROTOCOL_VERSION", "SAMPLERS", "SERVER_MESSAGES", "Accepted",
-    "Bounds",
-    "Cancel", "Cancelled", "ControlParam", "Error", "ErrorCode", "Hello", "ImageEncoding", "ImageFrame",
-    "ImageSpec", "InpaintParam", "JobParams", "JobRequest", "Limits", "ListModels", "LoraParam", "Message",
-    "ModelList", "Progress", "ProtocolError", "Result", "Welcome", "bgra_to_rgba", "decode_frame",
-    "decode_message", "encode_frame", "encode_message", "encode_png",
+    "CLIENT_MESSAGES", "DEFAULT_PORT", "MAX_BATCH", "PROTOCOL_VERSION", "SAMPLERS", "SERVER_MESSAGES",
+    "Accepted", "Bounds", "Cancel", "Cancelled", "ControlParam", "Error", "ErrorCode", "Hello",
+    "ImageEncoding", "ImageFrame", "ImageSpec", "InpaintParam", "JobParams", "JobRequest", "Limits",
+    "ListModels", "LoraParam", "Message", "ModelList", "Progress", "ProtocolError", "Result", "Welcome",
+    "bgra_to_rgba", "decode_frame", "decode_message", "encode_frame", "encode_message", "encode_png",
+    "result_slot",
 ]  # fmt: skip

@@ -25,10 +25,19 @@ class ErrorCode(str, Enum):
     INTERNAL = "internal"
 
 
+# Replies stay short whatever a client sent: messages quote inputs, and inputs can be megabytes.
+MAX_ERROR_MESSAGE = 1000
+
+
+def clip_message(message: str) -> str:
+    return message if len(message) <= MAX_ERROR_MESSAGE else message[: MAX_ERROR_MESSAGE - 3] + "..."
+
+
 class ProtocolError(Exception):
     """A violation the peer can be told about, with a code and a sentence a painter can read."""
 
     def __init__(self, code: ErrorCode, message: str, job_id: str | None = None) -> None:
+        message = clip_message(message)
         super().__init__(message)
         self.code = code
         self.message = message

@@ -9,7 +9,9 @@ from typing import Any, ClassVar
 from .errors import ErrorCode, ProtocolError
 from .frames import ImageEncoding
 from .validate import (
+    JOB_ID_PATTERN,
     bad,
+    quote,
     read_bool,
     read_choice,
     read_float,
@@ -30,6 +32,13 @@ CONTROL_KINDS = ("scribble", "pose")
 MAX_SEED = 2**63 - 1
 MAX_PROMPT_LENGTH = 4000
 POSE_KEYPOINTS = 18  # OpenPose body-18 (COCO) layout
+# `resolution`: the working size's multiplier (1.0 = the model's native size, e.g. 512x512 pixels of area for
+# SD1.5). Below 0.25 even SD1.5 falls to its UNet's minimum; above 2 a frame costs 16x and more.
+MIN_RESOLUTION, MAX_RESOLUTION = 0.25, 2.0
+# `batch`: images one job renders, with consecutive seeds. Each costs a full generation; 8 is what a painter
+# compares at a glance, and bounds what one result message carries.
+MAX_BATCH = 8
+RESULT_SLOT = "result"
 
 
 @dataclass
@@ -39,6 +48,14 @@ class Limits:
     max_message_bytes: int = 80 * 1024 * 1024
     max_steps: int = 50
     max_images_per_job: int = 8
+    # Added later; servers that predate them send none and clients read the defaults.
+    max_hello_message_bytes: int = 64 * 1024  # any message before the welcome
+    # Decoded image bytes (4 per pixel, 1 for gray8) of a connection's unfinished jobs, and of everyone's.
+    max_queued_image_bytes: int = 512 * 1024 * 1024
+    max_total_queued_image_bytes: int = 1024 * 1024 * 1024
+    # Replies a client leaves unread before the server stops reading its messages (and, some time later,
+    # disconnects it).
+    max_unread_bytes: int = 64 * 1024 * 1024
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Limits:
@@ -165,17 +182,21 @@ class JobParams:
     seed: int = 0
     controls: list[ControlParam] = field(default_factory=list)
     inpaint: InpaintParam = field(default_factory=InpaintParam)
+    resolution: float = 1.0  # the working size: about (model's native side x resolution)² pixels of area
+    # Images to render, image i with seed `seed + i` and everything else equal (so each one is what a
+    # batch-1 job with its seed gives). Live jobs are single frames: batch 1 only.
+    batch: int = 1
 
     FIELDS: ClassVar[set[str]] = {
         "prompt", "negative_prompt", "checkpoint", "vae", "loras", "lcm_lora", "lcm_lora_strength",
-        "sampler", "steps", "cfg", "strength", "seed", "controls", "inpaint",
+        "sampler", "steps", "cfg", "strength", "seed", "controls", "inpaint", "resolution", "batch",
     }  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: Any, max_steps: int = 50) -> JobParams:
         data = require_object(data, "params")
         reject_unknown(data, cls.FIELDS, "params")
-        return cls(
+        params = cls(
             prompt=read_str(data, "prompt", "", MAX_PROMPT_LENGTH),
             negative_prompt=read_str(data, "negative_prompt", "", MAX_PROMPT_LENGTH),
             checkpoint=read_str(data, "checkpoint", None, 500),
@@ -190,7 +211,20 @@ class JobParams:
             seed=read_int(data, "seed", 0, MAX_SEED, 0),
             controls=[ControlParam.from_dict(item) for item in read_list(data, "controls", 4, [])],
             inpaint=InpaintParam.from_dict(data.get("inpaint") or {}),
+            resolution=read_float(data, "resolution", MIN_RESOLUTION, MAX_RESOLUTION, 1.0),
+            batch=read_int(data, "batch", 1, MAX_BATCH, 1),
         )
+        if params.seed + params.batch - 1 > MAX_SEED:
+            # Every image's seed must be a valid seed of its own: its batch-1 job must be expressible.
+            raise bad(
+                f"'seed' {params.seed} with 'batch' {params.batch} runs past the largest seed ({MAX_SEED})."
+            )
+        return params
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seed of each image of the batch, in order."""
+        return [self.seed + index for index in range(self.batch)]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -218,7 +252,8 @@ class ImageSpec:
             raise ProtocolError(
                 ErrorCode.TOO_LARGE,
                 f"Image of {width}x{height} exceeds the server limit of "
-                f"{limits.max_width}x{limits.max_height}.",
+                f"{limits.max_width}x{limits.max_height} (the welcome's limits: the largest images this "
+                "server can hold). Send it scaled down: a canvas may be smaller than its bounds.",
             )
         return cls(read_slot(data, "slot"), encoding.label, width, height)
 
@@ -279,6 +314,8 @@ class Welcome:
     limits: Limits
     ready: bool
     message: str = ""
+    # Listed files known to be unusable, {kind: {name: why}} (added later: older servers send none).
+    unusable: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], limits: Limits) -> Welcome:
@@ -292,6 +329,7 @@ class Welcome:
             limits=Limits.from_dict(data.get("limits", {})),
             ready=read_bool(data, "ready", False),
             message=read_str(data, "message", ""),
+            unusable=read_unusable(data),
         )
 
 
@@ -310,12 +348,28 @@ class ModelList:
     TYPE: ClassVar[str] = "models"
     models: dict[str, list[str]]
     loaded: dict[str, Any]
+    unusable: dict[str, dict[str, str]] = field(default_factory=dict)  # as in Welcome
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], limits: Limits) -> ModelList:
         return cls(
-            require_object(data.get("models", {}), "models"), require_object(data.get("loaded", {}), "loaded")
+            require_object(data.get("models", {}), "models"),
+            require_object(data.get("loaded", {}), "loaded"),
+            read_unusable(data),
         )
+
+
+def read_unusable(data: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """`unusable` is advice beside the lists: entries that aren't {kind: {name: reason}} strings are skipped
+    rather than failing the whole message (the lists themselves still work)."""
+    value = data.get("unusable")
+    if not isinstance(value, dict):
+        return {}
+    return {
+        kind: {name: why for name, why in entries.items() if isinstance(why, str)}
+        for kind, entries in value.items()
+        if isinstance(entries, dict)
+    }
 
 
 @dataclass
@@ -350,6 +404,8 @@ class JobRequest:
                 result_encoding=read_choice(data, "result_encoding", ("bgra8", "rgba8", "png"), "bgra8"),
             )
             job.check_images()
+            if job.live and job.params.batch != 1:
+                raise bad("A live job renders a single frame: its 'batch' must be 1.")
         except ProtocolError as error:
             error.job_id = job_id
             raise
@@ -365,6 +421,7 @@ class JobRequest:
             raise bad("A job needs a 'canvas' image.")
         if canvas.encoding == "gray8":
             raise bad("The canvas must be a colour image (rgba8, bgra8 or png).")
+        self._check_canvas_in_bounds(canvas)
         if self.mode == "inpaint":
             mask = by_slot.get("mask")
             if mask is None:
@@ -378,6 +435,26 @@ class JobRequest:
         extra = sorted(set(by_slot) - referenced)
         if extra:
             raise bad(f"Image slot(s) {', '.join(extra)} are not used by the job.")
+
+    def _check_canvas_in_bounds(self, canvas: ImageSpec) -> None:
+        """`bounds` width/height are the document rectangle the canvas image covers: the canvas may be sent
+        smaller (scaled down to save the transfer), never larger."""
+        if self.bounds is None:
+            return
+        width, height = canvas.width, canvas.height
+        if width > self.bounds.width or height > self.bounds.height:
+            raise bad(
+                f"The canvas image ({width}x{height}) is larger than its 'bounds' "
+                f"({self.bounds.width}x{self.bounds.height}); bounds are the document rectangle it covers."
+            )
+        if (width, height) != (self.bounds.width, self.bounds.height):
+            # Scaled down: the other images must be scaled alike, or no one could tell what they cover.
+            for image in self.images:
+                if (image.width, image.height) != (width, height):
+                    raise bad(
+                        f"Image {image.slot!r} is {image.width}x{image.height}; with a canvas sent smaller "
+                        f"than its bounds every image must have the canvas image's size ({width}x{height})."
+                    )
 
 
 @dataclass
@@ -414,9 +491,16 @@ class Progress:
         return cls(read_job_id(data), read_int(data, "step", 0, 2**31), read_int(data, "total", 0, 2**31))
 
 
+def result_slot(index: int) -> str:
+    """The slot of a result's image `index` (0-based): "result", then "result.1", "result.2", ..."""
+    return RESULT_SLOT if index == 0 else f"{RESULT_SLOT}.{index}"
+
+
 @dataclass
 class Result:
-    """The finished layer; its pixels follow in one binary frame named '<job_id>/result'."""
+    """The finished layer(s): `count` images (a batch's variations, in seed order), sharing bounds, width
+    and height. Their pixels follow as `count` binary frames, in order, named `<job_id>/result`,
+    `<job_id>/result.1`, ... (see result_slot)."""
 
     TYPE: ClassVar[str] = "result"
     job_id: str
@@ -426,9 +510,18 @@ class Result:
     encoding: str
     params: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
+    # Added with `batch`; servers that predate it send neither (one image; its seed is params["seed"]).
+    count: int = 1
+    seeds: list[int] = field(default_factory=list)  # the seed of each image, in frame order
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], limits: Limits) -> Result:
+        count = read_int(data, "count", 1, MAX_BATCH, 1)
+        seeds = read_list(data, "seeds", MAX_BATCH, [])
+        if not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in seeds):
+            raise bad(f"Field 'seeds' must list whole numbers between 0 and {MAX_SEED}.")
+        if seeds and len(seeds) != count:
+            raise bad(f"Field 'seeds' lists {len(seeds)} seeds for {count} images.")
         return cls(
             job_id=read_job_id(data),
             bounds=Bounds.from_list(data.get("bounds")).to_list(),
@@ -437,7 +530,14 @@ class Result:
             encoding=read_str(data, "encoding"),
             params=require_object(data.get("params", {}), "params"),
             timings=require_object(data.get("timings", {}), "timings"),
+            count=count,
+            seeds=seeds,
         )
+
+    @property
+    def slots(self) -> list[str]:
+        """The slots of the frames that follow this message, in the order they come."""
+        return [result_slot(index) for index in range(self.count)]
 
 
 @dataclass
@@ -507,9 +607,17 @@ def decode_message(text: str | bytes, kinds: dict[str, type], limits: Limits | N
     message_class = kinds.get(kind)
     if message_class is None:
         raise ProtocolError(
-            ErrorCode.UNKNOWN_TYPE, f"Unknown message type {kind!r}; known types: {', '.join(sorted(kinds))}."
+            ErrorCode.UNKNOWN_TYPE,
+            f"Unknown message type {quote(kind)}; known types: {', '.join(sorted(kinds))}.",
         )
-    return message_class.from_dict(data, limits)
+    try:
+        return message_class.from_dict(data, limits)
+    except ProtocolError as error:
+        # Whatever was wrong, a readable job id says which of the client's jobs this error ends.
+        job_id = data.get("job_id")
+        if error.job_id is None and isinstance(job_id, str) and JOB_ID_PATTERN.match(job_id):
+            error.job_id = job_id
+        raise
 
 
 def _reject_constant(name: str) -> Any:

@@ -10,6 +10,9 @@ from .errors import ErrorCode, ProtocolError
 
 _MISSING = object()
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# Error messages quote what they refuse; quotes are cut to this, and lists of names to a few.
+QUOTE_LENGTH = 60
+LISTED_NAMES = 8
 SLOT_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -33,6 +36,15 @@ def read_str(obj: dict[str, Any], key: str, default: Any = _MISSING, max_length:
         raise bad(f"Field '{key}' is {len(value)} characters long; the limit is {max_length}.")
     if "\x00" in value:
         raise bad(f"Field '{key}' contains a NUL character.")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # JSON's \ud800 escapes decode to lone surrogates, which are not text: tokenizers and file systems
+            # fail on them far from here.
+            raise bad(
+                f"Field '{key}' contains an unpaired surrogate (U+D800..U+DFFF): it is not text."
+            ) from None
     return value
 
 
@@ -77,7 +89,7 @@ def read_bool(obj: dict[str, Any], key: str, default: Any = _MISSING) -> Any:
 def read_choice(obj: dict[str, Any], key: str, choices: tuple[str, ...], default: Any = _MISSING) -> Any:
     value = read_str(obj, key, default)
     if value is not None and value not in choices:
-        raise bad(f"Field '{key}' is {value!r}; it must be one of: {', '.join(choices)}.")
+        raise bad(f"Field '{key}' is {quote(value)}; it must be one of: {', '.join(choices)}.")
     return value
 
 
@@ -107,9 +119,22 @@ def read_slot(obj: dict[str, Any], key: str, default: Any = _MISSING) -> Any:
 
 
 def reject_unknown(obj: dict[str, Any], known: set[str], where: str) -> None:
-    unknown = sorted(set(obj) - known)
+    unknown = set(obj) - known
     if unknown:
-        raise bad(f"Unknown field(s) in {where}: {', '.join(unknown)}.")
+        raise bad(f"Unknown field(s) in {where}: {name_list(unknown)}.")
+
+
+def quote(value: str) -> str:
+    """A client's string as an error message quotes it: repr'd and cut short (it may be megabytes)."""
+    text = repr(value[: QUOTE_LENGTH + 1])
+    return text if len(value) <= QUOTE_LENGTH else f"{text[:-2]}...{text[-1]} ({len(value)} characters)"
+
+
+def name_list(names: set[str]) -> str:
+    """A few of the names (sorted, each cut short) and how many more there are: a client can send 100k."""
+    shown = sorted(names)[:LISTED_NAMES]
+    text = ", ".join(name if len(name) <= QUOTE_LENGTH else name[:QUOTE_LENGTH] + "..." for name in shown)
+    return text if len(names) <= len(shown) else f"{text} and {len(names) - len(shown)} more"
 
 
 def type_name(value: Any) -> str:

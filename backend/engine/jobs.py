@@ -27,8 +27,10 @@ class EngineJob:
 class EngineResult:
     image: np.ndarray  # h x w x 4 uint8 RGBA: the layer to place
     bounds: tuple[int, int, int, int]  # x, y, w, h of that layer within the canvas
-    params: dict[str, Any]  # effective parameters (resolved checkpoint name, seed, sampler, ...)
+    params: dict[str, Any]  # effective parameters (resolved checkpoint name, seed, sampler, ..., seeds)
     timings: dict[str, float]  # seconds per phase
+    # A batch's other images (seeds seed+1, seed+2, ...), each the size of `image` and placed at `bounds`.
+    extra: list[np.ndarray] = field(default_factory=list)
 
 
 class JobCancelled(Exception):

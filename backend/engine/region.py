@@ -1,8 +1,11 @@
 """Which canvas rectangle is generated, at what size, and the mapping between the two.
 
-img2img generates the whole canvas at its own size, padded to a multiple of 8. Inpaint generates the
-selection's neighbourhood scaled to a working resolution. Either way a UNet needs a minimum latent size (its
-deepest level must stay at least 2x2), so too-small areas are scaled up and the result scaled back down.
+Generations run at the model's **working size**: about (native side x the job's resolution)² pixels of area,
+the rectangle's aspect kept, sides multiples of 8. The native side is the model's own (`native_side`: SD1.5
+512, SDXL 1024): a 4096 px canvas costs what a 512 px one does, and a small one is scaled up to where the
+model draws well, as painters expect. img2img generates the whole canvas that way, inpaint the selection's
+neighbourhood. Either way a UNet needs a minimum latent size (its deepest level must stay at least 2x2), so
+no side goes below that, and extreme aspect ratios are bounded on the long side.
 """
 
 from __future__ import annotations
@@ -15,6 +18,11 @@ import numpy as np
 
 from .images import LATENT_SCALE, resize_gray, resize_rgb
 
+# The long side of a working size is at most this many working sides: a 4096x1 canvas must not turn into a
+# 131072 px generation (its area alone would say so); its short side is stretched up to the UNet's minimum
+# instead and the result squeezed back.
+MAX_LONG_SIDE = 2.0
+
 
 def unet_min_side(unet: Any) -> int:
     """Smallest image side (pixels) the UNet handles: SD1.5 halves latents 3 times, so 8 * 8 * 2 = 128."""
@@ -22,8 +30,41 @@ def unet_min_side(unet: Any) -> int:
     return LATENT_SCALE * (2**downsamples) * 2
 
 
+def native_side(unet: Any) -> int:
+    """The image side (pixels) the model was trained at: its latent `sample_size` times the VAE's 8 (SD1.5:
+    64 * 8 = 512; SDXL: 128 * 8 = 1024). The one place the working size comes from."""
+    size = unet.config.sample_size
+    if isinstance(size, (tuple, list)):  # (height, width) in some configs: the area is what matters
+        size = math.sqrt(size[0] * size[1])
+    return round(size * LATENT_SCALE)
+
+
 def _round8(value: float) -> int:
     return max(LATENT_SCALE, round(value / LATENT_SCALE) * LATENT_SCALE)
+
+
+def _floor8(value: float) -> int:
+    return max(LATENT_SCALE, math.floor(value / LATENT_SCALE) * LATENT_SCALE)
+
+
+def working_size(width: int, height: int, side: float, min_side: int) -> tuple[int, int]:
+    """The generation size for a width x height rectangle: area about side², aspect kept, multiples of 8;
+    the short side at least `min_side`, the long side at most MAX_LONG_SIDE x side (whichever binds, the other
+    side follows the aspect; only past both limits is the aspect given up)."""
+    long_limit = max(_floor8(MAX_LONG_SIDE * side), min_side)
+    scale = side / math.sqrt(width * height)
+    scale = max(scale, min_side / min(width, height))
+    scale = min(scale, long_limit / max(width, height))
+    return (
+        min(long_limit, max(min_side, _round8(width * scale))),
+        min(long_limit, max(min_side, _round8(height * scale))),
+    )
+
+
+def long_side_size(width: int, height: int, long_side: float, min_side: int) -> tuple[int, int]:
+    """The generation size with the long side about `long_side` (multiples of 8, each side >= min_side)."""
+    scale = long_side / max(width, height)
+    return max(min_side, _round8(width * scale)), max(min_side, _round8(height * scale))
 
 
 @dataclass(frozen=True)
@@ -45,6 +86,13 @@ class Region:
     def scaled(self) -> bool:
         return (self.content_width, self.content_height) != (self.width, self.height)
 
+    @property
+    def reduced_size(self) -> tuple[int, int]:
+        """A result's pixel size when it need not be at canvas resolution: per axis the smaller of the canvas
+        rectangle and the generated content. Never enlarged here: the client scales pixels into their bounds
+        for free, while upscaling a 512 px render to a 4096 px canvas would cost more than the render."""
+        return min(self.width, self.content_width), min(self.height, self.content_height)
+
     def crop(self, array: np.ndarray) -> np.ndarray:
         return array[self.y : self.y + self.height, self.x : self.x + self.width]
 
@@ -61,10 +109,11 @@ class Region:
         content = resize_gray(np.ascontiguousarray(crop), self.content_width, self.content_height)
         return self._pad(content, "zero")
 
-    def rgb_from_generation(self, rgb: np.ndarray) -> np.ndarray:
-        """Generation-sized image -> this region at canvas resolution."""
+    def rgb_from_generation(self, rgb: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+        """Generation-sized image -> this region at canvas resolution, or at `size` (width, height)."""
+        width, height = size or (self.width, self.height)
         content = np.ascontiguousarray(rgb[: self.content_height, : self.content_width])
-        return resize_rgb(content, self.width, self.height)
+        return resize_rgb(content, width, height)
 
     def to_generation_point(self, x: float, y: float) -> tuple[float, float]:
         """Canvas pixel coordinates -> generation pixel coordinates."""
@@ -84,7 +133,8 @@ class Region:
 
 
 def native_region(width: int, height: int, min_side: int) -> Region:
-    """The whole canvas at its own size padded to a multiple of 8; scaled up only below the UNet's minimum."""
+    """The whole canvas at its own size padded to a multiple of 8; scaled up only below the UNet's minimum.
+    (What diffusers' pipelines do: the engine's `working_size=False` setting, for comparisons with them.)"""
     if min(width, height) >= min_side:
         gen_w = math.ceil(width / LATENT_SCALE) * LATENT_SCALE
         gen_h = math.ceil(height / LATENT_SCALE) * LATENT_SCALE
@@ -95,10 +145,7 @@ def native_region(width: int, height: int, min_side: int) -> Region:
     return Region(0, 0, width, height, gen_w, gen_h, gen_w, gen_h)
 
 
-def working_region(x: int, y: int, width: int, height: int, resolution: int, min_side: int) -> Region:
-    """A canvas rectangle scaled so its long side is about `resolution` (multiples of 8, each side >=
-    min_side)."""
-    scale = resolution / max(width, height)
-    gen_w = max(min_side, _round8(width * scale))
-    gen_h = max(min_side, _round8(height * scale))
+def scaled_region(x: int, y: int, width: int, height: int, size: tuple[int, int]) -> Region:
+    """A canvas rectangle generated at `size` (width, height; multiples of 8, see working_size)."""
+    gen_w, gen_h = size
     return Region(x, y, width, height, gen_w, gen_h, gen_w, gen_h)

@@ -24,12 +24,20 @@ from .fast.host import HostStaging
 from .fast.vae_calls import AcceleratedTaesd, is_tiny_autoencoder
 from .img2img import img2img
 from .inpaint import InpaintInputs, inpaint
-from .jobs import EngineInputError, EngineJob, EngineResult
+from .jobs import EngineInputError, EngineJob, EngineResult, JobCancelled
 from .loop import Guidance, make_guidance
 from .models import Components, ModelChoice, ModelSource, choose_models, load_components
 from .modules import model_dtype
 from .prompts import PromptCache
-from .region import Region, native_region, unet_min_side, working_region
+from .region import (
+    Region,
+    long_side_size,
+    native_region,
+    native_side,
+    scaled_region,
+    unet_min_side,
+    working_size,
+)
 from .samplers import SAMPLERS, SamplerFactory, denoise_steps
 
 log = logging.getLogger(__name__)
@@ -40,8 +48,13 @@ CancelCheck = Callable[[], bool]
 
 @dataclass
 class EngineSettings:
-    # long side of the working area a selection is scaled to (SD1.5's native size)
-    inpaint_resolution: int = 512
+    # Generations run at the model's working size: about (native side x params.resolution)² pixels, the
+    # native side being the model's own (region.native_side: SD1.5 512). False: img2img renders the canvas
+    # at its own size instead, as diffusers' pipelines do (for comparisons with them at any size).
+    working_size: bool = True
+    # A fixed long side (times params.resolution) for inpaint's working area instead of the working size
+    # (tests and benches that pin it); None: the working size.
+    inpaint_resolution: int | None = None
     prompt_cache_size: int = 64
     min_side: int | None = None  # smallest generation side in pixels; None: the least the UNet can take
     # Preview (live) jobs: "auto" = compiled + CUDA graphs on CUDA, eager elsewhere; "off"; "compile";
@@ -83,11 +96,24 @@ class Engine:
         started = time.perf_counter()
         _check_job(job)
         choice = choose_models(self.models.store, job.params)
+        seeds = job.params.seeds
+        rendered: list[EngineResult] = []
         with torch.inference_mode():
-            if job.mode == "img2img":
-                result = self._img2img(job, choice, on_progress, is_cancelled)
-            else:
-                result = self._inpaint(job, choice, on_progress, is_cancelled)
+            # A batch is its images rendered one after another, each exactly as its own batch-1 job would be
+            # (seed + i, all else equal): a painter who keeps variation 3 must get it back from its seed.
+            # Stacking them into one UNet call would save some GPU time, but batched kernels may sum in
+            # another order, and nothing would then promise bit-equal images.
+            for index, seed in enumerate(seeds):
+                if index and is_cancelled():
+                    raise JobCancelled()  # before the next image's encode, not only at its first step
+                one = replace(job, params=replace(job.params, seed=seed))
+                progress = _batch_progress(on_progress, index, len(seeds))
+                if job.mode == "img2img":
+                    rendered.append(self._img2img(one, choice, progress, is_cancelled))
+                else:
+                    rendered.append(self._inpaint(one, choice, progress, is_cancelled))
+        result = _combine(rendered)
+        result.params["seeds"] = seeds
         result.timings["total"] = time.perf_counter() - started
         return result
 
@@ -105,7 +131,7 @@ class Engine:
             # Strength 0: the canvas itself, alpha included, without loading or running anything.
             return EngineResult(job.canvas.copy(), (0, 0, width, height), effective, timings)
         ctx, components = self._context(job, choice, timings, on_progress, is_cancelled, effective)
-        region = self._bucketed(native_region(width, height, self._min_side(ctx.unet)), ctx)
+        region = self._bucketed(self._img2img_region(width, height, ctx.unet, params), ctx)
         self._add_controls(ctx, job, region, effective)
         rgb = region.rgb_to_generation(images.flatten_on_white(job.canvas))  # the region is the whole canvas
         dedicated = _dedicated_inpaint(components)
@@ -113,8 +139,11 @@ class Engine:
         full = np.full((region.gen_height, region.gen_width), 255, dtype=np.uint8) if dedicated else None
         plan = self._frame_plan(ctx, False, dedicated, from_noise=dedicated and params.strength >= 1.0)
         effective["whole_frame"] = plan is not None
+        # A canvas larger than the working size comes back at the working size (the client scales it into
+        # the bounds); a smaller one at its own size.
+        size = region.reduced_size
         if plan is not None:
-            out = region.rgb_from_generation(self.frames.run(ctx, plan, rgb, params.seed, full))
+            out = region.rgb_from_generation(self.frames.run(ctx, plan, rgb, params.seed, full), size)
         else:
             image = self._to_tensor(rgb, ctx)
             if full is not None:
@@ -122,7 +151,7 @@ class Engine:
             else:
                 decoded = img2img(ctx, image)
             with ctx.timed("decode"):
-                out = region.rgb_from_generation(self._to_uint8(decoded, ctx))
+                out = region.rgb_from_generation(self._to_uint8(decoded, ctx), size)
         effective["generation_size"] = [region.gen_width, region.gen_height]
         return EngineResult(images.with_alpha(out), region.bounds, effective, timings)
 
@@ -156,8 +185,7 @@ class Engine:
             return EngineResult(layer, bounds, effective, timings)
 
         ctx, components = self._context(job, choice, timings, on_progress, is_cancelled, effective)
-        region = working_region(x, y, w, h, self.settings.inpaint_resolution, self._min_side(ctx.unet))
-        region = self._bucketed(region, ctx)
+        region = self._bucketed(self._inpaint_region(bounds, ctx.unet, params), ctx)
         self._add_controls(ctx, job, region, effective)
         rgb = region.rgb_to_generation(images.flatten_on_white(canvas_crop))
         gen_mask = region.gray_to_generation(soft_crop)
@@ -179,6 +207,24 @@ class Engine:
 
     def _min_side(self, unet: Any) -> int:
         return self.settings.min_side or unet_min_side(unet)
+
+    def _img2img_region(self, width: int, height: int, unet: Any, params: JobParams) -> Region:
+        """The whole canvas at the model's working size (or at its own size, see EngineSettings)."""
+        min_side = self._min_side(unet)
+        if not self.settings.working_size:
+            return native_region(width, height, min_side)
+        side = native_side(unet) * params.resolution
+        return scaled_region(0, 0, width, height, working_size(width, height, side, min_side))
+
+    def _inpaint_region(self, bounds: tuple[int, int, int, int], unet: Any, params: JobParams) -> Region:
+        """The selection's padded box at the working size; its pixels come back at canvas resolution."""
+        x, y, w, h = bounds
+        min_side = self._min_side(unet)
+        if self.settings.inpaint_resolution is not None:
+            size = long_side_size(w, h, self.settings.inpaint_resolution * params.resolution, min_side)
+        else:
+            size = working_size(w, h, native_side(unet) * params.resolution, min_side)
+        return scaled_region(x, y, w, h, size)
 
     def _inpaint_inputs(
         self, image: torch.Tensor, gen_mask: np.ndarray, dedicated: bool, strength: float
@@ -344,6 +390,26 @@ def _dedicated_inpaint(components: Components) -> bool:
     return bool(getattr(components, "is_inpaint", False)) or components.unet.config.in_channels == 9
 
 
+def _batch_progress(on_progress: ProgressCallback, index: int, batch: int) -> ProgressCallback:
+    """Image `index`'s steps as steps of the whole batch: the painter sees one bar for the job."""
+    if batch == 1:
+        return on_progress
+    return lambda step, total: on_progress(index * total + step, batch * total)
+
+
+def _combine(rendered: list[EngineResult]) -> EngineResult:
+    """One result for a batch: the first image's, with the others' pixels beside it and the phases' times
+    summed. The protocol promises the images share bounds and size, which equal inputs give."""
+    first, others = rendered[0], rendered[1:]
+    for other in others:
+        if other.bounds != first.bounds or other.image.shape != first.image.shape:
+            raise RuntimeError("the images of one batch came out with different bounds or sizes")
+        for phase, seconds in other.timings.items():
+            first.timings[phase] = first.timings.get(phase, 0.0) + seconds
+    first.extra = [other.image for other in others]
+    return first
+
+
 def _check_job(job: EngineJob) -> None:
     if job.mode not in MODES:
         raise EngineInputError(f"Unknown mode {job.mode!r}; expected one of {', '.join(MODES)}.")
@@ -355,6 +421,8 @@ def _check_job(job: EngineJob) -> None:
         raise EngineInputError(f"Unknown sampler {job.params.sampler!r}; known: {', '.join(SAMPLERS)}.")
     if job.params.steps < 1:
         raise EngineInputError("'steps' must be at least 1.")
+    if job.params.batch < 1:
+        raise EngineInputError("'batch' must be at least 1.")
 
 
 def _effective_params(job: EngineJob, choice: ModelChoice, run_steps: int) -> dict[str, Any]:

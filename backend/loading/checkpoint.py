@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,10 +66,33 @@ def load_checkpoint(
     `config_dir` holds diffusers configs (unet/, vae/, text_encoder/, scheduler/) for single files; by
     default the shipped SD1.5 configs, with the inpainting variant picked from the UNet's input channels.
     """
+    return place_checkpoint(read_checkpoint(path, dtype, config_dir, name), device, dtype)
+
+
+def read_checkpoint(
+    path: Path, dtype: torch.dtype, config_dir: Path | None = None, name: str | None = None
+) -> PipelineComponents:
+    """Build and check a checkpoint on the CPU, in memory this process owns; nothing goes to the device.
+
+    Every way a file can be unusable shows here, so a caller can keep its working model until this succeeds.
+    `dtype` is a hint for formats that can be cast while loading; place_checkpoint() casts the rest.
+    """
     name = name or path.name
     if path.is_dir():
-        return _load_diffusers_folder(path, device, dtype, config_dir, name)
-    return _load_single_file(path, device, dtype, config_dir, name)
+        return _load_diffusers_folder(path, dtype, config_dir, name)
+    return _load_single_file(path, config_dir, name)
+
+
+def place_checkpoint(
+    components: PipelineComponents, device: torch.device, dtype: torch.dtype
+) -> PipelineComponents:
+    """The components on the device and dtype they run at, ready for inference."""
+    return replace(
+        components,
+        unet=finish(components.unet, device, dtype),
+        vae=finish(components.vae, device, dtype),
+        text_encoder=finish(components.text_encoder, device, dtype),
+    )
 
 
 def _describe_wrong_file(tensors: Tensors, filename: str) -> str:
@@ -105,9 +128,7 @@ def check_sd15_single_file(tensors: Tensors, filename: str) -> int:
     return in_channels
 
 
-def _load_single_file(
-    path: Path, device: torch.device, dtype: torch.dtype, config_dir: Path | None, name: str
-) -> PipelineComponents:
+def _load_single_file(path: Path, config_dir: Path | None, name: str) -> PipelineComponents:
     tensors = read_tensors(path, "Checkpoint")
     in_channels = check_sd15_single_file(tensors, path.name)
     configs = sd_config_dir(config_dir, inpaint=in_channels == 9)
@@ -130,9 +151,9 @@ def _load_single_file(
     text_encoder = load_text_encoder(strip_prefix(tensors, CLIP_PREFIX), configs, path.name)
     del tensors
     return PipelineComponents(
-        unet=finish(unet, device, dtype),
-        vae=finish(vae, device, dtype),
-        text_encoder=finish(text_encoder, device, dtype),
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
         tokenizer=load_tokenizer(),
         scheduler_config=read_json(configs / SCHEDULER_CONFIG),
         is_inpaint=in_channels == 9,
@@ -200,11 +221,13 @@ def _variant(folder: Path, stem: str) -> str | None:
 
 
 def _load_diffusers_folder(
-    path: Path, device: torch.device, dtype: torch.dtype, config_dir: Path | None, name: str
+    path: Path, dtype: torch.dtype, config_dir: Path | None, name: str
 ) -> PipelineComponents:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
+    # disable_mmap: the weights are read into memory instead of mapped, which a rewrite of the file in place
+    # would turn into SIGBUS on the CPU (see owned_safetensors).
     try:
         unet = UNet2DConditionModel.from_pretrained(
             path,
@@ -212,6 +235,7 @@ def _load_diffusers_folder(
             torch_dtype=dtype,
             local_files_only=True,
             use_safetensors=True,
+            disable_mmap=True,
             variant=_variant(path / "unet", "diffusion_pytorch_model"),
         )
         vae = AutoencoderKL.from_pretrained(
@@ -219,6 +243,7 @@ def _load_diffusers_folder(
             subfolder="vae",
             local_files_only=True,
             use_safetensors=True,
+            disable_mmap=True,
             variant=_variant(path / "vae", "diffusion_pytorch_model"),
         )
         text_encoder = CLIPTextModel.from_pretrained(
@@ -226,6 +251,7 @@ def _load_diffusers_folder(
             dtype=dtype,
             local_files_only=True,
             use_safetensors=True,
+            disable_mmap=True,
             variant=_variant(path / "text_encoder", "model"),
         )
     except Exception as e:  # diffusers/transformers raise OSError/ValueError/EnvironmentError variously
@@ -241,9 +267,9 @@ def _load_diffusers_folder(
     if not scheduler.is_file():
         scheduler = sd_config_dir(config_dir, inpaint=in_channels == 9) / SCHEDULER_CONFIG
     return PipelineComponents(
-        unet=finish(unet, device, dtype),
-        vae=finish(vae, device, dtype),
-        text_encoder=finish(text_encoder, device, dtype),
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
         tokenizer=load_tokenizer(),
         scheduler_config=read_json(scheduler),
         is_inpaint=in_channels == 9,

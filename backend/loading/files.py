@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from backend.loading.owned_safetensors import read_safetensors
 from backend.model_store import ModelError
 
 log = logging.getLogger(__name__)
@@ -32,12 +33,10 @@ def read_tensors(path: Path, what: str) -> Tensors:
 
 
 def _read_safetensors(path: Path, what: str) -> Tensors:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+    # Read, not memory-mapped: a mapping turns a later in-place rewrite of the file into SIGBUS.
     try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        return read_safetensors(path)
+    except (OSError, ValueError, RuntimeError) as e:
         raise ModelError(
             f"{what} {path.name} is not a readable .safetensors file ({e}). "
             "It may be incomplete or damaged: download it again."

@@ -1,8 +1,12 @@
 """Keeps one checkpoint loaded and brings it to the requested LoRAs, strengths and VAE without reloading.
 
 Painters change LoRA strengths and toggle LoRAs while painting; reading a 2 GB checkpoint again each time
-would stall the live view for seconds, so only the checkpoint name forces a reload. Everything else is
-re-fused in place.
+would stall the live view for seconds, so only the checkpoint name, or its file changing on disk, forces a
+reload. Everything else is re-fused in place.
+
+Every cached model is stamped with its file's version (backend.loading.stamps) and read into memory this
+process owns, so a file rewritten under a loaded model is reloaded at the next job that uses it instead of
+crashing the server or silently serving the old weights.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from backend.loading.checkpoint import PipelineComponents, load_checkpoint
+from backend.loading.checkpoint import PipelineComponents, place_checkpoint, read_checkpoint
 from backend.loading.controlnet import load_controlnet
 from backend.loading.lora import TEXT_ENCODER, UNET, LoraFuser, LoraTargets, LoraWeights, read_lora
+from backend.loading.stamps import FileStamp, file_stamp
 from backend.loading.vae import load_taesd, load_vae
 from backend.model_store import ModelError, ModelNotFoundError, ModelStore
 
@@ -50,11 +55,14 @@ class _LoadedCheckpoint:
     targets: LoraTargets
     unet_fuser: LoraFuser
     text_fuser: LoraFuser
+    stamp: FileStamp | None = None  # the checkpoint file's version when it was read
     vae_name: str | None = None
+    vae_stamp: FileStamp | None = None
     loras: tuple[LoraChoice, ...] = ()
     lcm_lora: LoraChoice | None = None
+    lora_stamps: dict[str, FileStamp | None] = field(default_factory=dict)  # of the fused LoRAs
     # LoRAs read for this checkpoint, most recently used last; their layer tables depend on its modules
-    lora_cache: OrderedDict[str, LoraWeights] = field(default_factory=OrderedDict)
+    lora_cache: OrderedDict[str, tuple[FileStamp | None, LoraWeights]] = field(default_factory=OrderedDict)
 
 
 class ModelManager:
@@ -73,8 +81,9 @@ class ModelManager:
         self.load_counts: Counter[str] = Counter()
         self._lock = threading.RLock()
         self._state: _LoadedCheckpoint | None = None
-        self._controlnets: dict[str, ControlNetModel] = {}
+        self._controlnets: dict[str, tuple[FileStamp | None, ControlNetModel]] = {}
         self._taesd: AutoencoderTiny | None = None
+        self._taesd_stamps: tuple[FileStamp | None, FileStamp | None] = (None, None)
         self._last_loaded: dict[str, Any] = {"checkpoint": None, "device": str(self.device)}
 
     def components(
@@ -96,38 +105,46 @@ class ModelManager:
             lora_paths = {c.name: self.store.resolve("loras", c.name) for c in choices}
             vae_path = self.store.resolve("vae", vae) if vae is not None else None
 
+            stamp = file_stamp(checkpoint_path)
+            lora_stamps = {name: file_stamp(path) for name, path in lora_paths.items()}
+            vae_stamp = file_stamp(vae_path) if vae_path is not None else None
+
             state = self._state
-            if state is None or state.name != checkpoint:
-                self._unload_checkpoint()
-                state = self._state = self._load_checkpoint(checkpoint, checkpoint_path)
-            if vae != state.vae_name:
-                self._set_vae(state, vae, vae_path)
-            if (loras, lcm_lora) != (state.loras, state.lcm_lora):
-                self._set_loras(state, loras, lcm_lora, lora_paths)
+            if state is None or state.name != checkpoint or state.stamp != stamp:
+                state = self._switch_checkpoint(checkpoint, checkpoint_path, stamp)
+            if (vae, vae_stamp) != (state.vae_name, state.vae_stamp):
+                self._set_vae(state, vae, vae_path, vae_stamp)
+            if (loras, lcm_lora, lora_stamps) != (state.loras, state.lcm_lora, state.lora_stamps):
+                self._set_loras(state, loras, lcm_lora, lora_paths, lora_stamps)
             return state.components
 
     def controlnet(self, name: str) -> ControlNetModel:
         """The ControlNet, cached; the least recently used ones leave once MAX_CONTROLNETS are loaded."""
         with self._lock:
-            model = self._controlnets.pop(name, None)
-            if model is None:
-                path = self.store.resolve("controlnet", name)
+            path = self.store.resolve("controlnet", name)
+            stamp = file_stamp(path)
+            cached = self._controlnets.pop(name, None)
+            if cached is not None and cached[0] == stamp:
+                model = cached[1]
+            else:
                 self.load_counts["controlnet"] += 1
                 model = load_controlnet(path, self.device, self.dtype, self.config_dir)
                 while len(self._controlnets) >= MAX_CONTROLNETS:
                     self._controlnets.pop(next(iter(self._controlnets)))
-            self._controlnets[name] = model  # (re)inserted last: dict order is the recency order
+            self._controlnets[name] = (stamp, model)  # (re)inserted last: dict order is the recency order
             return model
 
     def taesd(self) -> AutoencoderTiny | None:
         """TAESD from taesd_encoder/taesd_decoder files in the taesd folder; None until both are there."""
         with self._lock:
-            if self._taesd is None:
-                encoder, decoder = self._find_taesd("taesd_encoder"), self._find_taesd("taesd_decoder")
-                if encoder is None or decoder is None:
-                    return None
+            encoder, decoder = self._find_taesd("taesd_encoder"), self._find_taesd("taesd_decoder")
+            if encoder is None or decoder is None:
+                return self._taesd  # files taken away: the loaded one still works
+            stamps = (file_stamp(encoder), file_stamp(decoder))
+            if self._taesd is None or stamps != self._taesd_stamps:
                 self.load_counts["taesd"] += 1
                 self._taesd = load_taesd(encoder, decoder, self.device, self.dtype, self.config_dir)
+                self._taesd_stamps = stamps
             return self._taesd
 
     def loaded(self) -> dict[str, Any]:
@@ -159,18 +176,29 @@ class ModelManager:
             self._taesd = None
             self._unload_checkpoint()
 
-    def _load_checkpoint(self, name: str, path: Path) -> _LoadedCheckpoint:
+    def _switch_checkpoint(self, name: str, path: Path, stamp: FileStamp | None) -> _LoadedCheckpoint:
+        """Read and check the new checkpoint while the working one stays loaded; only then swap them.
+
+        A damaged, foreign or half-copied file fails in read_checkpoint and leaves the painter's model in
+        place (it is not thrown away and read again after each bad request). The price: on a CPU device both
+        are in memory for the moment of the swap; on a GPU the new one waits in host memory, as before.
+        """
         self.load_counts["checkpoint"] += 1
         log.info("loading checkpoint %s", name)
-        components = load_checkpoint(path, self.device, self.dtype, self.config_dir, name=name)
-        return _LoadedCheckpoint(
+        built = read_checkpoint(path, self.dtype, self.config_dir, name=name)
+        self._unload_checkpoint()  # the old weights leave the device before the new ones claim it
+        components = place_checkpoint(built, self.device, self.dtype)
+        del built
+        self._state = _LoadedCheckpoint(
             name=name,
             components=components,
             base_vae=components.vae,
             targets=LoraTargets(components.unet, components.text_encoder),
             unet_fuser=LoraFuser(components.unet, UNET),
             text_fuser=LoraFuser(components.text_encoder, TEXT_ENCODER),
+            stamp=stamp,
         )
+        return self._state
 
     def _unload_checkpoint(self) -> None:
         if self._state is None:
@@ -180,14 +208,16 @@ class ModelManager:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _set_vae(self, state: _LoadedCheckpoint, name: str | None, path: Path | None) -> None:
+    def _set_vae(
+        self, state: _LoadedCheckpoint, name: str | None, path: Path | None, stamp: FileStamp | None
+    ) -> None:
         if path is None:
             vae = state.base_vae
         else:
             self.load_counts["vae"] += 1
             vae = load_vae(path, self.device, self.dtype, self.config_dir)
         state.components = replace(state.components, vae=vae)
-        state.vae_name = name
+        state.vae_name, state.vae_stamp = name, stamp
 
     def _set_loras(
         self,
@@ -195,25 +225,26 @@ class ModelManager:
         loras: tuple[LoraChoice, ...],
         lcm_lora: LoraChoice | None,
         paths: dict[str, Path],
+        stamps: dict[str, FileStamp | None],
     ) -> None:
         choices = (*loras, *((lcm_lora,) if lcm_lora is not None else ()))
         # Read every file before touching weights: a bad file leaves the current fusion intact.
-        weights = [(self._lora(state, c.name, paths[c.name]), c) for c in choices]
+        weights = [(self._lora(state, c.name, paths[c.name], stamps[c.name]), c) for c in choices]
         state.unet_fuser.apply([(w, c.model_strength) for w, c in weights])
         state.text_fuser.apply([(w, c.clip_strength) for w, c in weights])
-        state.loras, state.lcm_lora = loras, lcm_lora
+        state.loras, state.lcm_lora, state.lora_stamps = loras, lcm_lora, stamps
         keep = max(self.lora_cache_size, len(choices))
         while len(state.lora_cache) > keep:
             state.lora_cache.popitem(last=False)
 
-    def _lora(self, state: _LoadedCheckpoint, name: str, path: Path) -> LoraWeights:
+    def _lora(self, state: _LoadedCheckpoint, name: str, path: Path, stamp: FileStamp | None) -> LoraWeights:
         cached = state.lora_cache.get(name)
-        if cached is None:
+        if cached is None or cached[0] != stamp:
             self.load_counts["lora"] += 1
-            cached = read_lora(path, name, state.targets, self.device)
+            cached = (stamp, read_lora(path, name, state.targets, self.device))
         state.lora_cache[name] = cached
         state.lora_cache.move_to_end(name)
-        return cached
+        return cached[1]
 
     def _find_taesd(self, stem: str) -> Path | None:
         for suffix in TAESD_SUFFIXES:

@@ -72,6 +72,7 @@ def test_img2img_matches_diffusers(
               "strength": strength, "seed": 1234, "sampler": sampler}  # fmt: skip
     engine, _ = make_engine(store=None)
     engine.settings.min_side = 32
+    engine.settings.working_size = False  # the pipeline renders at the canvas's own size
     ours = run(engine, job(canvas, **params)).image
     reference = img2img_pipeline(parts, sampler)(
         prompt=params["prompt"], negative_prompt=negative or None, image=Image.fromarray(canvas[..., :3]),

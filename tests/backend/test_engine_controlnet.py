@@ -74,7 +74,7 @@ def test_one_controlnet_matches_diffusers(
 ) -> None:
     canvas = make_canvas(64, 48, seed=1)
     hint = scribble(64, 48)
-    engine, _ = make_engine(min_side=32)
+    engine, _ = make_engine(min_side=32, working_size=False)  # the pipeline renders at the canvas's size
     control = ControlParam("scribble", strength=scale, start=start, end=end, image="lines")
     params = {"sampler": sampler, "cfg": cfg, "negative_prompt": "blurry", "steps": 8, "strength": 0.5}
     ours = run(engine, control_job(canvas, [control], {"lines": hint}, **params)).image
@@ -91,7 +91,7 @@ def test_two_controlnets_match_diffusers() -> None:
     canvas = make_canvas(64, 64, seed=2)
     hint = scribble(64, 64)
     pose = render_pose([PERSON], (64, 64), (64, 64))
-    engine, _ = make_engine(min_side=32)
+    engine, _ = make_engine(min_side=32, working_size=False)  # the pipeline renders at the canvas's size
     controls = [
         ControlParam("scribble", strength=0.7, end=0.5, image="lines"),
         ControlParam("pose", strength=1.1, start=0.25, pose=[list(PERSON)]),  # type: ignore[list-item]
@@ -153,7 +153,8 @@ def test_control_images_of_another_size_are_stretched() -> None:
 
 
 def test_pose_keypoints_and_pose_image_agree() -> None:
-    engine, models = make_engine(min_side=64)
+    # at the canvas's own size: keypoints drawn at the generation size equal the canvas-sized pose image
+    engine, models = make_engine(min_side=64, working_size=False)
     canvas = make_canvas(64, 64, seed=6)
     from_points = run(engine, control_job(canvas, [ControlParam("pose", pose=[list(PERSON)])], {}))  # type: ignore[list-item]
     pose_rgba = np.full((64, 64, 4), 255, dtype=np.uint8)

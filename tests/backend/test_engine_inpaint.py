@@ -104,7 +104,7 @@ def test_one_pixel_selection() -> None:
 def test_full_mask_equals_img2img_of_the_crop() -> None:
     canvas = make_canvas(64, 48, seed=6)
     full = np.full((48, 64), 255, dtype=np.uint8)
-    engine = inpaint_engine(64)
+    engine = make_engine(inpaint_resolution=64, working_size=False)[0]  # img2img at 64x48 too
     inpainted = run(engine, job(canvas, "inpaint", full, strength=0.6, cfg=2.0, negative_prompt="dull"))
     plain = run(engine, job(canvas, "img2img", strength=0.6, cfg=2.0, negative_prompt="dull"))
     assert inpainted.bounds == plain.bounds == (0, 0, 64, 48)

@@ -21,7 +21,9 @@ def loaded(tiny_models: Any) -> tuple[Engine, Any]:
     manager = ModelManager(
         ModelStore(tiny_models.root), torch.device("cpu"), torch.float32, tiny_models.config_dir
     )
-    return Engine(manager, torch.device("cpu"), torch.float32, EngineSettings(min_side=32)), manager
+    return Engine(
+        manager, torch.device("cpu"), torch.float32, EngineSettings(min_side=32, working_size=False)
+    ), manager
 
 
 def test_lcm_img2img_on_real_files_matches_diffusers(loaded: tuple[Engine, Any], tiny_models: Any) -> None:

@@ -28,14 +28,20 @@ TOLERANCE = 1  # uint8 levels; on the CPU the eager backend is in fact exact
 
 def fast_engine(models: FakeModels | None = None, backend: str = "eager", **fast: Any) -> Engine:
     settings = EngineSettings(
-        min_side=32, accelerate="compile", fast=AcceleratorSettings(compile_backend=backend, **fast)
+        min_side=32,
+        working_size=False,  # canvas-sized generations: the bucketing below is about those
+        accelerate="compile",
+        fast=AcceleratorSettings(compile_backend=backend, **fast),
     )
     return Engine(models or ModelsWithTaesd(), torch.device("cpu"), torch.float32, settings)
 
 
 def plain_engine(models: FakeModels | None = None) -> Engine:
     return Engine(
-        models or ModelsWithTaesd(), torch.device("cpu"), torch.float32, EngineSettings(min_side=32)
+        models or ModelsWithTaesd(),
+        torch.device("cpu"),
+        torch.float32,
+        EngineSettings(min_side=32, working_size=False),
     )
 
 

@@ -37,7 +37,12 @@ class ModelsWithTaesd(FakeModels):
 
 
 def engine_for(models: FakeModels, **settings: Any) -> Engine:
-    return Engine(models, torch.device("cpu"), torch.float32, EngineSettings(min_side=32, **settings))
+    return Engine(
+        models,
+        torch.device("cpu"),
+        torch.float32,
+        EngineSettings(min_side=32, working_size=False, **settings),
+    )
 
 
 def preview_job(canvas: np.ndarray, **params: Any) -> Any:

@@ -98,14 +98,17 @@ class FakeBackend:
         await ws.send(protocol.encode_message(protocol.Accepted(job.job_id)))
         await asyncio.sleep(self.delay)
         await ws.send(protocol.encode_message(protocol.Progress(job.job_id, 1, 1)))
-        # The "generated" image: the canvas with its colours inverted, at the canvas bounds.
-        pixels = bytes(255 - b if i % 4 != 3 else b for i, b in enumerate(canvas.payload))
+        # The "generated" image: the canvas with its colours inverted, at the canvas bounds; a batch's image
+        # i (seed + i) has its colours darkened by i more, so each variation is told apart.
         bounds = job.bounds.to_list() if job.bounds else [0, 0, canvas.width, canvas.height]
         result = protocol.Result(
             job.job_id, bounds, canvas.width, canvas.height, "bgra8", job.params.to_dict()
         )
+        result.count, result.seeds = job.params.batch, job.params.seeds
         await ws.send(protocol.encode_message(result))
-        frame = protocol.ImageFrame(
-            job.job_id, "result", protocol.ImageEncoding.BGRA8, canvas.width, canvas.height, pixels
-        )
-        await ws.send(protocol.encode_frame(frame))
+        for index, slot in enumerate(result.slots):
+            pixels = bytes((255 - b - index) % 256 if i % 4 != 3 else b for i, b in enumerate(canvas.payload))
+            frame = protocol.ImageFrame(
+                job.job_id, slot, protocol.ImageEncoding.BGRA8, canvas.width, canvas.height, pixels
+            )
+            await ws.send(protocol.encode_frame(frame))

@@ -1,0 +1,61 @@
+"""Connection caps: open connections in all and per client address, counted from the HTTP upgrade on.
+
+Every connection costs memory (receive buffers, a queue, replies) whether or not it ever authenticates, so
+the caps apply before the handshake: a refused client gets HTTP 503 and nothing is allocated for it.
+Loopback clients all share one address; the per-address cap keeps one of them (a script opening dozens of
+connections) from crowding out the painter's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+
+class Admission:
+    def __init__(self, max_total: int, max_per_address: int) -> None:
+        self.max_total = max_total
+        self.max_per_address = max_per_address
+        self.open: Counter[str] = Counter()
+        self._watchers: set[asyncio.Task[None]] = set()
+
+    @property
+    def total(self) -> int:
+        return sum(self.open.values())
+
+    def admit(self, connection: Any) -> str | None:
+        """Count the connection until it closes; or, over a cap, the reason it is refused."""
+        address = client_address(connection)
+        if self.total >= self.max_total:
+            return f"The server has {self.total} connections open, its limit. Try again later."
+        if self.open[address] >= self.max_per_address:
+            return (
+                f"{self.open[address]} connections from {address} are open, the limit per address. "
+                "Close one first."
+            )
+        self.open[address] += 1
+        watcher = asyncio.get_running_loop().create_task(self._release_when_closed(connection, address))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+        return None
+
+    async def _release_when_closed(self, connection: Any, address: str) -> None:
+        try:
+            await connection.wait_closed()
+        finally:
+            self.open[address] -= 1
+            if self.open[address] <= 0:
+                del self.open[address]
+
+
+def client_address(connection: Any) -> str:
+    remote = getattr(connection, "remote_address", None)
+    return str(remote[0]) if remote else "unknown"
+
+
+def user_key(connection: Any) -> str:
+    """Who a connection belongs to, for fair scheduling (backend/turns.py): its client address, so that
+    one person's many connections share one turn. Decided when the client connects, from what the upgrade
+    request shows; an identity tied to each token would be looked up here once tokens name users."""
+    return "address:" + client_address(connection)
