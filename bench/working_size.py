@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bench.realtime import stats  # noqa: E402 - one percentile rule for every bench
 from protocol import Bounds, JobParams  # noqa: E402
 
 PROMPT = "a watercolor landscape with a river and mountains"
@@ -59,19 +60,6 @@ def canvas_of(width: int, height: int) -> np.ndarray:
     canvas[..., 2] = rng.integers(0, 256, (height, width), dtype=np.uint8)
     canvas[..., 3] = 255
     return canvas
-
-
-def stats(name: str, values: list[float], **extra: Any) -> dict[str, Any]:
-    ordered = sorted(values)
-
-    def percentile(q: float) -> float:
-        position = (len(ordered) - 1) * q
-        low = int(position)
-        high = min(low + 1, len(ordered) - 1)
-        return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-    return {"name": name, "median_ms": round(percentile(0.5), 3), "p10_ms": round(percentile(0.1), 3),
-            "p90_ms": round(percentile(0.9), 3), "runs": len(values), **extra}  # fmt: skip
 
 
 class Output:
