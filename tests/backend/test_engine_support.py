@@ -60,6 +60,7 @@ class FakeStore:
         return Path("/models") / kind
 
     no_checkpoint_error = ModelStore.no_checkpoint_error  # the real advice, naming this store's folders
+    shown_folder = ModelStore.shown_folder
 
 
 class FakeModels:
