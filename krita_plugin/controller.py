@@ -3,8 +3,8 @@
 Runs on Krita's UI thread. Live mode checks the canvas when the painter has just done something (InputWatch),
 never on a fixed tick; a 30 ms pump handles what the network thread reported, and a 1 s timer follows document
 switches, the layer lists and the "slow backend" status. Results are shown in the result views and kept in the
-history; the document changes only on Apply or the panel's "New" buttons. Every entry point is guarded, so a
-bug shows as a message in the panel, never as Krita's "Script error" dialog.
+history; the document changes only on Apply or the panel's "+" (new guidance layer) buttons. Every entry point
+is guarded, so a bug shows as a message in the panel, never as Krita's "Script error" dialog.
 """
 
 from __future__ import annotations
