@@ -11,7 +11,7 @@ Krita activates layers the plugin adds; the painter's active layer is restored e
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from PyQt5.QtCore import QTimer
@@ -38,6 +38,7 @@ class AppliedLayer:
     rect: Rect
     checksum: int  # of the pixels the plugin wrote: a different checksum means the painter painted on it
     merge_into: str = ""  # onto-layer Apply: the painter's layer it is merged into once final
+    recipe: dict[str, Any] = field(default_factory=dict)  # what made it (names the layer if it can't merge)
 
 
 def entry_pixels(entry: ResultEntry) -> bytes:
@@ -108,7 +109,9 @@ def apply_onto_active(doc: Any, entry: ResultEntry, *, merge_now: bool) -> Appli
     if active is None or active.type() != "paintlayer" or active.locked():
         raise ApplyError("Select an unlocked paint layer to apply onto (or use Apply for a new layer).")
     layer, _, checksum = _add_layer(doc, entry, MERGE_PENDING_NAME)
-    applied = AppliedLayer(entry.document, node_id(layer), entry.rect, checksum, merge_into=node_id(active))
+    applied = AppliedLayer(
+        entry.document, node_id(layer), entry.rect, checksum, merge_into=node_id(active), recipe=entry.recipe
+    )
     if merge_now:
         finish_merge(doc, applied)
     return applied
@@ -120,6 +123,11 @@ def finish_merge(doc: Any, applied: AppliedLayer) -> bool:
     target = find_node(doc, applied.merge_into)
     if layer is None or target is None:
         return False  # undone or deleted meanwhile: nothing to merge
+    if not _directly_above(layer, target):
+        # The layers were moved meanwhile: merging down would paint into some other layer. The result stays a
+        # layer of its own, named like any applied result.
+        layer.setName(layer_name(str(applied.recipe.get("prompt", "")), int(applied.recipe.get("seed", 0))))
+        return False
     active = doc.activeNode()
     was_target = active is not None and node_id(active) in (applied.merge_into, applied.layer_id)
     merged = layer.mergeDown()
@@ -130,6 +138,12 @@ def finish_merge(doc: Any, applied: AppliedLayer) -> bool:
         doc.setActiveNode(active)
     doc.refreshProjection()
     return True
+
+
+def _directly_above(layer: Any, below: Any) -> bool:
+    siblings = [node_id(n) for n in layer.parentNode().childNodes()]
+    index = siblings.index(node_id(layer))
+    return index > 0 and siblings[index - 1] == node_id(below)
 
 
 def replace_pixels(doc: Any, applied: AppliedLayer, entry: ResultEntry) -> bool:

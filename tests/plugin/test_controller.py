@@ -590,6 +590,21 @@ def test_apply_onto_the_active_layer_merges_once_final(setup) -> None:
     assert [step for step, _ in doc.undo_log] == ["add", "merge down"]
 
 
+def test_apply_onto_never_merges_into_a_layer_moved_in_between(setup) -> None:
+    controller, network, doc, _panel, _ = setup
+    controller.on_generate()
+    controller.handle_event(taesd(result_for(network.jobs()[0], b"\x10\x10\x10\xff")))
+    controller.on_apply_onto()
+    between = doc.createNode("sketch", "paintlayer")
+    doc.rootNode().addChildNode(between, doc.find("Painting"))  # the painter adds a layer meanwhile
+    controller.handle_event(result_for(network.jobs()[-1], b"\x20\x30\x40\xff"))
+    names = doc.names()
+    assert names[:3] == ["Background", "Painting", "sketch"] and names[3].endswith(
+        "seed " + str(network.jobs()[0].params.seed)
+    )
+    assert doc.find("Painting").pixelData(0, 0, 1, 1) != b"\x20\x30\x40\xff"  # their layer untouched
+
+
 def test_apply_onto_refuses_a_non_paint_layer(setup) -> None:
     controller, network, doc, panel, _ = setup
     controller.on_generate()
