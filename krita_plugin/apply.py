@@ -59,20 +59,23 @@ def _placement(doc: Any) -> tuple[Any, Any | None, Any | None]:
     return active.parentNode(), active, active
 
 
-def keep_active(doc: Any, active: Any | None, added: Any) -> None:
-    """Gives the painter's active layer back after the plugin added `added`.
+def keep_active(doc: Any, active: Any | None, added: Any, *, insist: bool = False) -> None:
+    """Gives the painter's active layer back after the plugin added `added` (or merged it away).
 
     Krita activates an added layer asynchronously (a queued signal), so the layer is restored now and again
-    after Krita has had its turn, but only while the active layer is still the one the plugin added: a layer
-    the painter picks meanwhile stays."""
+    after Krita has had its turn, but only while the active layer is still the one the plugin added (a layer
+    the painter picks meanwhile stays) or, with `insist`, whatever Krita picked after a merge. A layer that
+    no longer exists (merged away meanwhile) is never restored."""
     if active is None:
         return
-    added_id = node_id(added)
+    added_id, active_id = node_id(added), node_id(active)
 
     def restore() -> None:
         try:
+            if find_node(doc, active_id) is None:
+                return
             current = doc.activeNode()
-            if current is None or node_id(current) == added_id:
+            if current is None or node_id(current) == added_id or (insist and node_id(current) != active_id):
                 doc.setActiveNode(active)
         except RuntimeError:  # the document was closed meanwhile
             pass
@@ -130,12 +133,17 @@ def finish_merge(doc: Any, applied: AppliedLayer) -> bool:
         return False
     active = doc.activeNode()
     was_target = active is not None and node_id(active) in (applied.merge_into, applied.layer_id)
+    parent = target.parentNode()
+    index = [node_id(n) for n in parent.childNodes()].index(node_id(target))
     merged = layer.mergeDown()
     doc.waitForDone()
+    if merged is None:  # Krita 5.1 merges in a stroke and returns nothing: the merged layer takes its place
+        siblings = parent.childNodes()
+        merged = siblings[index] if index < len(siblings) else None
     if merged is not None and was_target:
-        doc.setActiveNode(merged)  # the painter's layer, now holding the result
+        keep_active(doc, merged, layer, insist=True)  # the painter's layer, now holding the result
     elif active is not None:
-        doc.setActiveNode(active)
+        keep_active(doc, active, layer, insist=True)
     doc.refreshProjection()
     return True
 
