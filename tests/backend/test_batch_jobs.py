@@ -3,7 +3,6 @@ the real server and engine on tiny real-architecture models, over a loopback Web
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from protocol import (
 )
 from tests.backend.server_harness import random_canvas as painting
 from tests.backend.server_harness import run, running_server
+from tests.backend.test_server_jobs import SlowStepsHost as ServerJobsSlowHost
 from tests.fixtures.tiny_models import TinyModels
 
 MIB = 1024 * 1024
@@ -201,17 +201,8 @@ def test_a_live_job_asking_for_a_batch_is_refused_and_the_server_keeps_serving(
     run(scenario())
 
 
-class SlowStepsHost(EngineHost):
-    """The real engine, pausing after each step so that a test can cancel between a batch's images."""
-
-    def run(
-        self, job: JobInput, on_progress: Callable[[int, int], None], is_cancelled: Callable[[], bool]
-    ) -> JobOutput:
-        def slow_progress(step: int, total: int) -> None:
-            on_progress(step, total)
-            time.sleep(0.2)
-
-        return super().run(job, slow_progress, is_cancelled)
+class SlowStepsHost(ServerJobsSlowHost):
+    step_pause_s = 0.2
 
 
 def test_cancelling_a_batch_between_images_ends_it_once(tiny_models: TinyModels) -> None:

@@ -7,16 +7,14 @@ a well-behaved one never would.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from backend.engine_host import EngineHost, JobInput, JobOutput
 from protocol import Limits, Result
 from tests.backend.hardening_client import RawClient, canvas_frame, job_message
 from tests.backend.server_harness import RunningServer, run, running_server
+from tests.backend.test_server_jobs import SlowStepsHost as ServerJobsSlowHost
 from tests.fixtures.tiny_models import TinyModels
 
 # An error reply stays this small whatever the input was (the longest of our own sentences is ~400).
@@ -139,17 +137,8 @@ def test_huge_inputs_get_short_errors(server: RunningServer) -> None:
     run(scenario())
 
 
-class SlowStepsHost(EngineHost):
-    """The real engine, pausing after each step so a job is still running when the test acts."""
-
-    def run(
-        self, job: JobInput, on_progress: Callable[[int, int], None], is_cancelled: Callable[[], bool]
-    ) -> JobOutput:
-        def slow(step: int, total: int) -> None:
-            on_progress(step, total)
-            time.sleep(0.3)
-
-        return super().run(job, slow, is_cancelled)
+class SlowStepsHost(ServerJobsSlowHost):
+    step_pause_s = 0.3
 
 
 def test_a_duplicate_job_id_is_refused_without_ending_the_running_job(tiny_models: TinyModels) -> None:
