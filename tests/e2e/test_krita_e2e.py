@@ -312,6 +312,48 @@ result = {{"fast": entry.fast_decoder, "same": bytes(layer.pixelData(x, y, w, h)
     assert name in painter.layer_names()
 
 
+def test_apply_onto_layer_merges_into_the_painters_layer(krita: KritaSession, painter: Painter) -> None:
+    """A live result applied onto the painter's layer: at once, merged into it once the full-quality render
+    replaced the preview, the painter's layer still active, two undo steps (Add Layer, Merge Down)."""
+    # Krita's redo (the previous test's last step) activates the layer it re-added; the painter picks theirs.
+    run(krita, "doc.setActiveNode(by_name('Painting'))")
+    wait(krita, "doc.activeNode().name() == 'Painting'", 5)
+    assert not run(krita, "result = panel.live.isChecked()")
+    painter.click_widget("kld_live")
+    before = results(krita)
+    painter.stroke(line(STROKES))
+    wait(krita, f"c.stats['results'] > {before} and shown().fast_decoder")  # a fresh live preview
+    painter.click_widget("kld_live")  # live off: the shown result stays
+    wait(krita, "not panel.live.isChecked() and not c.live.in_flight", 10)
+    layers_before = painter.layer_names()
+    history_before = painter.history()
+    painting_before = painter.layer_pixels("Painting")
+    painter.click_widget("kld_apply_onto")
+    wait(krita, "len(c.applying.pending) == 1", 10)  # the preview waits above the layer for its render
+    wait(krita, "not c.applying.pending", 120)
+    wait(krita, "[n.name() for n in doc.rootNode().childNodes()] == " + repr(layers_before), 30)
+    time.sleep(1.0)  # Krita's queued activations have had their turn
+    assert painter.active_layer_name() == "Painting"
+    state = run(
+        krita,
+        """
+from krita_live_diffusion.apply import entry_pixels
+entry = shown()
+x, y, w, h = entry.rect
+result = {"fast": entry.fast_decoder,
+          "same": bytes(by_name("Painting").pixelData(x, y, w, h)) == entry_pixels(entry)}
+""",
+    )
+    assert state == {"fast": False, "same": True}  # the full-quality pixels are the painter's layer's now
+    history = painter.history()
+    assert history.applied[len(history_before.applied) :] == ["Add Layer", "Merge Down"]
+    painter.undo(2)
+    assert painter.layer_names() == layers_before
+    assert painter.layer_pixels("Painting") == painting_before
+    painter.redo(2)
+    assert painter.layer_pixels("Painting") != painting_before
+
+
 def test_a_new_scribble_layer_guides_live(krita: KritaSession, painter: Painter) -> None:
     if not run(krita, "result = panel.sections['guidance'].body.isVisible()"):
         painter.click_widget("kld_section_guidance")  # unfold the section, as a painter does
