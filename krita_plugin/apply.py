@@ -14,13 +14,12 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from PyQt5.QtCore import QTimer
-
 from .compose import scale_bgra
 from .document_state import record_applied
 from .history import ResultEntry
 from .nodes import find_node, is_layer, node_id
 from .placement import Rect, layer_name
+from .qt import QTimer
 from .safe import guarded
 
 MERGE_PENDING_NAME = "Live Diffusion: applying…"

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import compose
+from ._compat import protocol
 from .compose import Buffer
 from .nodes import find_node, is_layer, node_id, top_level, walk
 from .placement import Rect
 from .pose_layer import read_pose
-from .request_builder import CanvasCapture
+from .request_builder import CanvasCapture, Keypoint
 
 # At resolution 1: 1.5 times SD1.5's native side, so the backend still scales down (no detail the model can
 # use is lost) while the transfer stays small (every byte is copied, masked and sent on Krita's machine).
@@ -34,8 +35,7 @@ class CaptureError(Exception):
 @dataclass
 class CaptureRequest:
     exclude: set[str]  # node ids left out of the image (the guidance layers)
-    scribble_id: str = ""
-    pose_id: str = ""
+    controls: dict[str, str] = field(default_factory=dict)  # control kind name -> its guidance layer's id
     use_selection: bool = True  # a selection makes the job an inpaint of the selection and its context
     max_pixels: int = SEND_PIXELS  # larger regions are scaled down to about this many pixels before sending
 
@@ -150,30 +150,35 @@ def capture(
     x, y, width, height = rect
     mask = selection_mask(doc, rect) if box is not None else None
     image_w, image_h = scaled_size(width, height, request.max_pixels)
-    scribble = None
-    if request.scribble_id:
-        node = find_node(doc, request.scribble_id)
+    control_images: dict[str, bytes] = {}
+    control_poses: dict[str, list[list[Keypoint]]] = {}
+    for kind, layer_id in request.controls.items():
+        control = protocol.CONTROL_KINDS[kind]
+        node = find_node(doc, layer_id)
         if node is None:
-            raise CaptureError("The scribble layer is gone. Pick another one in the panel.")
-        scribble = _scaled(node.projectionPixelData(x, y, width, height), width, height, image_w, image_h)
-    pose = None
-    if request.pose_id:
-        node = find_node(doc, request.pose_id)
-        if node is None:
-            raise CaptureError("The pose layer is gone. Pick or create another one in the panel.")
-        sx, sy = image_w / width, image_h / height
-        pose = [
-            [None if p is None else ((p[0] - x) * sx, (p[1] - y) * sy) for p in person]
-            for person in read_pose(node, doc.xRes(), doc.yRes())
-        ] or None
+            raise CaptureError(
+                f"The {control.label.lower()} layer is gone. Pick or create another one in the panel."
+            )
+        if control.input == protocol.KEYPOINTS:
+            sx, sy = image_w / width, image_h / height
+            people = [
+                [None if p is None else ((p[0] - x) * sx, (p[1] - y) * sy) for p in person]
+                for person in read_pose(node, doc.xRes(), doc.yRes())
+            ]
+            if people:  # a pose layer without a figure guides nothing
+                control_poses[kind] = people
+        else:
+            pixels = node.projectionPixelData(x, y, width, height)
+            control_images[kind] = _scaled(pixels, width, height, image_w, image_h)
     canvas = _scaled(
         image_without(doc, request.exclude, refresh_allowed, rect), width, height, image_w, image_h
     )
     if mask is not None and (image_w, image_h) != (width, height):
         mask = compose.scale_gray(mask, width, height, image_w, image_h)
     return CanvasCapture(
-        x, y, width, height, canvas, mask, scribble, pose, image_width=image_w, image_height=image_h
-    )
+        x, y, width, height, canvas, mask, control_images, control_poses,
+        image_width=image_w, image_height=image_h,
+    )  # fmt: skip
 
 
 def _scaled(bgra: Buffer, width: int, height: int, new_width: int, new_height: int) -> bytes:

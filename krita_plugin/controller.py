@@ -17,27 +17,24 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from PyQt5.QtCore import QObject, Qt, QTimer
-from PyQt5.QtWidgets import QApplication
-
 from . import persistence
 from ._compat import protocol
-from .apply import keep_active
 from .apply_flow import ApplyFlow
 from .capture import CaptureError
 from .document_state import read_state, remember_guidance
-from .guidance import chosen, create_scribble_layer, layer_choices
+from .guidance import chosen, create_guidance_layer, layer_choices, sync_pose_layers
 from .history import ResultEntry, ResultHistory
+from .idle_wait import IdleWait
 from .input_watch import InputWatch
 from .job_records import JobRecord, JobRecords, Purpose
 from .jobs import JobIds, JobTracker
 from .live_state import LiveState
 from .network import Connected, NetworkClient, ResultReady, ServerMessage, Status, StatusChanged
-from .nodes import find_node, node_id
+from .nodes import node_id
 from .painter_words import TRANSIENT_CODES, describe_error
 from .panel import Panel
-from .pose_layer import create_pose_layer, sync_bones
 from .presenter import present
+from .qt import QApplication, QObject, Qt, QTimer
 from .request_builder import CanvasCapture
 from .safe import add_error_sink, guarded, remove_error_sink, report_exception
 from .sending import Sender, job_fingerprint
@@ -75,6 +72,7 @@ class Controller(QObject):
             self.network, self.ids, self.records, self._document_by_id, self.panel.set_message
         )
         self.input = InputWatch(self.check_live, self)
+        self.idle = IdleWait(self.check_live, self)
         self.welcome: protocol.Welcome | None = None
         self.models: dict[str, list[str]] = {}
         self.status = Status.OFFLINE
@@ -99,8 +97,7 @@ class Controller(QObject):
         panel.apply_clicked.connect(self.on_apply)
         panel.apply_onto_clicked.connect(self.on_apply_onto)
         panel.cancel_clicked.connect(self.on_cancel)
-        panel.create_pose_clicked.connect(self.on_create_pose)
-        panel.create_scribble_clicked.connect(self.on_create_scribble)
+        panel.create_layer_clicked.connect(self.on_create_guidance_layer)
         panel.history_picked.connect(self.on_history_picked)
         panel.settings_changed.connect(self.on_settings_changed)
         panel.guidance_changed.connect(self.on_guidance_changed)
@@ -202,25 +199,14 @@ class Controller(QObject):
         self.panel.set_message("Cancelled.")
 
     @guarded
-    def on_create_pose(self) -> None:
+    def on_create_guidance_layer(self, kind: str) -> None:
+        """A guidance row's "+": a new layer for that control kind, chosen in its row."""
         doc = self._document_for_action(needs_backend=False)
         if doc is None:
             return
-        active = doc.activeNode()
-        layer = create_pose_layer(doc)  # on top: its joints stay visible and movable
-        keep_active(doc, active, layer)
-        remember_guidance(doc, pose=node_id(layer), created=node_id(layer))
+        told = create_guidance_layer(doc, kind)
         self._show_document(doc)
-        self.panel.set_message("Pose layer added: move its joints with the shape select tool.")
-
-    @guarded
-    def on_create_scribble(self) -> None:
-        doc = self._document_for_action(needs_backend=False)
-        if doc is None:
-            return
-        create_scribble_layer(doc)
-        self._show_document(doc)
-        self.panel.set_message("Scribble layer added and selected: draw the lines the image should follow.")
+        self.panel.set_message(told)
 
     @guarded
     def on_history_picked(self, job_id: str) -> None:
@@ -238,8 +224,8 @@ class Controller(QObject):
         doc = self.app.activeDocument()
         if doc is None:
             return
-        settings = self.panel.settings()
-        remember_guidance(doc, scribble=settings.scribble.node_id, pose=settings.pose.node_id)
+        guidance = self.panel.settings().guidance
+        remember_guidance(doc, {kind: choice.node_id for kind, choice in guidance.items()})
         self.input.poke()
 
     # --- live -----------------------------------------------------------------------------------------------
@@ -252,16 +238,14 @@ class Controller(QObject):
             return
         self._follow_document(doc)
         settings = self.panel.settings()
-        pose_node = find_node(doc, settings.pose.node_id) if settings.pose.enabled else None
-        if pose_node is not None:
-            sync_bones(pose_node)
+        sync_pose_layers(doc, settings)
         if not self.panel.live.isChecked() or self.status is not Status.CONNECTED or not self.visible:
             return
         if not _no_buttons_down():
             return  # mid-stroke: its release pokes again
+        if not self.idle.ready(doc):
+            return  # Krita is still rendering the stroke that just ended: checked again when it is done
         started = time.perf_counter()
-        doc.waitForDone()  # the stroke that just ended is in the layers
-        waited = time.perf_counter()
         self.stats["checks"] += 1
         snapshot = self._capture(doc, settings)
         if snapshot is None:
@@ -277,7 +261,7 @@ class Controller(QObject):
             self.live.sent(sent[0], fingerprint)
             done = self.sender.left_at
             self.stats["stroke_to_send_ms"].append((done - self.input.last_release) * 1000)
-            phases = {"to_check": started - self.input.last_release, "krita_finishing": waited - started}
+            phases = {"krita_finishing": started - self.input.last_release}
             phases.update(self.sender.timings)
             phases.update(fingerprint=compared - captured, plugin_total=done - started)
             self.stats["send_phases_ms"].append({k: round(v * 1000, 2) for k, v in phases.items()})
@@ -484,12 +468,11 @@ class Controller(QObject):
         self.live.reset()
         state = read_state(doc)
         self._refresh_layer_choices(doc, state)
-        self.panel.select_guidance(*chosen(doc, state))
+        self.panel.select_guidance(chosen(doc, state))
         self._show_selected(doc)
 
     def _refresh_layer_choices(self, doc: Any, state: Any | None = None) -> None:
-        choices = layer_choices(doc, state)
-        self.panel.set_layer_choices(choices.scribble, choices.pose)
+        self.panel.set_layer_choices(layer_choices(doc, state).by_kind)
 
     def _show_selected(self, doc: Any) -> None:
         present(self.panel, self.history, _doc_id(doc))
@@ -555,4 +538,4 @@ def _release(network: Any, sink: Callable[[str], None], *_: Any) -> None:
 
 def _no_buttons_down() -> bool:
     """True unless the painter is mid-stroke (a synchronous re-render then would stall the brush)."""
-    return QApplication.mouseButtons() == Qt.NoButton
+    return QApplication.mouseButtons() == Qt.MouseButton.NoButton

@@ -10,7 +10,6 @@ from typing import Any
 from krita import DockWidget, DockWidgetFactory, DockWidgetFactoryBase, Extension, Krita
 
 from .controller import Controller
-from .e2e_channel import TestControl, control_dir
 from .panel import Panel
 from .result_view import ResultView, result_hub
 from .safe import guarded
@@ -34,11 +33,6 @@ class LiveDiffusionDocker(DockWidget):
         self.visibilityChanged.connect(self.controller.set_visible)
         Krita.instance().notifier().applicationClosing.connect(self.controller.shutdown)
         self.controller.start()
-        self.test_control: TestControl | None = None
-        directory = control_dir()
-        if directory and not any(d.test_control for d in _dockers):  # one channel, even with several windows
-            namespace = {"Krita": Krita, "docker": self, "controller": self.controller, "panel": self.panel}
-            self.test_control = TestControl(directory, namespace, self)
         _dockers.add(self)
 
     @guarded

@@ -1,5 +1,6 @@
 """What the plugin keeps in the painter's document, and only after the painter asked for it: the recipe of
-each applied layer, which layers guide live painting (scribble, pose) and which of them the plugin created.
+each applied layer, which layer guides each control kind (scribble, pose, ...) and which of them the plugin
+created.
 
 Stored as one document annotation (saved in the .kra, invisible in the image). Nothing is written while the
 painter merely paints with Live on, so a live session leaves the saved file exactly as the plugin-off one.
@@ -9,20 +10,20 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 ANNOTATION_TYPE = "krita-live-diffusion"
 ANNOTATION_DESCRIPTION = "Live Diffusion: applied layers' recipes and the guidance layers (by layer id)"
-STATE_VERSION = 2
+STATE_VERSION = 3  # 3: guidance by control kind; 2 had "scribble" and "pose" fields
 
 
 @dataclass
 class DocumentState:
     applied: dict[str, dict[str, Any]] = field(default_factory=dict)  # layer id -> the recipe that made it
-    scribble: str = ""  # the chosen scribble layer's id
-    pose: str = ""  # the chosen pose layer's id
-    guidance_layers: list[str] = field(default_factory=list)  # layers created with "New scribble/pose layer"
+    guidance: dict[str, str] = field(default_factory=dict)  # control kind name -> the chosen layer's id
+    guidance_layers: list[str] = field(default_factory=list)  # layers created with the panel's "+" buttons
 
     @classmethod
     def from_json(cls, data: Any) -> DocumentState:
@@ -36,8 +37,7 @@ class DocumentState:
             applied={k: v for k, v in applied.items() if isinstance(v, dict)}
             if isinstance(applied, dict)
             else {},
-            scribble=_text(data.get("scribble")),
-            pose=_text(data.get("pose")),
+            guidance=_guidance(data),
             guidance_layers=[x for x in layers if isinstance(x, str)] if isinstance(layers, list) else [],
         )
 
@@ -45,8 +45,14 @@ class DocumentState:
         return {"version": STATE_VERSION, **asdict(self)}
 
 
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ""
+def _guidance(data: dict[str, Any]) -> dict[str, str]:
+    saved = data.get("guidance")
+    guidance = {k: v for k, v in saved.items() if isinstance(v, str) and v} if isinstance(saved, dict) else {}
+    for old in ("scribble", "pose"):  # version 2's fields
+        value = data.get(old)
+        if isinstance(value, str) and value and old not in guidance:
+            guidance[old] = value
+    return guidance
 
 
 def read_state(doc: Any) -> DocumentState:
@@ -72,16 +78,16 @@ def record_applied(doc: Any, layer_id: str, recipe: dict[str, Any]) -> None:
     write_state(doc, state)
 
 
-def remember_guidance(
-    doc: Any, *, scribble: str | None = None, pose: str | None = None, created: str = ""
-) -> None:
-    """Stores the painter's guidance choice (None leaves a kind as it is); writes only on a change."""
+def remember_guidance(doc: Any, choices: Mapping[str, str], *, created: str = "") -> None:
+    """Stores the painter's guidance choices, kind name -> layer id ("" for none; a kind not in `choices`
+    stays as it is); writes only on a change."""
     state = read_state(doc)
     before = state.to_json()
-    if scribble is not None:
-        state.scribble = scribble
-    if pose is not None:
-        state.pose = pose
+    for kind, layer_id in choices.items():
+        if layer_id:
+            state.guidance[kind] = layer_id
+        else:
+            state.guidance.pop(kind, None)
     if created and created not in state.guidance_layers:
         state.guidance_layers.append(created)
     if state.to_json() != before:

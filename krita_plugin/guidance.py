@@ -1,6 +1,8 @@
-"""Guidance layers: which layers the panel offers for scribble and pose, and creating a new scribble layer.
+"""Guidance layers, one per control kind of the protocol's table: which layers the panel offers for each
+kind, the document's stored choices, and the layer the panel's "+" button adds (a paint layer for an image
+kind, a pose layer for a keypoints kind).
 
-The plugin's own guidance layers (made with the panel's "New" buttons) come first; applied results are never
+The plugin's own guidance layers (made with the panel's "+" buttons) come first; applied results are never
 offered (they are results, not guidance). Choices live in the document (document_state), so they survive
 switching documents and restarting Krita.
 """
@@ -10,52 +12,87 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ._compat import protocol
+from .apply import keep_active
 from .document_state import DocumentState, read_state, remember_guidance
 from .nodes import find_node, is_layer, node_id, walk
-from .pose_layer import is_pose_layer
-
-SCRIBBLE_LAYER_NAME = "Scribble (Live Diffusion)"
+from .pose_layer import create_pose_layer, is_pose_layer, sync_bones
+from .settings import GenerationSettings
 
 Choice = tuple[str, str]  # (layer id, label)
 
 
 @dataclass
 class LayerChoices:
-    scribble: list[Choice]
-    pose: list[Choice]
+    """For each control kind of the protocol's table, the layers that can guide it."""
+
+    by_kind: dict[str, list[Choice]]
+
+    def of(self, kind: str) -> list[Choice]:
+        return self.by_kind.get(kind, [])
 
 
 def layer_choices(doc: Any, state: DocumentState | None = None) -> LayerChoices:
+    """Pose layers for a keypoints kind; paint and vector layers (the plugin's own guidance layers first)
+    for an image kind."""
     state = state or read_state(doc)
     ours = set(state.guidance_layers)
     applied = set(state.applied)
-    scribble_first: list[Choice] = []
-    scribble_rest: list[Choice] = []
-    pose: list[Choice] = []
+    drawn_first: list[Choice] = []
+    drawn_rest: list[Choice] = []
+    poses: list[Choice] = []
     for node in walk(doc.rootNode()):
         uid = node_id(node)
         if not is_layer(node) or uid in applied:
             continue
         if node.type() == "vectorlayer" and is_pose_layer(node):
-            pose.append((uid, node.name()))
+            poses.append((uid, node.name()))
         elif node.type() in ("paintlayer", "vectorlayer"):
-            (scribble_first if uid in ours else scribble_rest).append((uid, node.name()))
-    return LayerChoices(scribble_first + scribble_rest, pose)
+            (drawn_first if uid in ours else drawn_rest).append((uid, node.name()))
+    by_input = {protocol.KEYPOINTS: poses, protocol.IMAGE: drawn_first + drawn_rest}
+    return LayerChoices({kind.name: list(by_input[kind.input]) for kind in protocol.CONTROL_KINDS.values()})
 
 
-def chosen(doc: Any, state: DocumentState | None = None) -> tuple[str, str]:
-    """The document's stored (scribble, pose) choice, each "" when unset or its layer is gone."""
+def chosen(doc: Any, state: DocumentState | None = None) -> dict[str, str]:
+    """The document's stored choice for each kind of the protocol's table: kind name -> layer id, leaving out
+    kinds without a choice and choices whose layer is gone."""
     state = state or read_state(doc)
-    scribble = state.scribble if find_node(doc, state.scribble) is not None else ""
-    pose = state.pose if find_node(doc, state.pose) is not None else ""
-    return scribble, pose
+    return {
+        kind: layer_id
+        for kind, layer_id in state.guidance.items()
+        if kind in protocol.CONTROL_KINDS and find_node(doc, layer_id) is not None
+    }
 
 
-def create_scribble_layer(doc: Any) -> Any:
-    """A new paint layer on top for guidance lines; the painter asked for it, so it becomes the active layer
-    (they create it to draw on it). One undo step ("Add Layer")."""
-    layer = doc.createNode(SCRIBBLE_LAYER_NAME, "paintlayer")
-    doc.rootNode().addChildNode(layer, None)
-    doc.setActiveNode(layer)
-    remember_guidance(doc, scribble=node_id(layer), created=node_id(layer))
-    return layer
+def layer_name(kind: str) -> str:
+    return f"{protocol.CONTROL_KINDS[kind].label} (Live Diffusion)"
+
+
+def create_guidance_layer(doc: Any, kind: str) -> str:
+    """Adds a layer on top to guide `kind` and chooses it for that kind; one undo step ("Add Layer").
+    Returns what the panel tells the painter.
+
+    An image kind's layer is drawn on, so it becomes the active layer; a pose layer's joints are moved with
+    the shape tool whatever layer is active, so the painter's layer stays active."""
+    control = protocol.CONTROL_KINDS[kind]
+    if control.input == protocol.KEYPOINTS:
+        active = doc.activeNode()
+        layer = create_pose_layer(doc, name=layer_name(kind))  # on top: its joints stay visible and movable
+        keep_active(doc, active, layer)
+        told = f"{control.label} layer added: move its joints with the shape select tool."
+    else:
+        layer = doc.createNode(layer_name(kind), "paintlayer")
+        doc.rootNode().addChildNode(layer, None)
+        doc.setActiveNode(layer)
+        told = f"{control.label} layer added and selected: draw what the image should follow."
+    remember_guidance(doc, {kind: node_id(layer)}, created=node_id(layer))
+    return told
+
+
+def sync_pose_layers(doc: Any, settings: GenerationSettings) -> None:
+    """Keeps the bones of every chosen pose layer on its joints (the painter moves only the joints)."""
+    for kind, choice in settings.chosen_guidance().items():
+        if protocol.CONTROL_KINDS[kind].input == protocol.KEYPOINTS:
+            node = find_node(doc, choice.node_id)
+            if node is not None and is_pose_layer(node):
+                sync_bones(node)

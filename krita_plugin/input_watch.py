@@ -11,10 +11,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from PyQt5.QtCore import QEvent, QObject, QTimer
-from PyQt5.QtWidgets import QAbstractSpinBox, QApplication, QLineEdit, QPlainTextEdit, QTextEdit
+from .qt import QAbstractSpinBox, QApplication, QEvent, QLineEdit, QObject, QPlainTextEdit, QTextEdit, QTimer
 
-RELEASE_EVENTS = frozenset({QEvent.MouseButtonRelease, QEvent.TabletRelease, QEvent.KeyRelease})
+RELEASE_EVENTS = frozenset(
+    {QEvent.Type.MouseButtonRelease, QEvent.Type.TabletRelease, QEvent.Type.KeyRelease}
+)
 RECHECK_AFTER_MS = (350, 1500)  # for work that completes after the release (filters, transforms, fills)
 
 
@@ -45,7 +46,7 @@ class InputWatch(QObject):
         # One release reaches several objects (the window, then widgets up the parent chain): the timers
         # collapse them into one check.
         if event.type() in RELEASE_EVENTS and not self._pending:
-            if event.type() == QEvent.KeyRelease and _typing():
+            if event.type() == QEvent.Type.KeyRelease and _typing():
                 self.poke_later()  # a prompt being typed: one check when the typing pauses
             else:
                 self.last_release = time.perf_counter()

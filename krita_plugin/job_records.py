@@ -41,7 +41,6 @@ class JobRecord:
     params: dict[str, Any]  # the request's params, as sent
     images: tuple[SentImage, ...] = ()
     purpose: Purpose = Purpose.SHOW
-    target_layer: str = ""  # REFINE: the applied layer whose pixels the render replaces
 
     @property
     def seed(self) -> int:

@@ -30,7 +30,6 @@ class JobTracker:
 
     current: list[str] = field(default_factory=list)
     current_live: bool = False
-    started_at: float = 0.0
     last_activity: float = 0.0
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
 
@@ -38,7 +37,7 @@ class JobTracker:
         """A new request replaces whatever was awaited."""
         self.current = [job_ids] if isinstance(job_ids, str) else list(job_ids)
         self.current_live = live
-        self.started_at = self.last_activity = self.clock()
+        self.last_activity = self.clock()
 
     def wants(self, job_id: str | None) -> bool:
         return job_id is not None and job_id in self.current

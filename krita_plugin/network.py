@@ -85,6 +85,7 @@ class _Link:
         self.outbox: asyncio.Queue[tuple[Any, ...]] | None = None
         self.socket: Any = None
         self.main: asyncio.Task[None] | None = None
+        # The close in progress, held so it is not garbage-collected (the loop keeps only a weak reference).
         self.closing: asyncio.Future[Any] | None = None
 
     def call(self, function: Callable[[], Any]) -> bool:

@@ -30,20 +30,6 @@ def find_node(doc: Any, wanted: str) -> Any | None:
     return None
 
 
-def top_level_ancestor(doc: Any, node: Any) -> Any | None:
-    """The root child that contains `node` (or the node itself when it is one)."""
-    root_id = node_id(doc.rootNode())
-    current = node
-    while current is not None:
-        parent = current.parentNode()
-        if parent is None:
-            return None
-        if node_id(parent) == root_id:
-            return current
-        current = parent
-    return None
-
-
 def is_layer(node: Any) -> bool:
     """Layers take part in the image; masks (including the global selection mask) do not here."""
     return str(node.type()).endswith("layer")

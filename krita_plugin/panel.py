@@ -9,9 +9,11 @@ width (about 260 px) without a horizontal scrollbar.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 
-from PyQt5.QtCore import Qt, pyqtSignal
-from PyQt5.QtWidgets import (
+from ._compat import protocol
+from .qt import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
@@ -27,12 +29,12 @@ from PyQt5.QtWidgets import (
     QSlider,
     QSpinBox,
     QStyle,
+    Qt,
     QToolButton,
     QVBoxLayout,
     QWidget,
+    pyqtSignal,
 )
-
-from ._compat import protocol
 from .result_view import HistoryStrip, ResultView
 from .settings import (
     MAX_BATCH,
@@ -58,14 +60,14 @@ class Section(QWidget):
         self.header.setText(title)
         self.header.setCheckable(True)
         self.header.setChecked(expanded)
-        self.header.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
+        self.header.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         self.header.setAutoRaise(True)
-        self.header.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
+        self.header.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.body = QWidget(self)
         self.form = QFormLayout(self.body)
         self.form.setContentsMargins(8, 0, 0, 4)
-        self.form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
-        self.form.setRowWrapPolicy(QFormLayout.WrapLongRows)
+        self.form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(0)
@@ -75,7 +77,7 @@ class Section(QWidget):
         self.set_expanded(expanded)
 
     def set_expanded(self, expanded: bool) -> None:
-        self.header.setArrowType(Qt.DownArrow if expanded else Qt.RightArrow)
+        self.header.setArrowType(Qt.ArrowType.DownArrow if expanded else Qt.ArrowType.RightArrow)
         if self.header.isChecked() != expanded:
             self.header.setChecked(expanded)
         self.body.setVisible(expanded)
@@ -88,24 +90,23 @@ class Panel(QScrollArea):
     apply_clicked = pyqtSignal()
     apply_onto_clicked = pyqtSignal()
     cancel_clicked = pyqtSignal()
-    create_pose_clicked = pyqtSignal()
-    create_scribble_clicked = pyqtSignal()
+    create_layer_clicked = pyqtSignal(str)  # a guidance row's "+": the control kind's name
     history_picked = pyqtSignal(str)
     settings_changed = pyqtSignal()
-    guidance_changed = pyqtSignal()  # the painter picked another scribble or pose layer
+    guidance_changed = pyqtSignal()  # the painter picked another guidance layer
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("kld_panel")
         self.setWidgetResizable(True)
-        self.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.body = QWidget(self)
         self.setWidget(self.body)
         layout = QVBoxLayout(self.body)
         layout.setContentsMargins(4, 4, 4, 4)
         self.status = QLabel("● Not connected", objectName="kld_status")
         self.status.setWordWrap(True)
-        self.status.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         layout.addWidget(self.status)
         layout.addWidget(self._build_prompt())
         layout.addLayout(self._build_actions())
@@ -123,11 +124,11 @@ class Panel(QScrollArea):
         layout.addLayout(self._build_apply())
         self.message = QLabel("", objectName="kld_message")
         self.message.setWordWrap(True)
-        self.message.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        self.message.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Minimum)
+        self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.message.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
         # Room for two lines whatever the message: a new message never moves the widgets below it.
         self.message.setMinimumHeight(2 * self.message.fontMetrics().lineSpacing() + 4)
-        self.message.setAlignment(Qt.AlignLeft | Qt.AlignTop)
+        self.message.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         layout.addWidget(self.message)
         self.sections = {
             "generation": self._build_sampling(),
@@ -168,7 +169,7 @@ class Panel(QScrollArea):
         self.generate.setToolTip("Render once (with a selection: only the selection is redrawn)")
         self.generate.clicked.connect(self.generate_clicked)
         self.cancel = QToolButton(objectName="kld_cancel")
-        self.cancel.setIcon(self.style().standardIcon(QStyle.SP_BrowserStop))
+        self.cancel.setIcon(self.style().standardIcon(QStyle.StandardPixmap.SP_BrowserStop))
         self.cancel.setToolTip("Cancel (also stops Live)")
         self.cancel.clicked.connect(self.cancel_clicked)
         row.addWidget(self.live, 1)
@@ -191,7 +192,7 @@ class Panel(QScrollArea):
     def _build_sampling(self) -> Section:
         section = Section("Generation", "generation", expanded=True)
         form = section.form
-        self.strength = QSlider(Qt.Horizontal, objectName="kld_strength")
+        self.strength = QSlider(Qt.Orientation.Horizontal, objectName="kld_strength")
         self.strength.setRange(0, 100)
         self.strength.setValue(50)
         self.strength_label = QLabel("50%")
@@ -213,9 +214,9 @@ class Panel(QScrollArea):
         form.addRow("Size", _row(self.resolution, QLabel("Batch"), self.batch))
         self.seed = QSpinBox(objectName="kld_seed")
         self.seed.setRange(0, MAX_SEED)
-        self.seed.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
+        self.seed.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         self.dice = QToolButton(objectName="kld_dice")
-        self.dice.setIcon(self.style().standardIcon(QStyle.SP_BrowserReload))
+        self.dice.setIcon(self.style().standardIcon(QStyle.StandardPixmap.SP_BrowserReload))
         self.dice.setToolTip("New random seed")
         self.dice.clicked.connect(lambda: self.seed.setValue(random_seed()))
         self.seed_lock = QCheckBox("Lock", objectName="kld_seed_lock")
@@ -231,33 +232,19 @@ class Panel(QScrollArea):
         form.addRow("Steps", _row(self.steps, QLabel("CFG"), self.cfg))
         self.sampler = _combo("kld_sampler")
         for name in protocol.SAMPLERS:
-            self.sampler.addItem(name, name)
+            self.sampler.addItem(protocol.sampler_label(name), name)
         form.addRow("Sampler", self.sampler)
         return section
 
     def _build_guidance(self) -> Section:
+        """A row per control kind of the protocol's table: its layer, "+" (a new layer), its strength."""
         section = Section("Guidance layers", "guidance")
-        form = section.form
-        self.scribble_layer = _combo("kld_scribble_layer")
-        self.scribble_layer.addItem("None", DEFAULT_CHOICE)
-        self.scribble_layer.setToolTip(
-            "A layer with lines to follow (left out of the image itself, stays visible)"
-        )
-        self.new_scribble = QToolButton(objectName="kld_new_scribble")
-        self.new_scribble.setText("+")
-        self.new_scribble.setToolTip("Add a scribble layer on top and select it to draw guide lines on")
-        self.new_scribble.clicked.connect(self.create_scribble_clicked)
-        self.scribble_strength = _strength_spin("kld_scribble_strength")
-        form.addRow("Scribble", _row(self.scribble_layer, self.new_scribble, self.scribble_strength))
-        self.pose_layer = _combo("kld_pose_layer")
-        self.pose_layer.addItem("None", DEFAULT_CHOICE)
-        self.pose_layer.setToolTip("A pose layer: move its joints with the shape select tool")
-        self.new_pose = QToolButton(objectName="kld_new_pose")
-        self.new_pose.setText("+")
-        self.new_pose.setToolTip("Add a pose layer with a figure to move joint by joint")
-        self.new_pose.clicked.connect(self.create_pose_clicked)
-        self.pose_strength = _strength_spin("kld_pose_strength")
-        form.addRow("Pose", _row(self.pose_layer, self.new_pose, self.pose_strength))
+        self.guidance_rows: dict[str, GuidanceRow] = {}
+        for kind in protocol.CONTROL_KINDS.values():
+            row = GuidanceRow.build(kind)
+            row.new_layer.clicked.connect(lambda *_, name=kind.name: self.create_layer_clicked.emit(name))
+            section.form.addRow(kind.label, _row(row.layer, row.new_layer, row.strength))
+            self.guidance_rows[kind.name] = row
         return section
 
     def _build_models(self) -> Section:
@@ -281,7 +268,7 @@ class Panel(QScrollArea):
         self.connect_button.clicked.connect(self.connect_requested)
         form.addRow("Address", _row(self.address, self.connect_button))
         self.token = QLineEdit("", objectName="kld_token")
-        self.token.setEchoMode(QLineEdit.Password)
+        self.token.setEchoMode(QLineEdit.EchoMode.Password)
         self.token.setPlaceholderText("only if the backend asks for one")
         form.addRow("Token", self.token)
         return section
@@ -292,13 +279,13 @@ class Panel(QScrollArea):
             self.seed.valueChanged, self.seed_lock.toggled, self.steps.valueChanged, self.cfg.valueChanged,
             self.sampler.currentIndexChanged, self.checkpoint.currentIndexChanged,
             self.lora.currentIndexChanged, self.lora_strength.valueChanged,
-            self.scribble_strength.valueChanged, self.pose_strength.valueChanged,
             self.resolution.currentIndexChanged, self.batch.valueChanged,
-            self.scribble_layer.currentIndexChanged, self.pose_layer.currentIndexChanged,
         ):  # fmt: skip
             signal.connect(self.settings_changed)
-        self.scribble_layer.activated.connect(lambda _: self.guidance_changed.emit())
-        self.pose_layer.activated.connect(lambda _: self.guidance_changed.emit())
+        for row in self.guidance_rows.values():
+            row.strength.valueChanged.connect(self.settings_changed)
+            row.layer.currentIndexChanged.connect(self.settings_changed)
+            row.layer.activated.connect(lambda _: self.guidance_changed.emit())
 
     # --- reading --------------------------------------------------------------------------------------------
 
@@ -317,10 +304,10 @@ class Panel(QScrollArea):
             lora_strength=self.lora_strength.value(),
             resolution=float(self.resolution.currentData() or 1.0),
             batch=self.batch.value(),
-            scribble=ControlLayerChoice(
-                self.scribble_layer.currentData() or "", self.scribble_strength.value()
-            ),
-            pose=ControlLayerChoice(self.pose_layer.currentData() or "", self.pose_strength.value()),
+            guidance={
+                kind: ControlLayerChoice(row.layer.currentData() or "", row.strength.value())
+                for kind, row in self.guidance_rows.items()
+            },
         )
 
     def connection(self) -> ConnectionSettings:
@@ -344,8 +331,8 @@ class Panel(QScrollArea):
         self.lora_strength.setValue(_finite(settings.lora_strength, 1.0))
         self.resolution.setCurrentIndex(max(0, self.resolution.findData(settings.resolution)))
         self.batch.setValue(_clamp(settings.batch, self.batch))
-        self.scribble_strength.setValue(_finite(settings.scribble.strength, 1.0))
-        self.pose_strength.setValue(_finite(settings.pose.strength, 1.0))
+        for kind, row in self.guidance_rows.items():
+            row.strength.setValue(_finite(settings.choice(kind).strength, 1.0))
 
     def set_connection(self, connection: ConnectionSettings) -> None:
         self.address.setText(connection.address)
@@ -390,17 +377,50 @@ class Panel(QScrollArea):
         # The LCM LoRA is the backend's business (it speeds up every model); list the painter's style LoRAs.
         _fill(self.lora, "None", [n for n in models.get("loras") or [] if "lcm" not in n.lower()])
         if samplers:
-            _fill(self.sampler, None, [s for s in samplers if isinstance(s, str)])
+            _fill_pairs(
+                self.sampler, None, [(s, protocol.sampler_label(s)) for s in samplers if isinstance(s, str)]
+            )
 
-    def set_layer_choices(self, scribble: list[tuple[str, str]], pose: list[tuple[str, str]]) -> None:
-        _fill_pairs(self.scribble_layer, "None", scribble)
-        _fill_pairs(self.pose_layer, "None", pose)
+    def set_layer_choices(self, choices: Mapping[str, list[tuple[str, str]]]) -> None:
+        """The layers each kind's row offers (kind name -> (layer id, name) pairs)."""
+        for kind, row in self.guidance_rows.items():
+            _fill_pairs(row.layer, "None", list(choices.get(kind, [])))
 
-    def select_guidance(self, scribble: str, pose: str) -> None:
-        """Shows a document's stored choices without announcing them as the painter's new choice."""
-        for combo, wanted in ((self.scribble_layer, scribble), (self.pose_layer, pose)):
-            if combo.currentData() != wanted:
-                _select(combo, wanted)
+    def select_guidance(self, chosen: Mapping[str, str]) -> None:
+        """Shows a document's stored choices (kind name -> layer id; a kind not listed: none) without
+        announcing them as the painter's new choice."""
+        for kind, row in self.guidance_rows.items():
+            wanted = chosen.get(kind, DEFAULT_CHOICE)
+            if row.layer.currentData() != wanted:
+                _select(row.layer, wanted)
+
+
+@dataclass
+class GuidanceRow:
+    """One control kind's widgets, named kld_<kind>_layer, kld_new_<kind> and kld_<kind>_strength."""
+
+    layer: QComboBox
+    new_layer: QToolButton
+    strength: QDoubleSpinBox
+
+    @classmethod
+    def build(cls, kind: protocol.ControlKind) -> GuidanceRow:
+        label = kind.label.lower()
+        layer = _combo(f"kld_{kind.name}_layer")
+        layer.addItem("None", DEFAULT_CHOICE)
+        new_layer = QToolButton(objectName=f"kld_new_{kind.name}")
+        new_layer.setText("+")
+        if kind.input == protocol.KEYPOINTS:
+            layer.setToolTip(f"A {label} layer: move its joints with the shape select tool")
+            new_layer.setToolTip(f"Add a {label} layer with a figure to move joint by joint")
+        else:
+            layer.setToolTip(
+                f"A layer the image follows as {label} (left out of the image itself, stays visible)"
+            )
+            new_layer.setToolTip(f"Add a {label} layer on top and select it to draw on")
+        strength = _strength_spin(f"kld_{kind.name}_strength")
+        strength.setToolTip(f"{kind.label} strength")
+        return cls(layer, new_layer, strength)
 
 
 def _row(*widgets: QWidget) -> QWidget:
@@ -414,9 +434,9 @@ def _row(*widgets: QWidget) -> QWidget:
 
 def _combo(name: str) -> QComboBox:
     combo = QComboBox(objectName=name)
-    combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
     combo.setMinimumContentsLength(COMBO_MIN_CHARS)
-    combo.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
+    combo.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
     return combo
 
 

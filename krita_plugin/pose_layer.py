@@ -28,9 +28,9 @@ def is_pose_layer(node: Any) -> bool:
     return any(JOINT_NAME.match(shape.name()) for shape in node.shapes())
 
 
-def create_pose_layer(doc: Any, above: Any | None = None) -> Any:
+def create_pose_layer(doc: Any, above: Any | None = None, name: str = POSE_LAYER_NAME) -> Any:
     """Adds a vector layer holding the default skeleton; one explicit painter action."""
-    layer = doc.createVectorLayer(POSE_LAYER_NAME)
+    layer = doc.createVectorLayer(name)
     doc.rootNode().addChildNode(layer, above)
     width, height = doc.width(), doc.height()
     # The SVG is in points; at the document's resolution it lands on the canvas pixels the pose names.
@@ -62,7 +62,7 @@ def sync_bones(node: Any) -> int:
     Setting a shape's transformation is not an undo step in Krita, so bones following a dragged joint never
     clutter the painter's undo history (the joint move itself is the painter's step).
     """
-    from PyQt5.QtGui import QTransform
+    from .qt import QTransform
 
     joints = _joint_positions_pt(node)
     moved = 0

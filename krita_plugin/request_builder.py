@@ -21,8 +21,10 @@ class CanvasCapture:
     height: int
     canvas: bytes
     mask: bytes | None = None
-    scribble: bytes | None = None
-    pose: list[list[Keypoint]] | None = None  # people x 18 keypoints, in the sent image's pixels
+    # The guidance, by control kind name: an image kind's layer pixels (BGRA8, the sent images' size) and a
+    # keypoints kind's people x 18 keypoints (in the sent image's pixels; a layer without people has none).
+    control_images: dict[str, bytes] = field(default_factory=dict)
+    control_poses: dict[str, list[list[Keypoint]]] = field(default_factory=dict)
     image_width: int = 0  # the sent images' size (0: the rectangle's): smaller when scaled down for sending
     image_height: int = 0
 
@@ -47,14 +49,10 @@ class BuiltJob:
 
 
 def control_model(models: dict[str, list[str]], kind: str) -> str | None:
-    """Picks the backend's ControlNet for a kind by its name; None leaves the choice to the backend."""
-    words = {"scribble": ("scribble", "sketch", "lineart"), "pose": ("openpose", "pose")}[kind]
-    names = models.get("controlnet") or []
-    for word in words:
-        for name in names:
-            if word in name.lower():
-                return name
-    return None
+    """Picks the backend's ControlNet for a kind by its name, by the protocol's model-name words for the kind
+    (the backend picks alike); None leaves the choice to the backend."""
+    names = [name for name in models.get("controlnet") or [] if isinstance(name, str)]
+    return protocol.pick_controlnet(names, kind)
 
 
 def build_params(
@@ -68,27 +66,16 @@ def build_params(
         else []
     )
     controls: list[protocol.ControlParam] = []
-    if capture.scribble is not None:
-        controls.append(
-            protocol.ControlParam(
-                kind="scribble",
-                model=control_model(models, "scribble"),
-                strength=settings.scribble.strength,
-                image="scribble",
-            )
-        )
-    if capture.pose:
-        controls.append(
-            protocol.ControlParam(
-                kind="pose",
-                model=control_model(models, "pose"),
-                strength=settings.pose.strength,
-                pose=[
-                    [None if p is None else [round(p[0], 2), round(p[1], 2)] for p in person]
-                    for person in capture.pose
-                ],  # type: ignore[misc]
-            )
-        )
+    for kind in protocol.CONTROL_KINDS:  # the table's order, so a job's controls don't depend on the clicks
+        model, strength = control_model(models, kind), settings.choice(kind).strength
+        if kind in capture.control_images:
+            controls.append(protocol.ControlParam(kind, model, strength, image=kind))
+        elif kind in capture.control_poses:
+            pose = [
+                [None if p is None else [round(p[0], 2), round(p[1], 2)] for p in person]
+                for person in capture.control_poses[kind]
+            ]
+            controls.append(protocol.ControlParam(kind, model, strength, pose=pose))  # type: ignore[arg-type]
     return protocol.JobParams(
         prompt=settings.prompt,
         negative_prompt=settings.negative_prompt,
@@ -121,8 +108,12 @@ def build_job(
     images = [SentImage("canvas", bgra8, w, h, capture.canvas)]
     if capture.mask is not None:
         images.append(SentImage("mask", gray8, w, h, capture.mask))
-    if capture.scribble is not None:
-        images.append(SentImage("scribble", bgra8, w, h, capture.scribble))
+    # Each image kind's pixels in the slot named after the kind (its control names that slot).
+    images += [
+        SentImage(kind, bgra8, w, h, capture.control_images[kind])
+        for kind in protocol.CONTROL_KINDS
+        if kind in capture.control_images
+    ]
     mode = "inpaint" if capture.mask is not None else "img2img"
     return assemble(job_id, mode, live, params, tuple(images), capture.bounds)
 

@@ -9,11 +9,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from PyQt5.QtCore import QObject, QRectF, QSize, Qt, pyqtSignal
-from PyQt5.QtGui import QColor, QIcon, QImage, QPainter, QPixmap
-from PyQt5.QtWidgets import QListView, QListWidget, QListWidgetItem, QSizePolicy, QWidget
-
 from .compose import bgra_image
+from .qt import (
+    QColor,
+    QIcon,
+    QImage,
+    QListView,
+    QListWidget,
+    QListWidgetItem,
+    QObject,
+    QPainter,
+    QPixmap,
+    QRectF,
+    QSize,
+    QSizePolicy,
+    Qt,
+    QWidget,
+    pyqtSignal,
+)
 
 THUMBNAIL = 56
 
@@ -43,7 +56,7 @@ class ResultView(QWidget):
         self.image: QImage | None = None
         self.caption = ""
         self._aspect: float | None = None
-        self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setMinimumSize(64, 64)
 
     def sizeHint(self) -> QSize:
@@ -65,13 +78,15 @@ class ResultView(QWidget):
             painter.fillRect(self.rect(), self.palette().window())
             if self.image is None or self.image.isNull():
                 painter.setPen(self.palette().placeholderText().color())
-                painter.drawText(self.rect(), Qt.AlignCenter | Qt.TextWordWrap, self.placeholder)
+                painter.drawText(
+                    self.rect(), Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap, self.placeholder
+                )
                 return
             target = fit_rect(
                 self.image.width(), self.image.height(), self.width(), self.height(), self._aspect
             )
             _checkerboard(painter, target)
-            painter.setRenderHint(QPainter.SmoothPixmapTransform, True)
+            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
             painter.drawImage(target, self.image)
         finally:
             painter.end()
@@ -96,16 +111,16 @@ class HistoryStrip(QListWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("kld_history")
-        self.setViewMode(QListView.IconMode)
-        self.setFlow(QListView.LeftToRight)
+        self.setViewMode(QListView.ViewMode.IconMode)
+        self.setFlow(QListView.Flow.LeftToRight)
         self.setWrapping(False)
-        self.setMovement(QListView.Static)
+        self.setMovement(QListView.Movement.Static)
         self.setIconSize(QSize(THUMBNAIL, THUMBNAIL))
         self.setFixedHeight(THUMBNAIL + 26)  # the scrollbar's room: no layout jump when it appears
-        self.setHorizontalScrollBarPolicy(Qt.ScrollBarAsNeeded)
-        self.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
-        self.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
-        self.itemClicked.connect(lambda item: self.picked.emit(str(item.data(Qt.UserRole))))
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+        self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.itemClicked.connect(lambda item: self.picked.emit(str(item.data(Qt.ItemDataRole.UserRole))))
         self._shown: list[str] = []
 
     def set_entries(
@@ -121,7 +136,7 @@ class HistoryStrip(QListWidget):
                     image = image_for(job_id)
                     icon = QIcon(_thumbnail(image)) if image is not None else QIcon()
                     item = QListWidgetItem(icon, "")
-                    item.setData(Qt.UserRole, job_id)
+                    item.setData(Qt.ItemDataRole.UserRole, job_id)
                     item.setToolTip(tooltip)
                     self.addItem(item)
             finally:
@@ -129,11 +144,13 @@ class HistoryStrip(QListWidget):
             self._shown = ids
         for row in range(self.count()):
             item = self.item(row)
-            item.setSelected(item.data(Qt.UserRole) == selected)
+            item.setSelected(item.data(Qt.ItemDataRole.UserRole) == selected)
 
 
 def _thumbnail(image: QImage) -> QPixmap:
-    scaled = image.scaled(THUMBNAIL, THUMBNAIL, Qt.KeepAspectRatio, Qt.SmoothTransformation)
+    scaled = image.scaled(
+        THUMBNAIL, THUMBNAIL, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation
+    )
     return QPixmap.fromImage(scaled)
 
 

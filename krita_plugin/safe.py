@@ -1,23 +1,20 @@
 """Keeps exceptions out of Krita's modal "Script error" dialog: every slot and timer callback is guarded.
 
-A caught exception is printed to stderr, shown in the panel (through the sink the docker registers) and,
-when the end-to-end tests ask for it (KLD_TEST_CONTROL), appended to errors.log there so the test fails on it.
+A caught exception is printed to stderr, shown in the panel (through the sink the controller registers) and
+handed with its traceback to any listener (the end-to-end tests' channel logs them: a test fails on them).
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import sys
 import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-TEST_CONTROL_ENV = "KLD_TEST_CONTROL"
-ERROR_LOG = "errors.log"
-
 F = TypeVar("F", bound=Callable[..., Any])
 _sinks: list[Callable[[str], None]] = []
+_listeners: list[Callable[[str, str], None]] = []
 
 
 def add_error_sink(sink: Callable[[str], None]) -> None:
@@ -29,14 +26,22 @@ def remove_error_sink(sink: Callable[[str], None]) -> None:
         _sinks.remove(sink)
 
 
+def add_error_listener(listener: Callable[[str, str], None]) -> None:
+    """`listener(where, traceback)` for every error caught."""
+    _listeners.append(listener)
+
+
+def remove_error_listener(listener: Callable[[str, str], None]) -> None:
+    if listener in _listeners:
+        _listeners.remove(listener)
+
+
 def report_exception(where: str) -> None:
     details = traceback.format_exc()
     try:
         print(f"[krita-live-diffusion] error in {where}:\n{details}", file=sys.stderr)
-        directory = os.environ.get(TEST_CONTROL_ENV)
-        if directory:
-            with open(os.path.join(directory, ERROR_LOG), "a", encoding="utf-8") as log:
-                log.write(f"--- {where}\n{details}\n")
+        for listener in list(_listeners):
+            listener(where, details)
         for sink in list(_sinks):
             sink(f"Something went wrong in the plugin ({where}). Details are in Krita's log.")
     except Exception:  # noqa: BLE001 - reporting must never raise either

@@ -7,7 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .capture import SEND_PIXELS, CaptureRequest, capture
+from ._compat import protocol
+from .capture import SEND_PIXELS, CaptureError, CaptureRequest, capture
 from .fingerprint import content_hash
 from .job_records import JobRecord, JobRecords
 from .jobs import JobIds
@@ -15,10 +16,12 @@ from .nodes import node_id
 from .request_builder import CanvasCapture, build_job
 from .settings import GenerationSettings
 
+MAX_CONTROLS = protocol.MAX_CONTROLS
+
 
 def guidance_ids(settings: GenerationSettings) -> set[str]:
     """The guidance layers: sent as controls, left out of the image."""
-    return {settings.scribble.node_id, settings.pose.node_id} - {""}
+    return {choice.node_id for choice in settings.chosen_guidance().values()}
 
 
 def job_fingerprint(snapshot: CanvasCapture, settings: GenerationSettings) -> str:
@@ -27,10 +30,11 @@ def job_fingerprint(snapshot: CanvasCapture, settings: GenerationSettings) -> st
     return "|".join(
         (
             settings.to_json(),
-            repr((snapshot.bounds.to_list(), snapshot.image_width, snapshot.image_height, snapshot.pose)),
+            repr((snapshot.bounds.to_list(), snapshot.image_width, snapshot.image_height)),
+            repr(sorted(snapshot.control_poses.items())),
             content_hash(snapshot.canvas),
             content_hash(snapshot.mask or b""),
-            content_hash(snapshot.scribble or b""),
+            *(f"{kind}:{content_hash(pixels)}" for kind, pixels in sorted(snapshot.control_images.items())),
         )
     )
 
@@ -50,10 +54,15 @@ class Sender:
         """What a job would carry now. Raises CaptureError when the document can't be sent as it is (the
         message says why)."""
         started = time.perf_counter()
+        chosen = settings.chosen_guidance()
+        if len(chosen) > MAX_CONTROLS:
+            raise CaptureError(
+                f"At most {MAX_CONTROLS} guidance layers can guide at once: set the others to None "
+                "under Guidance layers."
+            )
         request = CaptureRequest(
             exclude=guidance_ids(settings),
-            scribble_id=settings.scribble.node_id,
-            pose_id=settings.pose.node_id,
+            controls={kind: choice.node_id for kind, choice in chosen.items()},
             max_pixels=round(SEND_PIXELS * max(1.0, settings.resolution) ** 2),
         )
         snapshot = capture(doc, request, refresh_allowed=refresh_allowed)

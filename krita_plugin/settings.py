@@ -62,8 +62,19 @@ class GenerationSettings:
     lora_strength: float = 1.0
     resolution: float = 1.0  # working-resolution multiplier of the model's native size
     batch: int = 1  # Generate: variations with consecutive seeds
-    scribble: ControlLayerChoice = field(default_factory=ControlLayerChoice)
-    pose: ControlLayerChoice = field(default_factory=ControlLayerChoice)
+    # Control kind name (protocol.CONTROL_KINDS) -> its guidance layer; a kind not listed guides nothing.
+    guidance: dict[str, ControlLayerChoice] = field(default_factory=dict)
+
+    def choice(self, kind: str) -> ControlLayerChoice:
+        return self.guidance.get(kind) or ControlLayerChoice()
+
+    def chosen_guidance(self) -> dict[str, ControlLayerChoice]:
+        """The kinds of the protocol's table that have a layer chosen, in the table's order."""
+        return {
+            kind: self.guidance[kind]
+            for kind in protocol.CONTROL_KINDS
+            if kind in self.guidance and self.guidance[kind].enabled
+        }
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -83,19 +94,33 @@ class GenerationSettings:
                 continue
             value = data[item.name]
             current = getattr(settings, item.name)
-            if isinstance(current, ControlLayerChoice) and isinstance(value, dict):
-                # Layer ids belong to one document; only the strength carries over between sessions.
-                setattr(settings, item.name, ControlLayerChoice("", _float(value.get("strength"), 1.0)))
-            elif isinstance(current, bool):
+            if isinstance(current, bool):
                 setattr(settings, item.name, bool(value))
             elif isinstance(current, (int, float, str)) and isinstance(value, type(current)):
                 setattr(settings, item.name, value)
             elif isinstance(current, float) and isinstance(value, int):
                 setattr(settings, item.name, float(value))
+        settings.guidance = _read_guidance(data)
         settings.batch = max(1, min(MAX_BATCH, settings.batch))
         if settings.resolution not in RESOLUTIONS:
             settings.resolution = 1.0
         return settings
+
+
+def _read_guidance(data: dict[str, Any]) -> dict[str, ControlLayerChoice]:
+    """The strength of each kind's guidance. Layer ids belong to one document, so none carries over between
+    sessions. Settings saved before the kinds came from the protocol's table held "scribble" and "pose" as
+    fields of their own."""
+    saved = data.get("guidance")
+    entries: dict[Any, Any] = dict(saved) if isinstance(saved, dict) else {}
+    for old in ("scribble", "pose"):
+        if old not in entries and isinstance(data.get(old), dict):
+            entries[old] = data[old]
+    return {
+        kind: ControlLayerChoice("", _float(value.get("strength"), 1.0))
+        for kind, value in entries.items()
+        if isinstance(kind, str) and isinstance(value, dict)
+    }
 
 
 def _float(value: Any, default: float) -> float:

@@ -1,7 +1,8 @@
 """Runs real Krita under Xvfb with the plugin installed into a throw-away profile, and drives it.
 
-The plugin opens its test-only control channel because KLD_TEST_CONTROL names a folder: snippets written there
-run on Krita's UI thread and answer with a JSON file (see krita_plugin/e2e_channel.py).
+The profile gets, beside the plugin as install.py installs it, the tests' own control channel (a second
+Krita plugin, tests/e2e/e2e_channel.py): snippets written to the folder KLD_TEST_CONTROL names run on Krita's
+UI thread and answer with a JSON file.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from installer import kritarc
+from tests.e2e import e2e_channel
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN = "krita_live_diffusion"
@@ -46,6 +50,20 @@ def install_plugin(home: Path) -> None:
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     if done.returncode != 0 or not (krita_dir / "pykrita" / PLUGIN / "__init__.py").is_file():
         raise KritaError(f"install.py failed:\n{done.stdout}\n{done.stderr}")
+    install_test_channel(krita_dir / "pykrita", kritarc)
+
+
+def install_test_channel(pykrita: Path, kritarc_path: Path) -> None:
+    """The tests' control channel, as a Krita plugin of its own: painters' installs never have it."""
+    shipped = [p.name for p in (pykrita / PLUGIN).rglob("*.py") if "e2e" in p.name or "channel" in p.name]
+    if shipped:
+        raise KritaError(f"install.py shipped test-only files to painters: {shipped}")
+    package = pykrita / e2e_channel.CHANNEL_PLUGIN
+    package.mkdir()
+    shutil.copyfile(e2e_channel.__file__, package / "__init__.py")
+    desktop = pykrita / f"{e2e_channel.CHANNEL_PLUGIN}.desktop"
+    desktop.write_text(e2e_channel.DESKTOP_ENTRY, encoding="utf-8")
+    kritarc.enable(kritarc_path, e2e_channel.CHANNEL_PLUGIN)
 
 
 def free_display() -> int:
@@ -94,7 +112,7 @@ class KritaSession:
             "XDG_CONFIG_HOME": str(self.home / ".config"),
             "XDG_DATA_HOME": str(self.home / ".local" / "share"),
             "DISPLAY": self.display,
-            "KLD_TEST_CONTROL": str(self.control),
+            e2e_channel.CONTROL_ENV: str(self.control),
             **self.extra_env,
         }
         env.pop("QT_QPA_PLATFORM", None)

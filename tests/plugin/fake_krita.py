@@ -12,8 +12,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from PyQt5.QtCore import QPointF, QRect, QRectF
-from PyQt5.QtGui import QTransform
+from krita_plugin.qt import QPointF, QRect, QRectF, QTransform
 
 
 class FakeUuid:
@@ -294,6 +293,8 @@ class Document:
         self._root._children.append(background)
         background._parent = self._root
         self._active: Node | None = background
+        self.busy_checks = 0  # how many more idle checks find Krita still rendering a stroke
+        self.locked = False
 
     def width(self) -> int:
         return self._width
@@ -344,7 +345,17 @@ class Document:
         self.refreshes += 1
 
     def waitForDone(self) -> None:
-        pass
+        self.busy_checks = 0
+
+    def tryBarrierLock(self) -> bool:
+        if self.busy_checks > 0 or self.locked:
+            self.busy_checks = max(0, self.busy_checks - 1)
+            return False
+        self.locked = True
+        return True
+
+    def unlock(self) -> None:
+        self.locked = False
 
     def annotationTypes(self) -> list[str]:
         return list(self._annotations)
@@ -399,7 +410,7 @@ def _read(pixels: bytes | bytearray, width: int, height: int, x: int, y: int, w:
 
 class Notifier:
     def __init__(self) -> None:
-        from PyQt5.QtCore import QObject, pyqtSignal
+        from krita_plugin.qt import QObject, pyqtSignal
 
         class _Signals(QObject):
             applicationClosing = pyqtSignal()
@@ -417,6 +428,7 @@ class Krita:
         self.settings: dict[tuple[str, str], str] = {}
         self.extensions: list[Any] = []
         self.docker_factories: list[Any] = []
+        self.docks: list[Any] = []  # the dockers of the window (tests add the ones they build)
         self._notifier = Notifier()
 
     @classmethod
@@ -453,6 +465,9 @@ class Krita:
     def addDockWidgetFactory(self, factory: Any) -> None:
         self.docker_factories.append(factory)
 
+    def dockers(self) -> list[Any]:
+        return list(self.docks)
+
     def notifier(self) -> Notifier:
         return self._notifier
 
@@ -462,7 +477,7 @@ def install_module() -> Any:
     import sys
     import types
 
-    from PyQt5.QtWidgets import QDockWidget
+    from krita_plugin.qt import QDockWidget
 
     module = types.ModuleType("krita")
 

@@ -110,10 +110,10 @@ def test_large_regions_are_scaled_down_before_sending(qapp) -> None:
     lines.setPixelData(BLUE * 40, 0, 0, 40, 1)
     doc.rootNode().addChildNode(lines, None)
     sid = node_id(lines)
-    snapshot = capture(doc, CaptureRequest(exclude={sid}, scribble_id=sid, max_pixels=200))
+    snapshot = capture(doc, CaptureRequest(exclude={sid}, controls={"scribble": sid}, max_pixels=200))
     assert (snapshot.width, snapshot.height) == (40, 20)  # the document rectangle it covers
     assert (snapshot.image_width, snapshot.image_height) == (20, 10)
-    assert len(snapshot.canvas) == len(snapshot.scribble) == 20 * 10 * 4
+    assert len(snapshot.canvas) == len(snapshot.control_images["scribble"]) == 20 * 10 * 4
 
 
 def test_control_layers_are_sent_but_left_out_of_the_image(doc: Document) -> None:
@@ -121,15 +121,15 @@ def test_control_layers_are_sent_but_left_out_of_the_image(doc: Document) -> Non
     scribble.setPixelData(BLUE * 6, 0, 0, 6, 1)
     doc.rootNode().addChildNode(scribble, None)
     sid = node_id(scribble)
-    snapshot = capture(doc, CaptureRequest(exclude={sid}, scribble_id=sid))
-    assert snapshot.scribble == scribble.pixelData(0, 0, 6, 4)
+    snapshot = capture(doc, CaptureRequest(exclude={sid}, controls={"scribble": sid}))
+    assert snapshot.control_images == {"scribble": scribble.pixelData(0, 0, 6, 4)}
     assert snapshot.canvas[:4] == b"\xff\xff\xff\xff"  # white background, no blue line
     assert (snapshot.x, snapshot.y, snapshot.width, snapshot.height) == (0, 0, 6, 4)
 
 
 def test_missing_control_layer_is_explained(doc: Document) -> None:
     with pytest.raises(CaptureError, match="scribble layer is gone"):
-        capture(doc, CaptureRequest(exclude=set(), scribble_id="{nope}"))
+        capture(doc, CaptureRequest(exclude=set(), controls={"scribble": "{nope}"}))
 
 
 def test_other_colour_models_are_explained(qapp) -> None:

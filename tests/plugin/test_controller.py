@@ -7,7 +7,7 @@ import pytest
 from krita_plugin._compat import protocol
 from krita_plugin.controller import Controller
 from krita_plugin.document_state import read_state
-from krita_plugin.guidance import SCRIBBLE_LAYER_NAME
+from krita_plugin.guidance import layer_name
 from krita_plugin.network import Connected, ResultReady, ServerMessage, Status, StatusChanged
 from krita_plugin.nodes import node_id
 from krita_plugin.panel import Panel
@@ -64,6 +64,14 @@ GREEN = b"\x00\xff\x00\xff"
 
 @pytest.fixture
 def setup(krita_app):
+    controller, network, doc, panel, clock = started(krita_app)
+    yield controller, network, doc, panel, clock
+    controller.shutdown()
+
+
+def started(krita_app) -> tuple[Controller, FakeNetwork, Any, Panel, Clock]:
+    """A connected controller over a document with a "Painting" layer (the panel reads the protocol's tables
+    now: a kind registered before this call gets its guidance row)."""
     panel = Panel()
     clock = Clock()
     controller = Controller(panel, krita_app, network_factory=FakeNetwork, clock=clock)
@@ -77,8 +85,7 @@ def setup(krita_app):
     doc.rootNode().addChildNode(painting, doc.find("Background"))
     doc.setActiveNode(painting)
     doc.undo_log.clear()
-    yield controller, network, doc, panel, clock
-    controller.shutdown()
+    return controller, network, doc, panel, clock
 
 
 def result_for(job: protocol.JobRequest, fill: bytes = GREEN, bounds: list[int] | None = None, size=None):
@@ -97,6 +104,15 @@ def taesd(event: ResultReady) -> ResultReady:
 
 def paint(doc, pixel: bytes = b"\x00\x00\xff\xff", x: int = 2, y: int = 2) -> None:
     doc.find("Painting").setPixelData(pixel, x, y, 1, 1)
+
+
+def pick(panel: Panel, kind: str, layer_id: str) -> None:
+    """The painter picks a layer in a kind's guidance row."""
+    combo = panel.guidance_rows[kind].layer
+    index = combo.findData(layer_id)
+    assert index > 0, f"{layer_id} is not offered for {kind}"
+    combo.setCurrentIndex(index)
+    combo.activated.emit(index)
 
 
 def test_welcome_fills_the_model_lists_and_status_is_green_only_when_ready(setup) -> None:
@@ -373,11 +389,12 @@ def test_cancel_stops_live_and_tells_the_backend(setup) -> None:
 
 def test_new_scribble_layer_is_offered_first_sent_and_left_out_of_the_canvas(setup) -> None:
     controller, network, doc, panel, _ = setup
-    controller.on_create_scribble()
-    scribble = doc.find(SCRIBBLE_LAYER_NAME)
-    assert doc.names()[-1] == SCRIBBLE_LAYER_NAME and doc.activeNode() is scribble  # ready to draw on
-    assert panel.scribble_layer.itemData(1) == node_id(scribble)  # the plugin's guidance layers first
-    assert panel.scribble_layer.currentData() == node_id(scribble)
+    controller.on_create_guidance_layer("scribble")
+    scribble = doc.find(layer_name("scribble"))
+    assert doc.names()[-1] == "Scribble (Live Diffusion)" and doc.activeNode() is scribble  # ready to draw on
+    combo = panel.guidance_rows["scribble"].layer
+    assert combo.itemData(1) == node_id(scribble)  # the plugin's guidance layers first
+    assert combo.currentData() == node_id(scribble)
     scribble.setPixelData(b"\x00\x00\x00\xff" * 16, 0, 0, 16, 1)
     panel.set_live(True)
     controller.check_live()
@@ -394,22 +411,21 @@ def test_guidance_choices_live_in_the_document_across_switches_and_restarts(setu
     lines = doc.createNode("my lines", "paintlayer")
     doc.rootNode().addChildNode(lines, None)
     controller.slow_tick()
-    index = panel.scribble_layer.findData(node_id(lines))
-    panel.scribble_layer.setCurrentIndex(index)
-    panel.scribble_layer.activated.emit(index)  # the painter's pick
-    assert read_state(doc).scribble == node_id(lines)
+    pick(panel, "scribble", node_id(lines))
+    assert read_state(doc).guidance == {"scribble": node_id(lines)}
     other = krita_app.createDocument(8, 8, "other", "RGBA", "U8", "", 72.0)
     krita_app.setActiveDocument(other)
     controller.slow_tick()
-    assert panel.scribble_layer.currentData() == ""  # that document has no scribble choice
+    assert panel.guidance_rows["scribble"].layer.currentData() == ""  # that document has no scribble choice
     krita_app.setActiveDocument(doc)
     controller.slow_tick()
-    assert panel.scribble_layer.currentData() == node_id(lines)
+    assert panel.guidance_rows["scribble"].layer.currentData() == node_id(lines)
     controller.shutdown()
     again = Controller(Panel(), krita_app, network_factory=FakeNetwork)
     again.start()
     again.slow_tick()
-    assert again.panel.scribble_layer.currentData() == node_id(lines)  # a restart reads it from the document
+    restored = again.panel.guidance_rows["scribble"].layer.currentData()
+    assert restored == node_id(lines)  # a restart reads it from the document
     again.shutdown()
 
 
@@ -419,15 +435,16 @@ def test_applied_results_are_not_offered_as_guidance(setup) -> None:
     controller.handle_event(result_for(network.jobs()[0]))
     controller.on_apply()
     controller.slow_tick()
-    offered = [panel.scribble_layer.itemText(i) for i in range(panel.scribble_layer.count())]
+    combo = panel.guidance_rows["scribble"].layer
+    offered = [combo.itemText(i) for i in range(combo.count())]
     assert offered == ["None", "Background", "Painting"]
 
 
 def test_pose_layer_created_picked_and_sent_as_keypoints(setup) -> None:
     controller, network, doc, panel, _ = setup
-    controller.on_create_pose()
+    controller.on_create_guidance_layer("pose")
     pose_layer = next(n for n in doc.rootNode().childNodes() if n.type() == "vectorlayer")
-    assert panel.pose_layer.currentData() == node_id(pose_layer)
+    assert panel.guidance_rows["pose"].layer.currentData() == node_id(pose_layer)
     assert doc.activeNode() is doc.find("Painting")
     panel.set_live(True)
     controller.check_live()
@@ -609,7 +626,7 @@ def test_apply_onto_refuses_a_non_paint_layer(setup) -> None:
     controller, network, doc, panel, _ = setup
     controller.on_generate()
     controller.handle_event(result_for(network.jobs()[0]))
-    controller.on_create_pose()
+    controller.on_create_guidance_layer("pose")
     doc.setActiveNode(next(n for n in doc.rootNode().childNodes() if n.type() == "vectorlayer"))
     names = doc.names()
     controller.on_apply_onto()

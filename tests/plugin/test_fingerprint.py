@@ -28,7 +28,9 @@ def test_any_input_of_the_job_changes_the_fingerprint() -> None:
     assert job_fingerprint(snapshot(bytes(15) + b"\x01"), GenerationSettings()) != base
     assert job_fingerprint(snapshot(), GenerationSettings(strength=0.6)) != base
     assert job_fingerprint(snapshot(mask=bytes(4)), GenerationSettings()) != base
-    assert job_fingerprint(snapshot(scribble=bytes(16)), GenerationSettings()) != base
-    assert job_fingerprint(snapshot(pose=[[(1.0, 1.0)]]), GenerationSettings()) != base
+    lines = job_fingerprint(snapshot(control_images={"scribble": bytes(16)}), GenerationSettings())
+    assert lines != base
+    assert job_fingerprint(snapshot(control_images={"depth": bytes(16)}), GenerationSettings()) != lines
+    assert job_fingerprint(snapshot(control_poses={"pose": [[(1.0, 1.0)]]}), GenerationSettings()) != base
     moved = CanvasCapture(1, 0, 2, 2, bytes(16))
     assert job_fingerprint(moved, GenerationSettings()) != base

@@ -109,10 +109,10 @@ class Doc:
 def test_document_state_round_trips_and_reads_the_first_format() -> None:
     doc = Doc()
     assert read_state(doc) == DocumentState()
-    remember_guidance(doc, scribble="{s}", created="{s}")
+    remember_guidance(doc, {"scribble": "{s}"}, created="{s}")
     record_applied(doc, "{layer}", {"prompt": "x", "_private": 1})
     state = read_state(doc)
-    assert (state.scribble, state.guidance_layers) == ("{s}", ["{s}"])
+    assert (state.guidance, state.guidance_layers) == ({"scribble": "{s}"}, ["{s}"])
     assert state.applied["{layer}"]["prompt"] == "x" and "_private" not in state.applied["{layer}"]
     doc.annotations[ANNOTATION_TYPE] = json.dumps({"{old}": {"seed": 1}}).encode()
     assert read_state(doc).applied == {"{old}": {"seed": 1}}
@@ -120,10 +120,22 @@ def test_document_state_round_trips_and_reads_the_first_format() -> None:
     assert read_state(doc) == DocumentState()
 
 
+def test_guidance_saved_as_scribble_and_pose_fields_is_still_read() -> None:
+    """Documents saved while the plugin knew only scribble and pose (state version 2)."""
+    doc = Doc()
+    saved = {"version": 2, "applied": {}, "scribble": "{s}", "pose": "{p}", "guidance_layers": ["{s}"]}
+    doc.annotations[ANNOTATION_TYPE] = json.dumps(saved).encode()
+    assert read_state(doc).guidance == {"scribble": "{s}", "pose": "{p}"}
+    remember_guidance(doc, {"pose": ""})
+    stored = json.loads(doc.annotations[ANNOTATION_TYPE])
+    assert stored["guidance"] == {"scribble": "{s}"} and stored["guidance_layers"] == ["{s}"]
+    assert read_state(doc).guidance == {"scribble": "{s}"}  # the pose choice stays cleared
+
+
 def test_guidance_is_written_only_when_it_changes() -> None:
     doc = Doc()
-    remember_guidance(doc, scribble="", pose="")
+    remember_guidance(doc, {"scribble": "", "pose": ""})
     assert doc.writes == 0  # nothing chosen: the painter's file stays as it was
-    remember_guidance(doc, pose="{p}")
-    remember_guidance(doc, pose="{p}")
+    remember_guidance(doc, {"pose": "{p}"})
+    remember_guidance(doc, {"pose": "{p}", "scribble": ""})
     assert doc.writes == 1

@@ -13,7 +13,7 @@ def test_settings_round_trip_through_the_widgets(qapp) -> None:
         prompt="a cat", negative_prompt="dog", strength=0.35, seed=99, seed_locked=True,
         steps=6, cfg=1.5, sampler="euler", checkpoint="b.safetensors", lora="s.safetensors",
         lora_strength=0.5, resolution=1.5, batch=4,
-        scribble=ControlLayerChoice("", 0.7), pose=ControlLayerChoice("", 1.2),
+        guidance={"scribble": ControlLayerChoice("", 0.7), "pose": ControlLayerChoice("", 1.2)},
     )  # fmt: skip
     panel.set_settings(wanted)
     assert panel.settings() == wanted
@@ -37,7 +37,9 @@ def test_the_panel_fits_the_default_docker_width_whatever_it_shows(qapp) -> None
         section.set_expanded(True)
     long_name = "a very long checkpoint name that painters really do have v2 final final.safetensors"
     panel.set_models({"checkpoints": [long_name], "loras": [long_name]}, ["lcm"])
-    panel.set_layer_choices([("{1}", "Scribble layer with a long long name " * 3)], [("{2}", "Pose " * 20)])
+    panel.set_layer_choices(
+        {"scribble": [("{1}", "Scribble layer with a long long name " * 3)], "pose": [("{2}", "Pose " * 20)]}
+    )
     panel.set_message(
         "A long error message that has to wrap over several lines in the narrow docker. " * 3, True
     )
@@ -97,13 +99,13 @@ def test_layer_choices_refresh_without_spurious_changes(qapp) -> None:
     panel = Panel()
     changes = []
     panel.settings_changed.connect(lambda: changes.append(1))
-    panel.set_layer_choices([("{1}", "lines")], [])
-    panel.select_guidance("{1}", "")
+    panel.set_layer_choices({"scribble": [("{1}", "lines")]})
+    panel.select_guidance({"scribble": "{1}"})
     changes.clear()
-    panel.set_layer_choices([("{1}", "lines")], [])
+    panel.set_layer_choices({"scribble": [("{1}", "lines")]})
     assert changes == []
-    panel.set_layer_choices([], [])  # the layer was deleted
-    assert panel.settings().scribble.node_id == "" and changes
+    panel.set_layer_choices({})  # the layer was deleted
+    assert panel.settings().choice("scribble").node_id == "" and changes
 
 
 def test_messages_are_escaped(qapp) -> None:

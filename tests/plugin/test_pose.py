@@ -69,7 +69,7 @@ def test_pose_layer_round_trip_in_canvas_pixels(qapp, dpi: float) -> None:
 
 
 def test_moving_a_joint_moves_its_keypoint_and_bones_follow(qapp) -> None:
-    from PyQt5.QtCore import QPointF
+    from krita_plugin.qt import QPointF
 
     doc = Document(200, 200, resolution=144.0)
     layer = create_pose_layer(doc)

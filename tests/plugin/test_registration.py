@@ -10,7 +10,7 @@ def test_import_outside_krita_registers_nothing(qapp) -> None:
     assert module._krita is None
 
 
-def test_import_inside_krita_registers_docker_and_extension(qapp, monkeypatch, tmp_path) -> None:
+def test_import_inside_krita_registers_docker_and_extension(qapp) -> None:
     from tests.plugin import fake_krita
 
     fake_krita.Krita._instance = None
@@ -23,31 +23,31 @@ def test_import_inside_krita_registers_docker_and_extension(qapp, monkeypatch, t
         factory, result_factory = app.docker_factories
         assert factory.docker_id == "krita_live_diffusion_docker" and len(app.extensions) == 1
         assert result_factory.docker_id == "krita_live_diffusion_result"
-        monkeypatch.setenv("KLD_TEST_CONTROL", str(tmp_path))
         docker = factory.cls()  # what Krita does when it builds a window
         try:
             assert docker.windowTitle() == "Live Diffusion"
-            assert (tmp_path / "ready").exists()  # the test channel opens only on request
-            (tmp_path / "1.cmd.py").write_text("result = panel.objectName()")
-            docker.test_control.poll()
-            assert (tmp_path / "1.out.json").read_text() == '{"ok": true, "result": "kld_panel"}'
-            (tmp_path / "2.cmd.py").write_text("raise ValueError('x')")
-            docker.test_control.poll()
-            assert '"ok": false' in (tmp_path / "2.out.json").read_text()
+            assert docker.panel.objectName() == "kld_panel"
         finally:
             docker.controller.shutdown()
     finally:
         sys.modules.pop("krita", None)
 
 
-def test_guarded_reports_to_the_test_log(monkeypatch, tmp_path) -> None:
-    from krita_plugin.safe import guarded
+def test_guarded_hands_the_traceback_to_listeners() -> None:
+    from krita_plugin import safe
 
-    monkeypatch.setenv("KLD_TEST_CONTROL", str(tmp_path))
+    heard: list[tuple[str, str]] = []
+    listener = lambda where, details: heard.append((where, details))  # noqa: E731
 
-    @guarded
+    @safe.guarded
     def broken() -> None:
         raise KeyError("nope")
 
-    assert broken() is None
-    assert "KeyError" in (tmp_path / "errors.log").read_text()
+    safe.add_error_listener(listener)
+    try:
+        assert broken() is None
+    finally:
+        safe.remove_error_listener(listener)
+    assert broken() is None  # a listener removed hears nothing more
+    [(where, details)] = heard
+    assert where.endswith("broken") and "KeyError: 'nope'" in details

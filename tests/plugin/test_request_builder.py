@@ -66,7 +66,7 @@ def test_a_selection_mask_makes_an_inpaint_job() -> None:
 
 def test_a_scaled_down_capture_sends_smaller_images_with_the_documents_bounds() -> None:
     small = CanvasCapture(10, 20, 400, 300, bytes(4) * (200 * 150), mask=bytes(200 * 150), image_width=200,
-                          image_height=150, scribble=bytes(4) * (200 * 150))  # fmt: skip
+                          image_height=150, control_images={"scribble": bytes(4) * (200 * 150)})  # fmt: skip
     request, frames = decode_on_server(build_job("j", GenerationSettings(resolution=0.75), small, live=True))
     assert request.bounds == protocol.Bounds(10, 20, 400, 300)
     assert {(f.width, f.height) for f in frames.values()} == {(200, 150)}
@@ -75,13 +75,13 @@ def test_a_scaled_down_capture_sends_smaller_images_with_the_documents_bounds() 
 
 def test_scribble_and_pose_controls() -> None:
     settings = GenerationSettings(
-        scribble=ControlLayerChoice("id1", 0.8), pose=ControlLayerChoice("id2", 0.6)
+        guidance={"pose": ControlLayerChoice("id2", 0.6), "scribble": ControlLayerChoice("id1", 0.8)}
     )
     pose = [[(1.0, 2.0), None, *[(3.5, 4.25)] * 16]]
     models = {"controlnet": ["tiny-scribble.safetensors", "tiny-openpose.safetensors"]}
-    job = build_job("j", settings, capture(scribble=bytes(W * H * 4), pose=pose), live=True, models=models)
-    request, frames = decode_on_server(job)
-    scribble, posed = request.params.controls
+    snapshot = capture(control_images={"scribble": bytes(W * H * 4)}, control_poses={"pose": pose})
+    request, frames = decode_on_server(build_job("j", settings, snapshot, live=True, models=models))
+    scribble, posed = request.params.controls  # the protocol table's order, whatever the settings' order
     assert (scribble.kind, scribble.image, scribble.strength) == ("scribble", "scribble", 0.8)
     assert scribble.model == "tiny-scribble.safetensors"
     assert frames["scribble"].encoding is protocol.ImageEncoding.BGRA8
@@ -115,7 +115,12 @@ def test_addresses_a_painter_types(typed: str, url: str) -> None:
 
 def test_settings_round_trip_and_tolerate_garbage() -> None:
     settings = GenerationSettings(
-        prompt="x", seed=5, cfg=2.0, resolution=0.5, batch=3, scribble=ControlLayerChoice("n", 0.3)
+        prompt="x",
+        seed=5,
+        cfg=2.0,
+        resolution=0.5,
+        batch=3,
+        guidance={"scribble": ControlLayerChoice("n", 0.3)},
     )
     restored = GenerationSettings.from_json(settings.to_json())
     assert (
@@ -124,11 +129,24 @@ def test_settings_round_trip_and_tolerate_garbage() -> None:
         and restored.seed == 5
         and restored.cfg == 2.0
     )
-    assert restored.scribble == ControlLayerChoice("", 0.3)  # layer ids don't outlive the document
+    assert restored.guidance == {
+        "scribble": ControlLayerChoice("", 0.3)
+    }  # layer ids don't outlive the document
     assert GenerationSettings.from_json("not json") == GenerationSettings()
     assert GenerationSettings.from_json('{"steps": "many", "mode": "bogus"}') == GenerationSettings()
     odd = GenerationSettings.from_json('{"resolution": 3.7, "batch": 99}')
     assert (odd.resolution, odd.batch) == (1.0, 8)
+
+
+def test_settings_saved_with_scribble_and_pose_fields_keep_their_strengths() -> None:
+    """What the version before the kinds came from the protocol's table saved in kritarc."""
+    saved = '{"scribble": {"node_id": "{n}", "strength": 0.4}, "pose": {"node_id": "", "strength": 1.5}}'
+    restored = GenerationSettings.from_json(saved)
+    assert restored.guidance == {"scribble": ControlLayerChoice("", 0.4), "pose": ControlLayerChoice("", 1.5)}
+    both = GenerationSettings.from_json(
+        '{"guidance": {"scribble": {"strength": 0.9}}, "scribble": {"strength": 0.4}}'
+    )
+    assert both.guidance == {"scribble": ControlLayerChoice("", 0.9)}  # the new field wins
 
 
 def test_the_panels_defaults_are_the_protocols() -> None:

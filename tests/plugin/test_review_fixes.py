@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import queue
 import random
@@ -80,11 +81,11 @@ def test_a_scribble_layer_inside_a_group_is_left_out_of_the_image(qapp) -> None:
 
 
 def test_closing_a_window_stops_its_dockers_connection(krita_app) -> None:
-    from PyQt5 import sip
-    from PyQt5.QtCore import QObject
-
     from krita_plugin import safe
     from krita_plugin.panel import Panel
+    from krita_plugin.qt import BINDING, QObject
+
+    sip = importlib.import_module(f"{BINDING}.sip")
 
     window = QObject()  # Krita deletes a window's dockers (and their controllers) when the window closes
     controller = Controller(Panel(), krita_app, network_factory=FakeNetwork, parent=window)

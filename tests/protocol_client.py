@@ -1,4 +1,4 @@
-"""A small asyncio reference client of the protocol, used by tests, benchmarks and scripts."""
+"""A small asyncio reference client of the protocol (numpy and websockets), used by tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 
+from backend.codec import frame_to_array
 from protocol import (
     PROTOCOL_VERSION,
     SERVER_MESSAGES,
@@ -32,8 +33,6 @@ from protocol import (
     encode_message,
     result_slot,
 )
-
-from .codec import frame_to_array
 
 
 @dataclass
