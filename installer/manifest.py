@@ -2,7 +2,8 @@
 
 The backend's model store reads the same file, so the layout keys here are a shared contract:
 `layout` maps each model kind to its folder in our own models directory, `foreign_layouts` lists
-the folders ComfyUI and AUTOMATIC1111 use for the same kinds.
+the folders ComfyUI and AUTOMATIC1111 use for the same kinds. Both sides read the layouts, and name a
+folder's layout, with backend/model_layouts.py (standard library only, like this package).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-NATIVE = "native"
+from backend import model_layouts
+from backend.model_layouts import NATIVE, LayoutError, Layouts, parse_layouts
 
 
 class ManifestError(ValueError):
@@ -47,10 +49,13 @@ class Manifest:
     models: list[ModelEntry]
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def layout_set(self) -> Layouts:
+        return Layouts(self.layout, self.foreign_layouts)
+
     def layouts(self) -> dict[str, dict[str, list[str]]]:
         """Every known layout as kind -> candidate folders, our own first."""
-        native = {kind: [folder] for kind, folder in self.layout.items()}
-        return {NATIVE: native, **self.foreign_layouts}
+        return self.layout_set.all()
 
 
 def load_manifest(path: Path) -> Manifest:
@@ -61,14 +66,13 @@ def load_manifest(path: Path) -> Manifest:
     except json.JSONDecodeError as exc:
         raise ManifestError(f"manifest {path} is not valid JSON: {exc}") from exc
     try:
-        layout = {str(k): str(v) for k, v in data["layout"].items()}
-        foreign = {
-            str(name): {str(k): [str(f) for f in folders] for k, folders in kinds.items()}
-            for name, kinds in data.get("foreign_layouts", {}).items()
-        }
+        layouts = parse_layouts(data)
         models = [_entry(raw) for raw in data.get("models", [])]
+    except LayoutError as exc:
+        raise ManifestError(f"manifest {path}: {exc}") from exc
     except (KeyError, TypeError, AttributeError) as exc:
         raise ManifestError(f"manifest {path} is malformed: {exc!r}") from exc
+    layout, foreign = layouts.own, layouts.foreign
     for entry in models:
         if entry.kind not in layout:
             raise ManifestError(f"model {entry.id!r} has kind {entry.kind!r} with no folder in the layout")
@@ -102,42 +106,15 @@ def _optional_int(value: object) -> int | None:
     return None if value is None else int(value)  # type: ignore[arg-type]
 
 
-# Folders that a ComfyUI models directory has and ours never does.
-_COMFYUI_ONLY = {
-    "clip_vision",
-    "diffusion_models",
-    "unet",
-    "upscale_models",
-    "embeddings",
-    "text_encoders",
-    "clip",
-}
-
-
 def detect_layout(models_dir: Path, manifest: Manifest) -> str:
-    """Name the layout whose folders best match the subfolders of `models_dir`.
-
-    Our own layout and ComfyUI's use the same folder names, so on a tie ours wins; a folder is called
-    ComfyUI's only when it also has folders only ComfyUI makes (the naming is cosmetic: both behave alike).
-    """
-    if not models_dir.is_dir():
-        return NATIVE
-    # Exact names, as the backend matches them (case matters on Linux).
-    present = {p.name for p in models_dir.iterdir() if p.is_dir()}
-    best, best_score = NATIVE, -1
-    for name, kinds in manifest.layouts().items():
-        score = sum(1 for folders in kinds.values() if any(f in present for f in folders))
-        if score > best_score:
-            best, best_score = name, score
-    if best == NATIVE and "comfyui" in manifest.foreign_layouts and present & _COMFYUI_ONLY:
-        return "comfyui"
-    return best
+    """Name the layout of `models_dir` by the backend's rule (backend/model_layouts.py: most kinds present,
+    ties to ours unless ComfyUI-only folders are there); ours when nothing matches."""
+    return model_layouts.detect_layout(models_dir, manifest.layout_set) or NATIVE
 
 
 def candidate_dirs(models_dir: Path, layout: str, kind: str, manifest: Manifest) -> list[Path]:
     """Folders under `models_dir` where a model of `kind` may live in that layout, preferred first."""
-    folders = manifest.layouts().get(layout, {}).get(kind) or [manifest.layout[kind]]
-    return [models_dir / folder for folder in folders]
+    return [models_dir / folder for folder in manifest.layout_set.folders(layout, kind)]
 
 
 def find_existing(models_dir: Path, layout: str, entry: ModelEntry, manifest: Manifest) -> Path | None:
@@ -158,14 +135,4 @@ def find_existing(models_dir: Path, layout: str, entry: ModelEntry, manifest: Ma
 def models_root(path: Path, manifest: Manifest) -> Path:
     """`path`, or its `models/` subfolder when `path` is the application folder (ComfyUI/,
     stable-diffusion-webui/) whose models folder holds the layout: the backend accepts both, and so do we."""
-    nested = path / "models"
-    if nested.is_dir() and not _layout_folders_in(path, manifest) and _layout_folders_in(nested, manifest):
-        return nested
-    return path
-
-
-def _layout_folders_in(path: Path, manifest: Manifest) -> bool:
-    if not path.is_dir():
-        return False
-    names = {f for kinds in manifest.layouts().values() for folders in kinds.values() for f in folders}
-    return any((path / name).is_dir() for name in names)
+    return model_layouts.models_folder(path, manifest.layout_set) or path

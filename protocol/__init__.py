@@ -11,8 +11,8 @@ from .messages import (
     CLIENT_MESSAGES,
     DEFAULT_PORT,
     MAX_BATCH,
+    MAX_CONTROLS,
     PROTOCOL_VERSION,
-    SAMPLERS,
     SERVER_MESSAGES,
     Accepted,
     Bounds,
@@ -37,12 +37,24 @@ from .messages import (
     encode_message,
     result_slot,
 )
+from .registry import (
+    CONTROL_KINDS,
+    IMAGE,
+    KEYPOINTS,
+    MODES,
+    SAMPLERS,
+    ControlKind,
+    Sampler,
+    pick_controlnet,
+    sampler_label,
+)
 
 __all__ = [
-    "CLIENT_MESSAGES", "DEFAULT_PORT", "MAX_BATCH", "PROTOCOL_VERSION", "SAMPLERS", "SERVER_MESSAGES",
-    "Accepted", "Bounds", "Cancel", "Cancelled", "ControlParam", "Error", "ErrorCode", "Hello",
+    "CLIENT_MESSAGES", "CONTROL_KINDS", "DEFAULT_PORT", "IMAGE", "KEYPOINTS", "MAX_BATCH", "MAX_CONTROLS",
+    "MODES", "PROTOCOL_VERSION", "SAMPLERS", "SERVER_MESSAGES",
+    "Accepted", "Bounds", "Cancel", "Cancelled", "ControlKind", "ControlParam", "Error", "ErrorCode", "Hello",
     "ImageEncoding", "ImageFrame", "ImageSpec", "InpaintParam", "JobParams", "JobRequest", "Limits",
-    "ListModels", "LoraParam", "Message", "ModelList", "Progress", "ProtocolError", "Result", "Welcome",
-    "bgra_to_rgba", "decode_frame", "decode_message", "encode_frame", "encode_message", "encode_png",
-    "result_slot",
+    "ListModels", "LoraParam", "Message", "ModelList", "Progress", "ProtocolError", "Result", "Sampler",
+    "Welcome", "bgra_to_rgba", "decode_frame", "decode_message", "encode_frame", "encode_message",
+    "encode_png", "pick_controlnet", "result_slot", "sampler_label",
 ]  # fmt: skip

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from .errors import ErrorCode, ProtocolError
 from .frames import ImageEncoding
+from .registry import CONTROL_KINDS, KEYPOINTS, MODES, SAMPLERS, keypoint_kinds
 from .validate import (
     JOB_ID_PATTERN,
     bad,
@@ -26,9 +27,6 @@ from .validate import (
 
 PROTOCOL_VERSION = 1
 DEFAULT_PORT = 9631
-SAMPLERS = ("lcm", "euler", "euler_a")
-MODES = ("img2img", "inpaint")
-CONTROL_KINDS = ("scribble", "pose")
 MAX_SEED = 2**63 - 1
 MAX_PROMPT_LENGTH = 4000
 POSE_KEYPOINTS = 18  # OpenPose body-18 (COCO) layout
@@ -38,6 +36,7 @@ MIN_RESOLUTION, MAX_RESOLUTION = 0.25, 2.0
 # `batch`: images one job renders, with consecutive seeds. Each costs a full generation; 8 is what a painter
 # compares at a glance, and bounds what one result message carries.
 MAX_BATCH = 8
+MAX_CONTROLS = 4  # controls (ControlNets) guiding one job
 RESULT_SLOT = "result"
 
 
@@ -102,7 +101,7 @@ class ControlParam:
             data, {"kind", "model", "strength", "start", "end", "image", "pose"}, "a control entry"
         )
         control = cls(
-            kind=read_choice(data, "kind", CONTROL_KINDS),
+            kind=read_choice(data, "kind", tuple(CONTROL_KINDS)),
             model=read_str(data, "model", None, max_length=500),
             strength=read_float(data, "strength", 0.0, 2.0, 1.0),
             start=read_float(data, "start", 0.0, 1.0, 0.0),
@@ -112,10 +111,12 @@ class ControlParam:
         )
         if control.start > control.end:
             raise bad(f"Control 'start' ({control.start}) is after 'end' ({control.end}).")
+        takes_keypoints = CONTROL_KINDS[control.kind].input == KEYPOINTS
         if control.image is None and control.pose is None:
-            raise bad(f"A {control.kind} control needs an 'image' slot or 'pose' keypoints.")
-        if control.pose is not None and control.kind != "pose":
-            raise bad("Only a 'pose' control can carry pose keypoints.")
+            needs = "an 'image' slot or 'pose' keypoints" if takes_keypoints else "an 'image' slot"
+            raise bad(f"A {control.kind} control needs {needs}.")
+        if control.pose is not None and not takes_keypoints:
+            raise bad(f"Only a {' or '.join(map(repr, keypoint_kinds()))} control can carry pose keypoints.")
         return control
 
 
@@ -204,12 +205,12 @@ class JobParams:
             loras=[LoraParam.from_dict(item) for item in read_list(data, "loras", 16, [])],
             lcm_lora=read_str(data, "lcm_lora", None, 500),
             lcm_lora_strength=read_float(data, "lcm_lora_strength", 0.0, 2.0, 1.0),
-            sampler=read_choice(data, "sampler", SAMPLERS, "lcm"),
+            sampler=read_choice(data, "sampler", tuple(SAMPLERS), "lcm"),
             steps=read_int(data, "steps", 1, max_steps, 4),
             cfg=read_float(data, "cfg", 0.0, 30.0, 1.0),
             strength=read_float(data, "strength", 0.0, 1.0, 0.5),
             seed=read_int(data, "seed", 0, MAX_SEED, 0),
-            controls=[ControlParam.from_dict(item) for item in read_list(data, "controls", 4, [])],
+            controls=[ControlParam.from_dict(item) for item in read_list(data, "controls", MAX_CONTROLS, [])],
             inpaint=InpaintParam.from_dict(data.get("inpaint") or {}),
             resolution=read_float(data, "resolution", MIN_RESOLUTION, MAX_RESOLUTION, 1.0),
             batch=read_int(data, "batch", 1, MAX_BATCH, 1),
@@ -316,6 +317,9 @@ class Welcome:
     message: str = ""
     # Listed files known to be unusable, {kind: {name: why}} (added later: older servers send none).
     unusable: dict[str, dict[str, str]] = field(default_factory=dict)
+    # The control kinds the server takes: the registry's (added later: older servers send none, and take
+    # "scribble" and "pose").
+    control_kinds: list[str] = field(default_factory=lambda: list(CONTROL_KINDS))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], limits: Limits) -> Welcome:
@@ -330,6 +334,7 @@ class Welcome:
             ready=read_bool(data, "ready", False),
             message=read_str(data, "message", ""),
             unusable=read_unusable(data),
+            control_kinds=read_list(data, "control_kinds", 100, []),
         )
 
 

@@ -201,7 +201,8 @@ Name=Krita Live Diffusion
 
 @pytest.fixture
 def fake_repo(tmp_path: Path, model_files: dict[str, bytes]) -> Path:
-    """A copy of install.py + installer/ with a fake plugin, protocol and backend, and the test manifest."""
+    """A copy of install.py + installer/ with a fake plugin, protocol and backend (with the real layout
+    reader), and the test manifest."""
     repo = tmp_path / "repo"
     repo.mkdir()
     shutil.copy2(REPO / "install.py", repo / "install.py")
@@ -220,6 +221,8 @@ def fake_repo(tmp_path: Path, model_files: dict[str, bytes]) -> Path:
     (repo / "backend").mkdir()
     (repo / "backend" / "__init__.py").write_text("", encoding="utf-8")
     (repo / "backend" / "__main__.py").write_text("print('fake backend up')\n", encoding="utf-8")
+    # The real layout reader: install.py reads the manifest's layouts with it.
+    shutil.copy2(REPO / "backend" / "model_layouts.py", repo / "backend" / "model_layouts.py")
     (repo / "pyproject.toml").write_text("[project]\nname = 'fake'\nversion = '0'\n", encoding="utf-8")
     write_test_manifest(repo, model_files)
     return repo

@@ -1,0 +1,76 @@
+"""The tables both sides read: control kinds, samplers and job modes (pure stdlib).
+
+A new control kind or sampler starts here. The protocol validates jobs against these tables, the server's
+welcome lists them and the plugin offers them; the backend keeps the implementations, keyed by these names
+(a sampler's scheduler in backend/engine/samplers.py, a kind's hint image in backend/engine/controlnet.py),
+and tests check that every name here has one. The plugin builds a guidance row per kind from here (its
+label, a layer of the kind's input, the ControlNet its model words pick) and sends each chosen layer as that
+kind. Tests add throw-away entries with `monkeypatch.setitem`: everything reads these
+dictionaries when it runs, never a copy taken at import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+# How a control is guided: an image slot of the job, or pose keypoints (the backend draws the skeleton; a
+# keypoints kind takes a ready-made hint image too).
+IMAGE = "image"
+KEYPOINTS = "keypoints"
+CONTROL_INPUTS = (IMAGE, KEYPOINTS)
+
+
+@dataclass(frozen=True)
+class ControlKind:
+    name: str  # the wire name: a control's `kind`
+    input: str  # IMAGE or KEYPOINTS
+    # Words in a ControlNet file's name that suit this kind, best first: a control that names no model gets
+    # the first file holding the first word that any file holds (backend and plugin pick alike).
+    model_hints: tuple[str, ...]
+    label: str  # what the plugin's panel calls it
+
+
+@dataclass(frozen=True)
+class Sampler:
+    name: str  # the wire name: a job's `sampler`
+    label: str  # what the plugin's panel calls it
+
+
+CONTROL_KINDS: dict[str, ControlKind] = {
+    kind.name: kind
+    for kind in (
+        ControlKind("scribble", IMAGE, ("scribble", "sketch", "lineart"), "Scribble"),
+        ControlKind("pose", KEYPOINTS, ("openpose", "pose"), "Pose"),
+    )
+}
+
+SAMPLERS: dict[str, Sampler] = {
+    sampler.name: sampler
+    for sampler in (Sampler("lcm", "LCM"), Sampler("euler", "Euler"), Sampler("euler_a", "Euler a"))
+}
+
+MODES = ("img2img", "inpaint")
+
+
+def pick_controlnet(names: Iterable[str], kind: str) -> str | None:
+    """The ControlNet (out of `names`, in their order) that a control of `kind` uses when it names none:
+    by the kind's model-name words, best word first, case-insensitive; None when no name holds any."""
+    names = list(names)
+    for word in CONTROL_KINDS[kind].model_hints:
+        for name in names:
+            if word in name.lower():
+                return name
+    return None
+
+
+def keypoint_kinds() -> list[str]:
+    """The control kinds that can carry pose keypoints."""
+    return [kind.name for kind in CONTROL_KINDS.values() if kind.input == KEYPOINTS]
+
+
+def sampler_label(name: str) -> str:
+    """What the panel shows for a sampler: its label, or the name itself for one this table doesn't know
+    (a newer server may offer it)."""
+    sampler = SAMPLERS.get(name)
+    return sampler.label if sampler is not None else name
