@@ -10,35 +10,26 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from protocol import ErrorCode, JobParams, JobRequest, ProtocolError
+from protocol import ErrorCode, JobRequest, ProtocolError
 from protocol.errors import clip_message
 
 from .config import ServerConfig
+from .engine.jobs import EngineJob, EngineResult
+from .engine.models import ModelChoice, choose_models
 from .model_check import UnusableCache
-from .model_store import ModelError, ModelStore
-from .scheduler import JobCancelledError
+from .model_errors import ModelError
+from .model_store import ModelStore
 
 if TYPE_CHECKING:
+    from .engine import Engine
+    from .loading.manager import ModelManager
     from .scheduler import Scheduler
 
 log = logging.getLogger("backend.engine_host")
-
-
-@dataclass
-class JobInput:
-    mode: str
-    params: JobParams
-    canvas: np.ndarray
-    mask: np.ndarray | None = None
-    control_images: dict[str, np.ndarray] = field(default_factory=dict)
-    cache_key: str | None = None
-    preview: bool = False  # a live frame: fast decoder and accelerated path; Generate/Apply get full quality
 
 
 @dataclass
@@ -47,22 +38,13 @@ class ModelListing:
     unusable: dict[str, dict[str, str]]  # kind -> name -> why it can't be used
 
 
-@dataclass
-class JobOutput:
-    image: np.ndarray
-    bounds: tuple[int, int, int, int]
-    params: dict[str, Any]
-    timings: dict[str, float]
-    extra: list[np.ndarray] = field(default_factory=list)  # a batch's other images, in seed order
-
-
 class EngineHost:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.store = ModelStore(config.models_dir, config.extra_model_dirs)
         self.device_name = "starting"
-        self._engine: Any = None
-        self._manager: Any = None
+        self._engine: Engine | None = None
+        self._manager: ModelManager | None = None
         self._load_error: BaseException | None = None
         self._loaded = threading.Event()
         self._checked = UnusableCache()
@@ -89,16 +71,16 @@ class EngineHost:
             choice = select_device(self.config.device)
             device, dtype = choice
             self.device_name = choice.label
-            self._manager = ModelManager(self.store, device, dtype, config_dir=self.config.model_config_dir)
-            settings = EngineSettings(accelerate=self.config.accelerate)
-            self._engine = Engine(self._manager, device, dtype, settings)
+            manager = ModelManager(self.store, device, dtype, config_dir=self.config.model_config_dir)
+            engine = Engine(manager, device, dtype, EngineSettings(accelerate=self.config.accelerate))
+            self._manager, self._engine = manager, engine
             checkpoint = self.store.default_checkpoint()
             if self.config.preload and checkpoint is not None:
                 try:
-                    self._manager.components(checkpoint)
-                    if self._engine.accelerator.active:
+                    manager.components(checkpoint)
+                    if engine.accelerator.active:
                         # One frame now, so the first stroke doesn't pay for it; the compile goes on behind.
-                        log.info("live path: %s", self._engine.warm_up())
+                        log.info("live path: %s", engine.warm_up())
                 except ModelError as error:
                     # A damaged default model is a model problem, not an engine failure: jobs still run
                     # (other checkpoints load; this one gets its model error with the job that asks for it).
@@ -119,9 +101,6 @@ class EngineHost:
         if not self._loaded.is_set():
             return "Loading the engine; jobs sent now start when it is ready."
         return "Ready."
-
-    def list_models(self) -> dict[str, list[str]]:
-        return self.store.list_models()
 
     def default_model_file(self) -> Path | None:
         """The checkpoint jobs use unless they name one (a file or a diffusers folder); None if none."""
@@ -150,30 +129,23 @@ class EngineHost:
         return ModelListing(models, unusable)
 
     def loaded(self) -> dict[str, Any]:
-        return self._manager.loaded() if self.ready else {}
+        return self._manager.loaded() if self.ready and self._manager is not None else {}
 
-    def resolved_models(self, params: JobParams) -> str:
-        """What a job's defaults stand for now (the first checkpoint, the automatic LCM-LoRA), as text."""
-        from .engine.models import choose_models
-
-        try:
-            return repr(choose_models(self.store, params))
-        except ModelError as error:
-            return f"unresolved: {error.message}"
-
-    def check_models(self, request: JobRequest) -> None:
-        """Fail fast, before any pixels are sent to the GPU, on model names that can't be used."""
+    def resolve_models(self, request: JobRequest) -> ModelChoice:
+        """The job's models with their defaults applied (the store's first checkpoint, the automatic
+        LCM-LoRA), resolved once, when the job arrives: the choice rides on its EngineJob to the engine and
+        keys the live cache, so the model folders are walked once per job. Fails fast, before any pixels are
+        sent to the GPU, on model names that can't be used."""
         params = request.params
         try:
-            if params.checkpoint is None:
-                if self.store.default_checkpoint() is None:
-                    raise self.store.no_checkpoint_error()
-            else:
-                self.store.resolve("checkpoints", params.checkpoint)
-            for lora in params.loras:
-                self.store.resolve("loras", lora.name)
+            choice = choose_models(self.store, params)
+            self.store.resolve("checkpoints", choice.checkpoint)
+            # Every LoRA named, strength 0 or not: a typo is reported even while its slider is at 0.
+            named_loras = [lora.name for lora in params.loras]
             if params.lcm_lora is not None:
-                self.store.resolve("loras", params.lcm_lora)
+                named_loras.append(params.lcm_lora)
+            for name in named_loras:
+                self.store.resolve("loras", name)
             if params.vae is not None:
                 self.store.resolve("vae", params.vae)
             for control in params.controls:
@@ -184,21 +156,16 @@ class EngineHost:
             # With the full paths that the client's copy of the message won't show (see backend/redact.py).
             log.info("job %s refused: %s", request.job_id, message)
             raise ProtocolError(code, message, request.job_id) from None
+        return choice
 
     def run(
-        self, job: JobInput, on_progress: Callable[[int, int], None], is_cancelled: Callable[[], bool]
-    ) -> JobOutput:
-        """Runs on the worker thread, after _load (same single-thread executor)."""
+        self, job: EngineJob, on_progress: Callable[[int, int], None], is_cancelled: Callable[[], bool]
+    ) -> EngineResult:
+        """Runs on the worker thread, after _load (same single-thread executor); a cancelled job raises the
+        engine's JobCancelled, which the scheduler reports as cancelled."""
         if self._engine is None:
             raise ProtocolError(ErrorCode.INTERNAL, f"The engine failed to start: {self._load_error}")
-        from .engine import EngineJob, JobCancelled
-
-        engine_job = EngineJob(job.mode, job.params, job.canvas, job.mask, job.control_images, job.preview)
-        try:
-            result = self._engine.run(engine_job, on_progress, is_cancelled)
-        except JobCancelled:
-            raise JobCancelledError() from None
-        return JobOutput(result.image, tuple(result.bounds), result.params, result.timings, result.extra)
+        return self._engine.run(job, on_progress, is_cancelled)
 
 
 def describe_failure(error: BaseException) -> tuple[ErrorCode, str]:

@@ -15,6 +15,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from backend.model_errors import ModelError, ModelNotFoundError, NoCheckpointError, UnsafeModelNameError
+from backend.model_layouts import Layouts, detect_layout, models_folder, parse_layouts
+
 log = logging.getLogger(__name__)
 
 KINDS = ("checkpoints", "loras", "controlnet", "vae", "taesd")
@@ -46,6 +49,7 @@ SHOWN_NAME_LENGTH = 80
 
 # .ckpt checkpoints are loaded with torch.load(weights_only=True), which refuses pickled code.
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
+# In the order the loader prefers them when one folder holds both: .safetensors can't carry code.
 TAESD_SUFFIXES = (".safetensors", ".pth", ".pt")
 SAFETENSORS_ONLY = (".safetensors",)
 
@@ -65,30 +69,6 @@ SINGULAR = {
 }
 
 
-class ModelError(Exception):
-    """A model can't be used; the message tells a painter what is wrong and what to do."""
-
-    code = "model_error"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class ModelNotFoundError(ModelError):
-    code = "model_not_found"
-
-
-class UnsafeModelNameError(ModelError):
-    code = "unsafe_name"
-
-
-class NoCheckpointError(ModelNotFoundError):
-    """The store has no checkpoint at all: the painter has to put one in place first."""
-
-    code = "no_model"
-
-
 @dataclass(frozen=True)
 class ModelRoot:
     """One `models` folder and, per kind, the subfolders that hold that kind."""
@@ -101,28 +81,18 @@ class ModelRoot:
         return [self.path / folder for folder in self.folders.get(kind, ())]
 
 
-@dataclass(frozen=True)
-class Layouts:
-    own: dict[str, str]
-    foreign: dict[str, dict[str, list[str]]]
-
-
 def read_layouts(manifest: Path | None) -> Layouts:
-    """Only `layout` and `foreign_layouts` are read: the rest of the manifest belongs to the installer."""
+    """The manifest's layouts (backend/model_layouts.py reads them), the repository's when `manifest` can't
+    be read; kinds a manifest omits keep their default folders."""
     for candidate in (manifest, REPO_MANIFEST):
         if candidate is None or not candidate.is_file():
             continue
         try:
-            data = json.loads(candidate.read_text(encoding="utf-8"))
-            own = {str(k): str(v) for k, v in data["layout"].items()}
-            foreign = {
-                str(name): {str(k): [str(f) for f in v] for k, v in folders.items()}
-                for name, folders in data.get("foreign_layouts", {}).items()
-            }
-        except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
+            layouts = parse_layouts(json.loads(candidate.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as e:  # LayoutError and JSON errors are ValueErrors
             log.warning("ignoring unreadable model manifest %s: %s", candidate, e)
             continue
-        return Layouts({**DEFAULT_LAYOUT, **own}, foreign or DEFAULT_FOREIGN_LAYOUTS)
+        return Layouts({**DEFAULT_LAYOUT, **layouts.own}, layouts.foreign or DEFAULT_FOREIGN_LAYOUTS)
     return Layouts(dict(DEFAULT_LAYOUT), DEFAULT_FOREIGN_LAYOUTS)
 
 
@@ -166,24 +136,16 @@ def _inside(path: Path, folder: Path) -> bool:
     return True
 
 
-def detect_foreign_root(path: Path, foreign: Mapping[str, Mapping[str, Sequence[str]]]) -> ModelRoot | None:
-    """Find which foreign layout a folder uses, from the subfolders present.
+def detect_foreign_root(path: Path, layouts: Layouts) -> ModelRoot | None:
+    """An extra models folder and the layout it uses, by backend/model_layouts.py's rule (install.py's too).
 
     Accepts the `models` folder itself or the application folder above it (ComfyUI/, stable-diffusion-webui/).
-    The layout whose folders match most wins; ComfyUI and our own layout share names, so ties go to ComfyUI.
     """
-    for base in (path, path / "models"):
-        if not base.is_dir():
-            continue
-        best: tuple[int, str] | None = None
-        for layout_name, folders in foreign.items():
-            hits = sum((base / f).is_dir() for fs in folders.values() for f in fs)
-            if hits and (best is None or hits > best[0]):
-                best = (hits, layout_name)
-        if best is not None:
-            folders = foreign[best[1]]
-            return ModelRoot(base, best[1], {k: tuple(v) for k, v in folders.items()})
-    return None
+    base = models_folder(path, layouts)
+    name = detect_layout(base, layouts) if base is not None else None
+    if base is None or name is None:
+        return None
+    return ModelRoot(base, name, {kind: tuple(layouts.folders(name, kind)) for kind in layouts.own})
 
 
 class ModelStore:
@@ -197,7 +159,7 @@ class ModelStore:
             extra = Path(extra).expanduser()
             if not extra.is_absolute():
                 extra = self.root / extra
-            found = detect_foreign_root(extra.absolute(), layouts.foreign)
+            found = detect_foreign_root(extra.absolute(), layouts)
             if found is None:
                 log.warning("extra model folder %s has no ComfyUI or A1111 model subfolders; ignored", extra)
             elif all(found.path.resolve() != r.path.resolve() for r in self.roots):
@@ -223,10 +185,6 @@ class ModelStore:
         """The folder as messages name it: with a trailing separator, so that once a client's copy is cut to
         the name inside the models folder (backend/redact.py) it still reads as a folder (`checkpoints/`)."""
         return f"{self.folder(kind)}{os.sep}"
-
-    def ensure_folders(self) -> None:
-        for kind in KINDS:
-            self.folder(kind).mkdir(parents=True, exist_ok=True)
 
     def list_models(self) -> dict[str, list[str]]:
         return {kind: self.list_kind(kind) for kind in KINDS}

@@ -3,7 +3,8 @@
 
 The scheduler lives on the asyncio loop. The work itself runs on a single worker thread, so the loop keeps
 answering handshakes, cancels and other clients while the GPU is busy. Cancellation is cooperative: the
-engine polls `is_cancelled` at every step boundary.
+engine polls `is_cancelled` at every step boundary and stops the job by raising its `JobCancelled`. The
+server's payload is the engine's job object itself (`EngineJob`), resolved models included.
 """
 
 from __future__ import annotations
@@ -17,14 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+from .engine.jobs import JobCancelled
 from .turns import FairTurns
 
 Payload = TypeVar("Payload")
 log = logging.getLogger("backend.scheduler")
-
-
-class JobCancelledError(Exception):
-    """Raised by a job's work function when it noticed its cancel flag."""
 
 
 @dataclass(eq=False)
@@ -198,7 +196,7 @@ class Scheduler(Generic[Payload]):
                 result = await loop.run_in_executor(
                     self._executor, self._work, job.payload, report, job.cancel_flag.is_set
                 )
-            except JobCancelledError:
+            except JobCancelled:
                 await self._report(job, "job_cancelled", job.cancel_reason)
             except Exception as error:  # noqa: BLE001 - any engine failure is reported to its client only
                 await self._report(job, "job_failed", error)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .jobs import EngineInputError, EngineJob, EngineResult, JobCancelled
+from .models import LoraSpec, ModelChoice
 
 if TYPE_CHECKING:
     from .device import DeviceChoice, select_device
@@ -26,6 +27,8 @@ __all__ = [
     "EngineResult",
     "EngineSettings",
     "JobCancelled",
+    "LoraSpec",
+    "ModelChoice",
     "select_device",
 ]
 

@@ -3,13 +3,14 @@ the generation area."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from protocol.messages import ControlParam
+from protocol.registry import CONTROL_KINDS, KEYPOINTS, pick_controlnet
 
 from .images import control_to_tensor, resize_gray, resize_rgb
 from .jobs import EngineInputError
@@ -18,25 +19,21 @@ from .modules import model_dtype
 from .pose import parse_people, render_pose
 from .region import Region
 
-# Substrings that identify a ControlNet file for each control kind when the job names no model.
-MODEL_HINTS = {"scribble": ("scribble",), "pose": ("openpose", "pose")}
-
 
 def choose_controlnet(store: Any, control: ControlParam) -> str:
-    """The job's ControlNet, or the first one in the store whose name fits the control's kind."""
+    """The job's ControlNet, or the store's first one whose name holds the kind's model-name words."""
     if control.model is not None:
         return control.model
-    names = store.list_kind("controlnet")
-    for hint in MODEL_HINTS[control.kind]:
-        for name in names:
-            if hint in name.lower():
-                return name
-    from backend.model_store import ModelNotFoundError
+    chosen = pick_controlnet(store.list_kind("controlnet"), control.kind)
+    if chosen is not None:
+        return chosen
+    from backend.model_errors import ModelNotFoundError
 
     folder = store.folder("controlnet") if hasattr(store, "folder") else "models/controlnet"
+    word = CONTROL_KINDS[control.kind].model_hints[0]
     raise ModelNotFoundError(
-        f"No {control.kind} ControlNet found. Put a ControlNet 1.1 {MODEL_HINTS[control.kind][0]} "
-        f".safetensors file for SD1.5 in {folder}, or name one in the control's 'model'."
+        f"No {control.kind} ControlNet found. Put a ControlNet 1.1 {word} .safetensors file for SD1.5 in "
+        f"{folder}, or name one in the control's 'model'."
     )
 
 
@@ -77,6 +74,14 @@ def pose_image_hint(image: np.ndarray) -> np.ndarray:
     return image[..., :3]
 
 
+# How each control kind of protocol/registry.py turns its image into the ControlNet's hint (a test checks
+# that every kind has one); keypoints are drawn by pose.render_pose.
+HINT_MAKERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "scribble": scribble_hint,
+    "pose": pose_image_hint,
+}
+
+
 def _to_canvas_size(hint: np.ndarray, width: int, height: int) -> np.ndarray:
     """Control layers of another size are stretched over the canvas."""
     if hint.ndim == 2:
@@ -98,7 +103,7 @@ def hint_image(
 ) -> np.ndarray:
     """The control's hint as a generation-sized RGB image (region.gen_height x region.gen_width x 3)."""
     width, height = canvas_size
-    if control.kind == "pose" and control.pose is not None:
+    if CONTROL_KINDS[control.kind].input == KEYPOINTS and control.pose is not None:
         try:
             people = parse_people(control.pose)
         except ValueError as error:
@@ -116,7 +121,7 @@ def hint_image(
     _check_image(image, control.image)
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[..., 0]
-    hint = scribble_hint(image) if control.kind == "scribble" else pose_image_hint(image)
+    hint = HINT_MAKERS[control.kind](image)
     hint = _to_canvas_size(hint, width, height)
     return region.rgb_to_generation(region.crop(hint), fill="zero")
 
@@ -142,6 +147,8 @@ def build_controls(
     units: list[ControlUnit] = []
     names: list[str] = []
     for control in controls:
+        if control.kind not in CONTROL_KINDS or control.kind not in HINT_MAKERS:
+            raise EngineInputError(f"Unknown control kind {control.kind!r}; known: {', '.join(HINT_MAKERS)}.")
         if not acts(control, steps):
             names.append(control.model)  # skipped, never loaded: it would only add zeros
             continue

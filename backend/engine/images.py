@@ -1,4 +1,5 @@
-"""Pixel conversions between the protocol's uint8 arrays and the VAE's tensors, padding and resizing."""
+"""Pixel conversions between the protocol's uint8 arrays and the VAE's tensors, and resizing (padding to the
+generation size is region.py's)."""
 
 from __future__ import annotations
 
@@ -32,21 +33,6 @@ def flatten_on_white(rgba: np.ndarray) -> np.ndarray:
     a = alpha.astype(np.uint32)
     blended = (rgb.astype(np.uint32) * a + 255 * (255 - a) + 127) // 255
     return blended.astype(np.uint8)
-
-
-def padded_size(width: int, height: int, multiple: int = LATENT_SCALE) -> tuple[int, int]:
-    return -(-width // multiple) * multiple, -(-height // multiple) * multiple
-
-
-def pad_edges(rgb: np.ndarray, multiple: int = LATENT_SCALE) -> np.ndarray:
-    """Pad right/bottom to a multiple of `multiple` by repeating edge pixels (no dark border for the model to
-    see)."""
-    height, width = rgb.shape[:2]
-    padded_width, padded_height = padded_size(width, height, multiple)
-    if (padded_width, padded_height) == (width, height):
-        return rgb
-    pad = [(0, padded_height - height), (0, padded_width - width)] + [(0, 0)] * (rgb.ndim - 2)
-    return np.pad(rgb, pad, mode="edge")
 
 
 def to_tensor(rgb: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

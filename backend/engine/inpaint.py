@@ -40,9 +40,13 @@ def inpaint(ctx: GenerationContext, inputs: InpaintInputs) -> torch.Tensor:
         return ctx.decode(latents)
 
 
+def masked_image(image: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
+    """What a 9-channel UNet sees of the image: gray (0) where it should paint, the surroundings elsewhere."""
+    return image * (1 - pixel_mask.to(image.dtype))
+
+
 def _inpaint_dedicated(ctx: GenerationContext, inputs: InpaintInputs) -> torch.Tensor:
-    # The masked image is gray (0) where the model should paint; it sees what surrounds the hole.
-    masked = inputs.image * (1 - inputs.pixel_mask.to(inputs.image.dtype))
+    masked = masked_image(inputs.image, inputs.pixel_mask)
     with ctx.timed("encode"):
         if inputs.from_noise:
             masked_latents = ctx.encode(masked)

@@ -1,4 +1,7 @@
-"""What the server hands the engine and what it gets back (no torch here: the server imports this cheaply)."""
+"""What the server hands the engine and what it gets back (no torch here: the server imports this cheaply).
+
+The server queues the EngineJob itself with its scheduler and answers with the EngineResult itself, and the
+scheduler knows a cancelled job by JobCancelled: there are no server-side copies of these types."""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ from typing import Any
 import numpy as np
 
 from protocol.messages import JobParams
+
+from .models import ModelChoice
 
 
 @dataclass
@@ -21,6 +26,9 @@ class EngineJob:
     # A live preview frame: may decode with TAESD and run on the accelerated path. Generate/Apply jobs keep
     # False so the layer a painter keeps is always rendered with the full VAE.
     preview: bool = False
+    # The params' model names with their defaults applied, resolved once when the job arrived (the server's
+    # EngineHost.resolve_models); None: the engine resolves them (models.choose_models) when it runs the job.
+    models: ModelChoice | None = None
 
 
 @dataclass

@@ -45,8 +45,14 @@ class Guidance:
     def combine(self, prediction: torch.Tensor) -> torch.Tensor:
         if self.uncond is None:
             return prediction
-        uncond, cond = prediction.chunk(2)
-        return uncond + self.scale * (cond - uncond)
+        return cfg_combine(prediction, self.scale)
+
+
+def cfg_combine(prediction: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance: a batch-2 prediction (unconditional, conditional) -> the guided one.
+    `scale` may be a 0-dim tensor (the whole live frame), the arithmetic is the same."""
+    uncond, cond = prediction.chunk(2)
+    return uncond + scale * (cond - uncond)
 
 
 def make_guidance(
@@ -113,32 +119,52 @@ def repeat_for_batch(tensor: torch.Tensor, batched: bool) -> torch.Tensor:
     return torch.cat([tensor, tensor]) if batched else tensor
 
 
-def _control_residuals(
-    controls: Sequence[ControlUnit],
-    model_input: torch.Tensor,
-    timestep: torch.Tensor,
-    embeddings: torch.Tensor,
-    guidance: Guidance,
-    index: int,
-    total: int,
-) -> dict[str, Any]:
+def inpaint_input(
+    mask: torch.Tensor, masked_image_latents: torch.Tensor, dtype: torch.dtype, batched: bool
+) -> torch.Tensor:
+    """A 9-channel UNet's extra input (mask, masked-image latents), concatenated to the latents each step."""
+    return repeat_for_batch(torch.cat([mask, masked_image_latents], dim=1).to(dtype), batched)
+
+
+def hold_blend(mask: torch.Tensor, original: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    """The inpaint hold: the original (noised to the next step's level) outside the mask, the step's latents
+    inside it."""
+    return (1 - mask) * original + mask * latents
+
+
+@dataclass
+class StepInputs:
+    """What one step's model call (a `Predictor`) takes: one contract for the eager and accelerated calls."""
+
+    model_input: torch.Tensor  # the latents, repeated for CFG and scaled by the scheduler
+    timestep: torch.Tensor
+    embeddings: torch.Tensor  # Guidance.embeddings(): batch 2 with CFG
+    guidance: Guidance
+    controls: Sequence[ControlUnit]
+    index: int  # this step's index among the `total` run steps (ControlNet start/end count in these)
+    total: int
+    extra: torch.Tensor | None  # a 9-channel UNet's inpaint_input; None for 4-channel UNets
+
+    def active_controls(self) -> list[tuple[ControlUnit, float]]:
+        """The ControlNets acting at this step with their scales; skipping the others is exact (an inactive
+        ControlNet only adds zeros)."""
+        scaled = [(control, control.scale_at(self.index, self.total)) for control in self.controls]
+        return [(control, scale) for control, scale in scaled if scale != 0.0]
+
+
+def _control_residuals(step: StepInputs) -> dict[str, Any]:
     """Sum of the active ControlNets' residuals as UNet keyword arguments (empty when none acts now)."""
-    outputs = []
-    for control in controls:
-        scale = control.scale_at(index, total)
-        if scale == 0.0:
-            continue  # skipping is exact: an inactive ControlNet only adds zeros
-        hint = repeat_for_batch(control.image, guidance.batched)
-        outputs.append(
-            control.model(
-                model_input,
-                timestep,
-                encoder_hidden_states=embeddings,
-                controlnet_cond=hint,
-                conditioning_scale=scale,
-                return_dict=False,
-            )
+    outputs = [
+        control.model(
+            step.model_input,
+            step.timestep,
+            encoder_hidden_states=step.embeddings,
+            controlnet_cond=repeat_for_batch(control.image, step.guidance.batched),
+            conditioning_scale=scale,
+            return_dict=False,
         )
+        for control, scale in step.active_controls()
+    ]
     return sum_control_residuals(outputs)
 
 
@@ -156,17 +182,7 @@ def sum_control_residuals(outputs: Sequence[tuple[Sequence[torch.Tensor], torch.
 class Predictor(Protocol):
     """One step's model call: the active ControlNets and the UNet -> the (batched) noise prediction."""
 
-    def __call__(
-        self,
-        model_input: torch.Tensor,
-        timestep: torch.Tensor,
-        embeddings: torch.Tensor,
-        guidance: Guidance,
-        controls: Sequence[ControlUnit],
-        index: int,
-        total: int,
-        extra: torch.Tensor | None,
-    ) -> torch.Tensor: ...
+    def __call__(self, step: StepInputs) -> torch.Tensor: ...
 
 
 @dataclass
@@ -175,25 +191,16 @@ class EagerPredictor:
 
     unet: Any
 
-    def __call__(
-        self,
-        model_input: torch.Tensor,
-        timestep: torch.Tensor,
-        embeddings: torch.Tensor,
-        guidance: Guidance,
-        controls: Sequence[ControlUnit],
-        index: int,
-        total: int,
-        extra: torch.Tensor | None,
-    ) -> torch.Tensor:
-        residuals = _control_residuals(controls, model_input, timestep, embeddings, guidance, index, total)
-        if extra is not None:
-            model_input = torch.cat([model_input, extra], dim=1)
+    def __call__(self, step: StepInputs) -> torch.Tensor:
+        residuals = _control_residuals(step)
+        model_input = step.model_input
+        if step.extra is not None:
+            model_input = torch.cat([model_input, step.extra], dim=1)
         return self.unet(
             model_input,
-            timestep,
-            encoder_hidden_states=embeddings,
-            timestep_cond=guidance.timestep_cond,
+            step.timestep,
+            encoder_hidden_states=step.embeddings,
+            timestep_cond=step.guidance.timestep_cond,
             return_dict=False,
             **residuals,
         )[0]
@@ -225,14 +232,17 @@ def denoise(
     total = len(schedule.timesteps)
     extra: torch.Tensor | None = None
     if inpaint_channels is not None:
-        extra = torch.cat([inpaint_channels.mask, inpaint_channels.masked_image_latents], dim=1)
-        extra = repeat_for_batch(extra.to(latents.dtype), guidance.batched)
+        extra = inpaint_input(
+            inpaint_channels.mask, inpaint_channels.masked_image_latents, latents.dtype, guidance.batched
+        )
     for index, timestep in enumerate(schedule.timesteps):
         if is_cancelled():
             raise JobCancelled()
         model_input = repeat_for_batch(latents, guidance.batched)
         model_input = scheduler.scale_model_input(model_input, timestep)
-        prediction = predict(model_input, timestep, embeddings, guidance, controls, index, total, extra)
+        prediction = predict(
+            StepInputs(model_input, timestep, embeddings, guidance, controls, index, total, extra)
+        )
         latents = scheduler.step(
             guidance.combine(prediction), timestep, latents, generator=generator, return_dict=False
         )[0]
@@ -250,4 +260,4 @@ def _apply_hold(
     original = hold.clean
     if index + 1 < len(timesteps):
         original = scheduler.add_noise(hold.clean, hold.noise, timesteps[index + 1 : index + 2])
-    return (1 - hold.mask) * original + hold.mask * latents
+    return hold_blend(hold.mask, original, latents)

@@ -1,5 +1,8 @@
 """What the engine needs from model loading (duck-typed, so tests and other loaders can stand in) and the
-resolution of the job's model choices: default checkpoint, automatic LCM-LoRA."""
+resolution of the job's model choices: default checkpoint, automatic LCM-LoRA.
+
+The server resolves a job's choice once, when the job arrives (`EngineHost.resolve_models`), and it rides on
+the job (`EngineJob.models`); the engine resolves only jobs that come without one."""
 
 from __future__ import annotations
 
@@ -11,36 +14,49 @@ from protocol.messages import JobParams
 
 
 class Components(Protocol):
-    """The loaded models of one checkpoint, LoRAs fused (`backend.loading.checkpoint.PipelineComponents`)."""
+    """The loaded models of one checkpoint, LoRAs fused (`backend.loading.checkpoint.PipelineComponents`);
+    read-only, as that frozen dataclass is."""
 
-    unet: Any
-    vae: Any
-    text_encoder: Any
-    tokenizer: Any
-    scheduler_config: dict[str, Any]
-    is_inpaint: bool
-    name: str
-
-
-class ModelSource(Protocol):
-    """`backend.loading.manager.ModelManager`, as far as the engine uses it."""
-
-    store: Any
-
-    def components(
-        self, checkpoint: str, loras: Sequence[Any] = (), vae: str | None = None, lcm_lora: Any = None
-    ) -> Components: ...
-
-    def controlnet(self, name: str) -> Any: ...
+    @property
+    def unet(self) -> Any: ...
+    @property
+    def vae(self) -> Any: ...
+    @property
+    def text_encoder(self) -> Any: ...
+    @property
+    def tokenizer(self) -> Any: ...
+    @property
+    def scheduler_config(self) -> dict[str, Any]: ...
+    @property
+    def is_inpaint(self) -> bool: ...
+    @property
+    def name(self) -> str: ...
 
 
 @dataclass(frozen=True)
 class LoraSpec:
-    """A LoRA to fuse; converted to the manager's LoraChoice at the call."""
+    """A LoRA to fuse and its strengths: on the UNet (model) and on the text encoder (clip)."""
 
     name: str
-    model_strength: float
-    clip_strength: float
+    model_strength: float = 1.0
+    clip_strength: float = 1.0
+
+
+class ModelSource(Protocol):
+    """`backend.loading.manager.ModelManager`, as far as the engine uses it. The engine imports neither it nor
+    the store: both are duck-typed, and the model errors come from `backend.model_errors`."""
+
+    store: Any
+
+    def components(
+        self,
+        checkpoint: str,
+        loras: Sequence[LoraSpec] = (),
+        vae: str | None = None,
+        lcm_lora: LoraSpec | None = None,
+    ) -> Components: ...
+
+    def controlnet(self, name: str) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -76,7 +92,7 @@ def choose_models(store: Any, params: JobParams) -> ModelChoice:
         if checkpoint is None:
             raise store.no_checkpoint_error()
     lcm_name = params.lcm_lora
-    if lcm_name is None and params.sampler == "lcm":
+    if lcm_name is None and params.sampler == "lcm" and params.lcm_lora_strength != 0:
         lcm_name = find_lcm_lora(store)
     lcm = None
     if lcm_name is not None and params.lcm_lora_strength != 0:
@@ -89,23 +105,5 @@ def choose_models(store: Any, params: JobParams) -> ModelChoice:
     return ModelChoice(checkpoint, params.vae, loras, lcm)
 
 
-def _lora_choice_class() -> Any:
-    try:
-        from backend.loading.manager import LoraChoice
-    except ImportError:  # a stand-in model source (tests) takes any object with the same three fields
-        return LoraSpec
-    return LoraChoice
-
-
 def load_components(models: ModelSource, choice: ModelChoice) -> Components:
-    lora_choice = _lora_choice_class()
-
-    def convert(spec: LoraSpec) -> Any:
-        return lora_choice(spec.name, spec.model_strength, spec.clip_strength)
-
-    return models.components(
-        choice.checkpoint,
-        loras=tuple(convert(lora) for lora in choice.loras),
-        vae=choice.vae,
-        lcm_lora=convert(choice.lcm_lora) if choice.lcm_lora else None,
-    )
+    return models.components(choice.checkpoint, loras=choice.loras, vae=choice.vae, lcm_lora=choice.lcm_lora)

@@ -25,10 +25,6 @@ class PromptCache:
         self.max_entries = max_entries
         self._entries: OrderedDict[PromptKey, torch.Tensor] = OrderedDict()
         self.hits = 0
-        self.misses = 0
-
-    def clear(self) -> None:
-        self._entries.clear()
 
     def embed(
         self,
@@ -45,7 +41,6 @@ class PromptCache:
             self._entries.move_to_end(key)
             self.hits += 1
             return cached
-        self.misses += 1
         embedding = encode_text(tokenizer, text_encoder, text, device).to(dtype=dtype)
         self._entries[key] = embedding
         while len(self._entries) > self.max_entries:

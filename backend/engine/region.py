@@ -83,10 +83,6 @@ class Region:
         return self.x, self.y, self.width, self.height
 
     @property
-    def scaled(self) -> bool:
-        return (self.content_width, self.content_height) != (self.width, self.height)
-
-    @property
     def reduced_size(self) -> tuple[int, int]:
         """A result's pixel size when it need not be at canvas resolution: per axis the smaller of the canvas
         rectangle and the generated content. Never enlarged here: the client scales pixels into their bounds

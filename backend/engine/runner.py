@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from backend.model_store import ModelError
+from backend.model_errors import ModelError
 from protocol.messages import JobParams
+from protocol.registry import MODES, SAMPLERS
 
 from . import images, masks
 from .context import GenerationContext
@@ -38,10 +39,9 @@ from .region import (
     unet_min_side,
     working_size,
 )
-from .samplers import SAMPLERS, SamplerFactory, denoise_steps
+from .samplers import SamplerFactory, denoise_steps, starts_from_noise
 
 log = logging.getLogger(__name__)
-MODES = ("img2img", "inpaint")
 ProgressCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
 
@@ -90,12 +90,12 @@ class Engine:
 
     def run(self, job: EngineJob, on_progress: ProgressCallback, is_cancelled: CancelCheck) -> EngineResult:
         """Run one job. Raises JobCancelled at a step boundary once is_cancelled() is True, EngineInputError
-        for unusable inputs and the model store's ModelError subclasses for models that can't be found or
-        loaded.
+        for unusable inputs and ModelError subclasses (backend.model_errors) for models that can't be found or
+        loaded. `job.models` is the choice resolved when the job arrived; None: it is resolved here.
         """
         started = time.perf_counter()
         _check_job(job)
-        choice = choose_models(self.models.store, job.params)
+        choice = job.models or choose_models(self.models.store, job.params)
         seeds = job.params.seeds
         rendered: list[EngineResult] = []
         with torch.inference_mode():
@@ -137,7 +137,8 @@ class Engine:
         dedicated = _dedicated_inpaint(components)
         # An inpainting checkpoint needs its extra inputs even for img2img: a mask over everything.
         full = np.full((region.gen_height, region.gen_width), 255, dtype=np.uint8) if dedicated else None
-        plan = self._frame_plan(ctx, False, dedicated, from_noise=dedicated and params.strength >= 1.0)
+        from_noise = dedicated and starts_from_noise(params.strength)
+        plan = self._frame_plan(ctx, False, dedicated, from_noise)
         effective["whole_frame"] = plan is not None
         # A canvas larger than the working size comes back at the working size (the client scales it into
         # the bounds); a smaller one at its own size.
@@ -147,7 +148,7 @@ class Engine:
         else:
             image = self._to_tensor(rgb, ctx)
             if full is not None:
-                decoded = inpaint(ctx, self._inpaint_inputs(image, full, True, params.strength))
+                decoded = inpaint(ctx, self._inpaint_inputs(image, full, True, from_noise))
             else:
                 decoded = img2img(ctx, image)
             with ctx.timed("decode"):
@@ -190,13 +191,14 @@ class Engine:
         rgb = region.rgb_to_generation(images.flatten_on_white(canvas_crop))
         gen_mask = region.gray_to_generation(soft_crop)
         dedicated = _dedicated_inpaint(components)
-        plan = self._frame_plan(ctx, True, dedicated, from_noise=params.strength >= 1.0)
+        from_noise = starts_from_noise(params.strength)
+        plan = self._frame_plan(ctx, True, dedicated, from_noise)
         effective["whole_frame"] = plan is not None
         if plan is not None:
             generated = region.rgb_from_generation(self.frames.run(ctx, plan, rgb, params.seed, gen_mask))
         else:
             image = self._to_tensor(rgb, ctx)
-            decoded = inpaint(ctx, self._inpaint_inputs(image, gen_mask, dedicated, params.strength))
+            decoded = inpaint(ctx, self._inpaint_inputs(image, gen_mask, dedicated, from_noise))
             with ctx.timed("decode"):
                 generated = region.rgb_from_generation(self._to_uint8(decoded, ctx))
         layer = masks.selection_layer(canvas_crop, generated, soft_crop)
@@ -227,14 +229,14 @@ class Engine:
         return scaled_region(x, y, w, h, size)
 
     def _inpaint_inputs(
-        self, image: torch.Tensor, gen_mask: np.ndarray, dedicated: bool, strength: float
+        self, image: torch.Tensor, gen_mask: np.ndarray, dedicated: bool, from_noise: bool
     ) -> InpaintInputs:
         return InpaintInputs(
             image=image,
             pixel_mask=masks.pixel_mask_tensor(gen_mask, self.device, image.dtype),
             latent_mask=masks.latent_mask(gen_mask, self.device, image.dtype),
             dedicated_unet=dedicated,
-            from_noise=strength >= 1.0,
+            from_noise=from_noise,
         )
 
     def _add_controls(

@@ -8,22 +8,22 @@ from typing import Any
 
 import torch
 
-SAMPLERS = ("lcm", "euler", "euler_a")
+# The implementation of each of the protocol's samplers: the diffusers scheduler class, by name (diffusers
+# costs seconds to import and the server's handshake path must not pay for it). A test checks that every
+# sampler of protocol/registry.py has one.
+SCHEDULER_CLASSES = {
+    "lcm": "LCMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+}
 
 
 def _scheduler_class(sampler: str) -> type:
-    # Imported here: diffusers costs seconds to import and the server's handshake path must not pay for it.
-    from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, LCMScheduler
+    if sampler not in SCHEDULER_CLASSES:
+        raise ValueError(f"Unknown sampler {sampler!r}; known: {', '.join(SCHEDULER_CLASSES)}.")
+    import diffusers
 
-    classes = {
-        "lcm": LCMScheduler,
-        "euler": EulerDiscreteScheduler,
-        "euler_a": EulerAncestralDiscreteScheduler,
-    }
-    try:
-        return classes[sampler]
-    except KeyError:
-        raise ValueError(f"Unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}.") from None
+    return getattr(diffusers, SCHEDULER_CLASSES[sampler])
 
 
 def denoise_steps(steps: int, strength: float) -> int:
@@ -37,13 +37,18 @@ def denoise_steps(steps: int, strength: float) -> int:
     return max(1, min(int(steps * strength), steps))
 
 
+def starts_from_noise(strength: float) -> bool:
+    """Whether inpaint (and an inpainting checkpoint's img2img) starts from pure noise instead of the noised
+    original: at full strength, as diffusers' inpaint pipeline does (`is_strength_max`)."""
+    return strength >= 1.0
+
+
 @dataclass
 class Schedule:
     """The part of a sampler's schedule one job runs. The scheduler object is stateful (step index)."""
 
     scheduler: Any
     timesteps: torch.Tensor  # the timesteps to run, first = the noise level the clean latents are noised to
-    total_steps: int  # the full schedule length (`steps`), before strength cut it
 
     def __len__(self) -> int:
         return len(self.timesteps)
@@ -87,4 +92,4 @@ class SamplerFactory:
         timesteps = scheduler.timesteps[start:]
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(start)
-        return Schedule(scheduler, timesteps, steps)
+        return Schedule(scheduler, timesteps)

@@ -12,7 +12,6 @@ SD15_INPAINT_CONFIG_DIR = CONFIGS_DIR / "sd15_inpaint"
 CONTROLNET_CONFIG_DIR = CONFIGS_DIR / "controlnet_sd15"
 
 UNET_CONFIG = "unet/config.json"
-VAE_CONFIG = "vae/config.json"
 TEXT_ENCODER_CONFIG = "text_encoder/config.json"
 SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
 

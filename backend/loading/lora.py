@@ -255,6 +255,3 @@ class LoraFuser:
                 layer.add_to(total, strength)
             # copy_ keeps the parameter's storage: captured CUDA graphs and compiled code see the new weights
             weight.copy_(total.to(weight.dtype))
-
-    def clear(self) -> None:
-        self.apply(())

@@ -23,12 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from backend.engine.models import LoraSpec
 from backend.loading.checkpoint import PipelineComponents, place_checkpoint, read_checkpoint
 from backend.loading.controlnet import load_controlnet
 from backend.loading.lora import TEXT_ENCODER, UNET, LoraFuser, LoraTargets, LoraWeights, read_lora
 from backend.loading.stamps import FileStamp, file_stamp
 from backend.loading.vae import load_taesd, load_vae
-from backend.model_store import ModelError, ModelNotFoundError, ModelStore
+from backend.model_errors import ModelError, ModelNotFoundError
+from backend.model_store import TAESD_SUFFIXES, ModelStore
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, AutoencoderTiny, ControlNetModel
@@ -37,14 +39,6 @@ log = logging.getLogger(__name__)
 
 # Each SD1.5 ControlNet holds about 700 MB at fp16 on the GPU: keep the few a painter switches between.
 MAX_CONTROLNETS = 4
-TAESD_SUFFIXES = (".pth", ".safetensors", ".pt")
-
-
-@dataclass(frozen=True)
-class LoraChoice:
-    name: str
-    model_strength: float = 1.0
-    clip_strength: float = 1.0
 
 
 @dataclass(eq=False)
@@ -58,8 +52,8 @@ class _LoadedCheckpoint:
     stamp: FileStamp | None = None  # the checkpoint file's version when it was read
     vae_name: str | None = None
     vae_stamp: FileStamp | None = None
-    loras: tuple[LoraChoice, ...] = ()
-    lcm_lora: LoraChoice | None = None
+    loras: tuple[LoraSpec, ...] = ()
+    lcm_lora: LoraSpec | None = None
     lora_stamps: dict[str, FileStamp | None] = field(default_factory=dict)  # of the fused LoRAs
     # LoRAs read for this checkpoint, most recently used last; their layer tables depend on its modules
     lora_cache: OrderedDict[str, tuple[FileStamp | None, LoraWeights]] = field(default_factory=OrderedDict)
@@ -89,9 +83,9 @@ class ModelManager:
     def components(
         self,
         checkpoint: str,
-        loras: Sequence[LoraChoice] = (),
+        loras: Sequence[LoraSpec] = (),
         vae: str | None = None,
-        lcm_lora: LoraChoice | None = None,
+        lcm_lora: LoraSpec | None = None,
     ) -> PipelineComponents:
         """The checkpoint with these LoRAs fused and this VAE; identical calls return the same object."""
         loras = tuple(loras)
@@ -169,13 +163,6 @@ class ModelManager:
         finally:
             self._lock.release()
 
-    def unload(self) -> None:
-        """Drop every model (e.g. before switching device); the next call loads again."""
-        with self._lock:
-            self._controlnets.clear()
-            self._taesd = None
-            self._unload_checkpoint()
-
     def _switch_checkpoint(self, name: str, path: Path, stamp: FileStamp | None) -> _LoadedCheckpoint:
         """Read and check the new checkpoint while the working one stays loaded; only then swap them.
 
@@ -222,8 +209,8 @@ class ModelManager:
     def _set_loras(
         self,
         state: _LoadedCheckpoint,
-        loras: tuple[LoraChoice, ...],
-        lcm_lora: LoraChoice | None,
+        loras: tuple[LoraSpec, ...],
+        lcm_lora: LoraSpec | None,
         paths: dict[str, Path],
         stamps: dict[str, FileStamp | None],
     ) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..loop import ControlUnit, Guidance, repeat_for_batch, sum_control_residuals
+from ..loop import StepInputs, repeat_for_batch, sum_control_residuals
 from .accelerator import Accelerator
 from .static_call import TensorFn
 
@@ -23,7 +23,9 @@ from .static_call import TensorFn
 def build_denoiser(
     unet: Any, control_models: Sequence[Any], has_timestep_cond: bool, has_extra: bool
 ) -> TensorFn:
-    """fn(sample, timestep, embeddings, [timestep_cond], [extra], *hints, *scales) -> noise prediction."""
+    """fn(sample, timestep, embeddings, [timestep_cond], [extra], *hints, *scales) -> noise prediction: what
+    loop.EagerPredictor computes for the same step (ControlNet residuals summed by the same function, the
+    extra channels concatenated the same way), with the step's values as tensors."""
     controls = tuple(control_models)
     count = len(controls)
 
@@ -64,7 +66,7 @@ def build_denoiser(
 
 @dataclass
 class AcceleratedPredictor:
-    """Drop-in for the loop's eager prediction (`loop.Predictor`), routed through the accelerator."""
+    """A `loop.Predictor` like loop.EagerPredictor, routed through the accelerator."""
 
     accelerator: Accelerator
     unet: Any
@@ -72,21 +74,11 @@ class AcceleratedPredictor:
     # blocking host-to-device copy that would stall the CPU until the GPU finished the previous step.
     _scales: dict[tuple[float, torch.device], torch.Tensor] = field(default_factory=dict)
 
-    def __call__(
-        self,
-        model_input: torch.Tensor,
-        timestep: torch.Tensor,
-        embeddings: torch.Tensor,
-        guidance: Guidance,
-        controls: Sequence[ControlUnit],
-        index: int,
-        total: int,
-        extra: torch.Tensor | None,
-    ) -> torch.Tensor:
-        active = [(c, c.scale_at(index, total)) for c in controls]
-        active = [(c, s) for c, s in active if s != 0.0]  # as the eager path: an inactive ControlNet adds 0
-        device = model_input.device
-        args: list[torch.Tensor] = [model_input, _as_0dim(timestep, device), embeddings]
+    def __call__(self, step: StepInputs) -> torch.Tensor:
+        active = step.active_controls()  # the eager path's selection
+        guidance, extra = step.guidance, step.extra
+        device = step.model_input.device
+        args: list[torch.Tensor] = [step.model_input, _as_0dim(step.timestep, device), step.embeddings]
         if guidance.timestep_cond is not None:
             args.append(guidance.timestep_cond)
         if extra is not None:

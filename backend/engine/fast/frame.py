@@ -12,7 +12,10 @@ scales. So a frame is one copy in, one replay and one copy out, and a new streng
 re-captures nothing.
 
 The arithmetic is LCMScheduler.step's and add_noise's, op for op, with coefficients computed by the same
-expressions on the same device: in float32 on the CPU the frame is bit-identical to the per-step path.
+expressions on the same device: in float32 on the CPU the frame is bit-identical to the per-step path
+(tests/backend/test_fast_frame.py). Each place where `build_frame` mirrors the per-step path names the
+function it mirrors; where the two can share a function (CFG, the hold's blend, the masked image, the
+9-channel input, the step's model call) they do.
 
 The model calls inside (the step denoiser per set of acting ControlNets, TAESD encode and decode) are
 compiled one by one as shared parts, then the frame is captured again around the compiled parts. One UNet
@@ -33,8 +36,9 @@ import torch
 from .. import masks
 from .. import vae as vae_codec
 from ..context import GenerationContext
+from ..inpaint import masked_image
 from ..jobs import JobCancelled
-from ..loop import repeat_for_batch
+from ..loop import cfg_combine, hold_blend, inpaint_input, repeat_for_batch
 from ..modules import model_dtype
 from .accelerator import Accelerator, Compiler
 from .denoiser import build_denoiser
@@ -135,25 +139,30 @@ def build_frame(plan: FramePlan, encode: Part, decode: Part, steps: Sequence[Par
         hints, optional = optional[: plan.controls], optional[plan.controls :]
         control_scales = optional.pop(0) if plan.controls else None
 
+        # images.to_tensor, on the device (host.pixels_to_model)
         image = pixels_to_model(pixels, plan.vae_dtype)
         extra = None
         if pixel_mask is not None and mask is not None:
-            # As the per-step path: the masked image is gray (0) where the model paints.
-            masked_image = image * (1 - pixel_mask)
+            # inpaint._inpaint_dedicated: the encodes, then loop.denoise's extra input
+            masked = masked_image(image, pixel_mask)
             if plan.from_noise:
-                clean, masked_latents = None, encode(masked_image).to(plan.latent_dtype)
+                clean, masked_latents = None, encode(masked).to(plan.latent_dtype)
             else:
-                both = encode(torch.cat([image, masked_image])).to(plan.latent_dtype)  # one encoder call
+                both = encode(torch.cat([image, masked])).to(plan.latent_dtype)  # one encoder call
                 clean, masked_latents = both[:1], both[1:]
-            extra = torch.cat([mask, masked_latents], dim=1).to(plan.latent_dtype)
-            extra = repeat_for_batch(extra, plan.batched)
+            extra = inpaint_input(mask, masked_latents, plan.latent_dtype, plan.batched)
         else:
+            # GenerationContext.encode (TAESD: no generator draw)
             clean = encode(image).to(plan.latent_dtype)
         if plan.from_noise or clean is None:
+            # inpaint.inpaint / inpaint._inpaint_dedicated at strength 1: noise x init_noise_sigma
             latents = noise[0] * plan.init_noise_sigma
         else:
+            # img2img.noised_start: scheduler.add_noise(clean, noise, timesteps[:1]), factors from `noising`
             latents = noising[0, 0] * clean + noising[0, 1] * noise[0]
         for i in range(plan.steps):
+            # loop.denoise's step: the batch for CFG (the LCM scheduler's scale_model_input is the identity),
+            # then the step's model call, fast.denoiser.build_denoiser as the accelerated predictor calls it
             model_input = repeat_for_batch(latents, plan.batched)
             args = [model_input, timesteps[i], embeddings]
             if timestep_cond is not None:
@@ -165,17 +174,19 @@ def build_frame(plan: FramePlan, encode: Part, decode: Part, steps: Sequence[Par
                 args += [control_scales[i, c] for c in plan.active[i]]
             prediction = steps[i](*args)
             if guidance_scale is not None:
-                uncond, cond = prediction.chunk(2)
-                prediction = uncond + guidance_scale * (cond - uncond)
+                prediction = cfg_combine(prediction, guidance_scale)  # loop.Guidance.combine
+            # LCMScheduler.step (lcm_step), the next step's noise drawn up front in the generator's order
             latents = lcm_step(
                 plan, lcm[i], prediction, latents, noise[i + 1] if i + 1 < plan.steps else None
             )
             if plan.hold and mask is not None and clean is not None:
+                # loop._apply_hold: add_noise to the next step's level from `noising`, the clean latents last
                 if i + 1 < plan.steps:
                     original = noising[i + 1, 0] * clean + noising[i + 1, 1] * noise[0]
                 else:
                     original = clean
-                latents = (1 - mask) * original + mask * latents
+                latents = hold_blend(mask, original, latents)
+        # GenerationContext.decode, then images.to_unit_float/to_uint8 on the device (host.model_to_pixels)
         return model_to_pixels(decode(latents.to(plan.vae_dtype)))
 
     return frame
