@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_NO_ADVISORY_WARNINGS", "1")
@@ -47,7 +47,11 @@ from backend.engine import Engine, EngineJob
 from protocol.messages import ControlParam, JobParams
 
 if TYPE_CHECKING:
+    from diffusers.configuration_utils import ConfigMixin
+
     from backend.loading.checkpoint import PipelineComponents
+
+Configured = TypeVar("Configured", bound="ConfigMixin")
 
 CASES = ("img2img", "img2img_cfg", "controlnet", "inpaint")
 PROMPT = "a scribble of a small house with a tree, watercolor, soft light"
@@ -93,6 +97,21 @@ class InMemoryModels:
         return self._controlnet
 
 
+def from_config_dir(
+    model_class: type[Configured], directory: Path, subfolder: str | None = None
+) -> Configured:
+    """A diffusers model with random weights, built from its config.json."""
+    # load_config and from_config return plain values unless asked for unused kwargs (annotated as tuples)
+    config = cast(dict[str, Any], model_class.load_config(directory, subfolder=subfolder))
+    return cast(Configured, model_class.from_config(config))
+
+
+def frozen_on(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The model on the device, in eval mode, without gradients."""
+    # typed as a plain Module: diffusers wraps `to` in a way that hides its signature from type checkers
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
 def random_sd15(device: torch.device, dtype: torch.dtype, config_dir: Path | None = None) -> InMemoryModels:
     """Full-size SD1.5 architectures with random weights (or any architecture in `config_dir`)."""
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
@@ -106,16 +125,16 @@ def random_sd15(device: torch.device, dtype: torch.dtype, config_dir: Path | Non
     controlnet_dir = (config_dir / "controlnet") if config_dir else CONTROLNET_CONFIG_DIR
     torch.manual_seed(0)
     with torch.device(device):  # initialise on the device: 1 B parameters init slowly on a CPU
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root, subfolder="unet"))
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(root, subfolder="vae"))
+        unet = from_config_dir(UNet2DConditionModel, root, "unet")
+        vae = from_config_dir(AutoencoderKL, root, "vae")
         text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(root / "text_encoder"))
-        controlnet = ControlNetModel.from_config(ControlNetModel.load_config(controlnet_dir))
+        controlnet = from_config_dir(ControlNetModel, controlnet_dir)
     with torch.no_grad():  # zero-convs start at zero: make them act, or the ControlNet costs nothing real
         for name, param in controlnet.named_parameters():
             if name.startswith(("controlnet_down_blocks", "controlnet_mid_block")) or "conv_out" in name:
                 param.normal_(0, 0.02)
     for model in (unet, vae, text_encoder, controlnet):
-        model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        frozen_on(model, device, dtype)
     scheduler_config = json.loads((SD15_CONFIG_DIR / "scheduler" / "scheduler_config.json").read_text())
     components = PipelineComponents(
         unet, vae, text_encoder, load_tokenizer(), scheduler_config, False, "random-sd15"

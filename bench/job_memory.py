@@ -116,7 +116,7 @@ async def measure(server: ServerProcess, args: argparse.Namespace, checkpoint: s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--sides", type=int, nargs="+", default=[1024, 2048, 3072])
     parser.add_argument("--models-dir", type=Path, default=None, help="real models (default: tiny ones)")
     parser.add_argument("--checkpoint", default=None, help="with --models-dir: the checkpoint to use")

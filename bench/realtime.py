@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_NO_ADVISORY_WARNINGS", "1")
@@ -62,6 +62,8 @@ from bench.engine_vs_diffusers import (  # noqa: E402
     SEED,
     InMemoryModels,
     Timer,
+    from_config_dir,
+    frozen_on,
     painting,
     quiet_library_logs,
     random_sd15,
@@ -91,9 +93,8 @@ def random_taesd(device: torch.device, dtype: torch.dtype, config_dir: Path | No
     from diffusers import AutoencoderTiny
 
     torch.manual_seed(1)
-    config = AutoencoderTiny.load_config(config_dir / "taesd") if config_dir else None
-    taesd = AutoencoderTiny.from_config(config) if config else AutoencoderTiny()
-    return taesd.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    taesd = from_config_dir(AutoencoderTiny, config_dir / "taesd") if config_dir else AutoencoderTiny()
+    return frozen_on(taesd, device, dtype)
 
 
 def reference_models(parts: Any, taesd: Any, controlnet: Any, separate: bool) -> tuple[Any, Any, Any]:
@@ -272,6 +273,7 @@ class Live:
         job = self.inpaint_job()
         n = self.sizes.canvas
         pipe = self.pipeline("StableDiffusionInpaintPipeline")
+        assert job.mask is not None
         image, mask = Image.fromarray(job.canvas[..., :3]), Image.fromarray(job.mask)
 
         def reference() -> Any:
@@ -336,7 +338,7 @@ class Live:
                 continue  # +steps variants keep their compiled calls per slot, not as parts
             if accelerator.mode == "compile" and settings.frame_compile != "parts":
                 continue  # +whole: the frame compiled as one graph has no parts to time alone
-            parts = dict(eager_parts)
+            parts: dict[Any, tuple[Any, Any]] = dict(eager_parts)
             compiled = 0
             for key, fn, examples in accelerator.compiled_parts():
                 if key in parts and call_signature(examples) == call_signature(parts[key][1]):
@@ -366,8 +368,8 @@ class Live:
     def parts_of_engine(self) -> tuple[Any, Any]:
         """The UNet and TAESD objects the engines run (not the diffusers baseline's copies)."""
         engine = next(iter(self.engines.values()))
-        components = engine.models.components(self.checkpoint)
-        return components.unet, engine.models.taesd()
+        models: Any = engine.models  # RandomModelsWithTaesd or a ModelManager: both have taesd()
+        return models.components(self.checkpoint).unet, models.taesd()
 
 
 # --- through the server -------------------------------------------------------------------------------------
@@ -386,10 +388,10 @@ class CountingEngine:
 
 
 async def websocket_case(bench: Live, variant: str) -> None:
-    from backend.client import Client
     from backend.config import ServerConfig
     from backend.engine_host import EngineHost
     from backend.server import Server
+    from tests.protocol_client import Client
 
     preview = CountingEngine(bench.engines[variant])
 
@@ -397,10 +399,11 @@ async def websocket_case(bench: Live, variant: str) -> None:
         """The real host, with the bench's already-loaded engine instead of loading from a model folder."""
 
         def _load(self) -> None:
-            self._engine, self.device_name = preview, str(bench.device)
+            # duck-typed: the host only calls run()
+            self._engine, self.device_name = cast(Engine, preview), str(bench.device)
             self._loaded.set()
 
-        def check_models(self, request: Any) -> None:
+        def resolve_models(self, request: Any) -> None:
             pass
 
         def loaded(self) -> dict[str, Any]:
@@ -464,7 +467,7 @@ LISTENING = re.compile(r"listening on ws://[^:]+:(\d+)")
 
 async def first_live_frame(port: int, canvas: np.ndarray, params: JobParams, deadline: float) -> float:
     """Connect (retrying until the server listens) and wait for the first live result."""
-    from backend.client import Client
+    from tests.protocol_client import Client
 
     while True:
         try:

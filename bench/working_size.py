@@ -98,7 +98,7 @@ async def measure(
     out: Output,
     client_max_pixels: int = 0,
 ) -> None:
-    from backend.client import Client
+    from tests.protocol_client import Client
 
     mode = ("live" if live else "generate") + ("/client_scaled" if client_max_pixels else "")
     client = await Client.connect(url)

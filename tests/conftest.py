@@ -21,3 +21,11 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     from tests.fixtures.tiny_models import build_tiny_models
 
     return build_tiny_models(tmp_path_factory.mktemp("tiny") / "models")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Building the tiny models alone takes a good part of the quick subset's minute, so every test that needs
+    # them, directly or through another fixture, is slow, including ones in files not marked yet.
+    for item in items:
+        if "tiny_models" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 
-from backend.client import Client
 from backend.config import ServerConfig
 from backend.engine_host import EngineHost
 from backend.loading.files import read_tensors
@@ -37,6 +36,9 @@ from protocol import (
 from tests.backend.server_harness import RunningServer, run, running_server
 from tests.backend.test_scheduler import GatedWork, Recorder, settle
 from tests.fixtures.tiny_models import TinyModels
+from tests.protocol_client import Client
+
+pytestmark = pytest.mark.slow
 
 
 def painting(width: int, height: int, seed: int = 0) -> np.ndarray:
@@ -68,6 +70,7 @@ def test_a_control_may_use_the_canvas_slot_as_its_image(
 def manager_busy(server: RunningServer) -> Iterator[None]:
     """Holds the model manager's lock from another thread, as the worker does while it loads a checkpoint."""
     manager = server.server.engine._manager
+    assert manager is not None, "the engine has not loaded its models"
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:

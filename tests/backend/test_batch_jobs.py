@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from backend.client import Client
 from backend.codec import frame_to_array
-from backend.engine_host import EngineHost, JobInput, JobOutput
+from backend.engine import EngineJob, EngineResult
+from backend.engine_host import EngineHost
 from protocol import (
     Accepted,
     Bounds,
@@ -29,6 +29,9 @@ from tests.backend.server_harness import random_canvas as painting
 from tests.backend.server_harness import run, running_server
 from tests.backend.test_server_jobs import SlowStepsHost as ServerJobsSlowHost
 from tests.fixtures.tiny_models import TinyModels
+from tests.protocol_client import Client
+
+pytestmark = pytest.mark.slow
 
 MIB = 1024 * 1024
 
@@ -101,7 +104,7 @@ def test_img2img_batch_is_one_job_whose_images_equal_single_jobs_with_their_seed
             ImageFrame,
         ]
         result = next(i for i in items if isinstance(i, Result))
-        frames = items[items.index(result) + 1 :]
+        frames = [i for i in items[items.index(result) + 1 :] if isinstance(i, ImageFrame)]
         assert [f.slot for f in frames] == ["result", "result.1", "result.2"]
         assert all(f.job_id == job_id for f in frames)
         assert result.count == 3 and result.seeds == [40, 41, 42]
@@ -249,12 +252,12 @@ class LargestImagesHost(EngineHost):
     side = 256
 
     def run(
-        self, job: JobInput, on_progress: Callable[[int, int], None], is_cancelled: Callable[[], bool]
-    ) -> JobOutput:
+        self, job: EngineJob, on_progress: Callable[[int, int], None], is_cancelled: Callable[[], bool]
+    ) -> EngineResult:
         images = [
             np.full((self.side, self.side, 4), index, dtype=np.uint8) for index in range(job.params.batch)
         ]
-        return JobOutput(images[0], (0, 0, self.side, self.side), {}, {}, images[1:])
+        return EngineResult(images[0], (0, 0, self.side, self.side), {}, {}, images[1:])
 
 
 def test_a_batch_larger_than_the_unread_hard_limit_reaches_a_reading_client(named_models: Path) -> None:

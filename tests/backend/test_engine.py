@@ -8,7 +8,7 @@ import torch
 
 from backend.engine import JobCancelled, select_device
 from backend.engine.samplers import denoise_steps
-from backend.model_store import ModelError
+from backend.model_errors import ModelError
 from tests.backend.test_engine_support import (
     FakeStore,
     Recorder,
@@ -19,6 +19,8 @@ from tests.backend.test_engine_support import (
     run,
     tiny_parts,
 )
+
+pytestmark = pytest.mark.slow
 
 
 def test_odd_size_comes_back_exactly() -> None:

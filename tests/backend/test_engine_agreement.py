@@ -4,6 +4,10 @@ No real weights exist here, so this agreement is the stand-in for image quality:
 what the reference does, step for step.
 """
 
+# diffusers' and torch's annotations reject their own documented calls here (pipelines with
+# safety_checker=None, from_config results, config and submodule attributes)
+# pyright: reportArgumentType=false
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,6 +18,8 @@ import torch
 from PIL import Image
 
 from tests.backend.test_engine_support import TinyParts, job, make_canvas, make_engine, run, tiny_parts
+
+pytestmark = pytest.mark.slow
 
 SCHEDULERS = {
     "lcm": "LCMScheduler",

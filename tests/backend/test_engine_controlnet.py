@@ -1,5 +1,9 @@
 """ControlNet guidance: agreement with diffusers, strength and range, scribble and pose hints, inpaint."""
 
+# diffusers' and torch's annotations reject their own documented calls here (pipelines with
+# safety_checker=None, from_config results, config and submodule attributes)
+# pyright: reportArgumentType=false
+
 from __future__ import annotations
 
 from typing import Any
@@ -12,7 +16,7 @@ from PIL import Image, ImageDraw
 from backend.engine import EngineInputError, EngineJob
 from backend.engine.controlnet import scribble_hint
 from backend.engine.pose import render_pose
-from backend.model_store import ModelNotFoundError
+from backend.model_errors import ModelNotFoundError
 from protocol.messages import ControlParam, JobParams
 from tests.backend.test_engine_agreement import assert_agrees, scheduler_for
 from tests.backend.test_engine_support import (
@@ -23,6 +27,8 @@ from tests.backend.test_engine_support import (
     run,
     tiny_parts,
 )
+
+pytestmark = pytest.mark.slow
 
 PERSON = [
     (32, 8), (32, 16), (24, 17), (20, 28), (18, 38), (40, 17), (44, 28), (46, 38), (27, 36),

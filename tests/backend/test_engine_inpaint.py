@@ -17,6 +17,8 @@ from tests.backend.test_engine_support import (
     tiny_parts,
 )
 
+pytestmark = pytest.mark.slow
+
 
 def inpaint_engine(resolution: int = 64) -> Engine:
     return make_engine(inpaint_resolution=resolution)[0]

@@ -1,5 +1,9 @@
 """The engine on models loaded by the product's own code from tiny real-format files."""
 
+# diffusers' and torch's annotations reject their own documented calls here (pipelines with
+# safety_checker=None, from_config results, config and submodule attributes)
+# pyright: reportArgumentType=false, reportAttributeAccessIssue=false
+
 from __future__ import annotations
 
 from typing import Any
@@ -11,6 +15,8 @@ from PIL import Image
 from backend.engine import Engine, EngineSettings
 from tests.backend.test_engine_agreement import SCHEDULERS, assert_agrees
 from tests.backend.test_engine_support import job, make_canvas, run
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +36,7 @@ def test_lcm_img2img_on_real_files_matches_diffusers(loaded: tuple[Engine, Any],
     import diffusers
     from diffusers import StableDiffusionImg2ImgPipeline
 
-    from backend.loading.manager import LoraChoice
+    from backend.engine.models import LoraSpec
 
     engine, manager = loaded
     canvas = make_canvas(64, 64, seed=11)
@@ -46,7 +52,7 @@ def test_lcm_img2img_on_real_files_matches_diffusers(loaded: tuple[Engine, Any],
     assert result.params["lcm_lora"] == tiny_models.lcm_lora
     assert manager.loaded()["lcm_lora"]["name"] == tiny_models.lcm_lora
 
-    parts = manager.components(tiny_models.checkpoint, lcm_lora=LoraChoice(tiny_models.lcm_lora, 1.0, 1.0))
+    parts = manager.components(tiny_models.checkpoint, lcm_lora=LoraSpec(tiny_models.lcm_lora, 1.0, 1.0))
     pipe = StableDiffusionImg2ImgPipeline(
         vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
         scheduler=getattr(diffusers, SCHEDULERS["lcm"]).from_config(parts.scheduler_config),

@@ -23,6 +23,8 @@ from protocol.messages import ControlParam
 from tests.backend.test_engine_support import FakeModels, job, make_canvas, run, tiny_parts
 from tests.backend.test_fast_preview import ModelsWithTaesd, preview_job
 
+pytestmark = pytest.mark.slow
+
 TOLERANCE = 1  # uint8 levels; on the CPU the eager backend is in fact exact
 
 

@@ -21,7 +21,7 @@ from protocol.messages import ControlParam
 from tests.backend.test_engine_support import FakeModels, make_canvas, run, tiny_parts
 from tests.backend.test_fast_preview import preview_job, taesd
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 FP16_TOLERANCE = 3  # uint8 levels between kernel choices in half precision
 
 

@@ -6,6 +6,10 @@ On the CPU the compile uses dynamo's "eager" backend and the "direct" capture (s
 float32 results are exact: the tests compare bytes.
 """
 
+# diffusers' and torch's annotations reject their own documented calls here (pipelines with
+# safety_checker=None, from_config results, config and submodule attributes)
+# pyright: reportArgumentType=false, reportAttributeAccessIssue=false
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -22,6 +26,8 @@ from backend.engine.jobs import JobCancelled
 from protocol.messages import ControlParam, JobParams
 from tests.backend.test_engine_support import Recorder, job, make_canvas, run, tiny_parts
 from tests.backend.test_fast_preview import ModelsWithTaesd, preview_job
+
+pytestmark = pytest.mark.slow
 
 INPAINTING = "tiny-inpainting.safetensors"  # FakeModels gives a 9-channel UNet for it
 # Selections are worked on at this size (512 in use): small keeps the CPU runs short.

@@ -1,17 +1,24 @@
 """Live preview jobs decode with TAESD where asked and available, and agree with diffusers' pipeline built
 with `vae=AutoencoderTiny`; everything else keeps the full VAE."""
 
+# diffusers' and torch's annotations reject their own documented calls here (pipelines with
+# safety_checker=None, from_config results, config and submodule attributes)
+# pyright: reportArgumentType=false, reportAttributeAccessIssue=false
+
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from backend.engine import Engine, EngineSettings
 from tests.backend.test_engine_agreement import as_uint8, scheduler_for
 from tests.backend.test_engine_support import FakeModels, count_calls, job, make_canvas, run, tiny_parts
+
+pytestmark = pytest.mark.slow
 
 _TAESD: Any = None
 

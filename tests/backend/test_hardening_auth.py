@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -20,7 +21,7 @@ TOKEN = "s3cret"
 BLOCK_S = 1.5
 
 
-def bearer(token: str) -> dict[str, object]:
+def bearer(token: str) -> dict[str, Any]:
     return {"additional_headers": {"Authorization": f"Bearer {token}"}}
 
 
@@ -53,6 +54,7 @@ async def hello_with(url: str, address: str, token: str) -> dict[str, object] | 
     return reply
 
 
+@pytest.mark.slow
 def test_wrong_tokens_block_their_address_for_a_while_and_no_other(tmp_path: Path) -> None:
     settings = ThrottleSettings(free_failures=3, base_block_s=BLOCK_S, max_block_s=60)
 

@@ -10,11 +10,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from backend.engine_host import EngineHost, JobInput, JobOutput
+import pytest
+
+from backend.engine import EngineJob, EngineResult
+from backend.engine_host import EngineHost
 from backend.turns import FairTurns
 from tests.backend.hardening_client import RawClient
 from tests.backend.server_harness import RunningServer, run, running_server
 from tests.fixtures.tiny_models import TinyModels
+
+pytestmark = pytest.mark.slow
 
 FLOODERS = 6
 JOBS_EACH = 3
@@ -27,8 +32,8 @@ class OrderHost(EngineHost):
     order: list[str] = []
 
     def run(
-        self, job: JobInput, on_progress: Callable[[int, int], None], is_cancelled: Callable[[], bool]
-    ) -> JobOutput:
+        self, job: EngineJob, on_progress: Callable[[int, int], None], is_cancelled: Callable[[], bool]
+    ) -> EngineResult:
         if job.params.prompt == "hold":
             self.gate.wait(60)
         OrderHost.order.append(job.params.prompt)

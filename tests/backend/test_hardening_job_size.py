@@ -22,6 +22,7 @@ from tests.fixtures.tiny_models import TinyModels
 MIB = 1024 * 1024
 
 
+@pytest.mark.slow
 def test_a_machine_with_little_memory_states_smaller_limits_and_holds_to_them(
     tiny_models: TinyModels, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,6 +17,8 @@ from tests.backend.server_harness import RunningServer, run, running_server
 from tests.backend.test_server_jobs import SlowStepsHost as ServerJobsSlowHost
 from tests.fixtures.tiny_models import TinyModels
 
+pytestmark = pytest.mark.slow
+
 # An error reply stays this small whatever the input was (the longest of our own sentences is ~400).
 MAX_ERROR_JSON = 2000
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load, load_file, save, save_file
 
-from backend.loading.manager import LoraChoice, ModelManager
+from backend.engine.models import LoraSpec
+from backend.loading.manager import ModelManager
 from backend.loading.owned_safetensors import SafetensorsReadError, read_safetensors
 from backend.loading.stamps import file_stamp
 from backend.model_store import ModelError, ModelStore
@@ -102,6 +103,7 @@ def test_file_stamp_sees_rewrites_in_place_and_replacements(tmp_path: Path) -> N
 # --- the manager ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_failed_checkpoint_switch_keeps_the_working_model(own_models: TinyModels) -> None:
     broken = own_models.path("checkpoints", "broken.safetensors")
     data = own_models.path("checkpoints", own_models.checkpoint).read_bytes()
@@ -119,11 +121,12 @@ def test_a_failed_checkpoint_switch_keeps_the_working_model(own_models: TinyMode
     assert manager.load_counts["checkpoint"] == 3
 
 
+@pytest.mark.slow
 def test_a_lora_rewritten_on_disk_is_read_again_and_refused_while_damaged(own_models: TinyModels) -> None:
     manager = manager_for(own_models)
     lora_path = own_models.path("loras", own_models.style_lora)
     original = lora_path.read_bytes()
-    choice = [LoraChoice(own_models.style_lora, 0.8, 0.8)]
+    choice = [LoraSpec(own_models.style_lora, 0.8, 0.8)]
     manager.components(own_models.checkpoint, choice)
     fused = {
         k: v.clone() for k, v in manager.components(own_models.checkpoint, choice).unet.state_dict().items()

@@ -21,10 +21,13 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from backend.config import ServerConfig
-from backend.engine_host import EngineHost, JobInput, JobOutput
+from backend.engine import EngineJob, EngineResult
+from backend.engine_host import EngineHost
 from protocol import PROTOCOL_VERSION, Limits
 from tests.backend.hardening_client import RawClient, canvas_frame, job_message
 from tests.backend.server_harness import RunningServer, run, running_server
+
+pytestmark = pytest.mark.slow
 
 MIB = 1024 * 1024
 
@@ -45,11 +48,11 @@ class BigResultHost(EngineHost):
     runs = 0  # jobs run, by all instances (one worker thread: no lock needed)
 
     def run(
-        self, job: JobInput, on_progress: Callable[[int, int], None], is_cancelled: Callable[[], bool]
-    ) -> JobOutput:
+        self, job: EngineJob, on_progress: Callable[[int, int], None], is_cancelled: Callable[[], bool]
+    ) -> EngineResult:
         BigResultHost.runs += 1
         image = np.zeros((self.side, self.side, 4), dtype=np.uint8)
-        return JobOutput(image, (0, 0, self.side, self.side), {}, {})
+        return EngineResult(image, (0, 0, self.side, self.side), {}, {})
 
 
 class GateHost(EngineHost):
@@ -58,11 +61,11 @@ class GateHost(EngineHost):
     gate = threading.Event()
 
     def run(
-        self, job: JobInput, on_progress: Callable[[int, int], None], is_cancelled: Callable[[], bool]
-    ) -> JobOutput:
+        self, job: EngineJob, on_progress: Callable[[int, int], None], is_cancelled: Callable[[], bool]
+    ) -> EngineResult:
         self.gate.wait(60)
         height, width = job.canvas.shape[:2]
-        return JobOutput(job.canvas, (0, 0, width, height), {}, {})
+        return EngineResult(job.canvas, (0, 0, width, height), {}, {})
 
 
 def rss_bytes() -> int | None:

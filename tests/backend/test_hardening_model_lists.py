@@ -28,6 +28,7 @@ from tests.fixtures.tiny_models import TinyModels
 EXPECTED_MARKS = {
     "checkpoints": {
         "garbage.safetensors": "damaged",
+        "zz-old.ckpt": "not a PyTorch file",
         "half.safetensors": "shorter than its header",
         "lora-here.safetensors": "LoRA",
         "sdxl.safetensors": "SDXL",
@@ -74,7 +75,7 @@ def models(tmp_path: Path, tiny_models: TinyModels) -> Path:
     )
     put("controlnet", "lora-here.safetensors", lora)
     put("vae", "lora-here.safetensors", lora)
-    # Not judged without loading it (a pickle): listed, not marked, even though it is garbage.
+    # Not a torch.save file at all (tests/backend/test_model_check_ckpt.py judges real ones).
     (root / "checkpoints" / "zz-old.ckpt").write_bytes(b"not a pickle")
     return root
 
@@ -83,6 +84,7 @@ def marks(message: dict[str, Any]) -> dict[str, dict[str, str]]:
     return {kind: dict(entries) for kind, entries in message["unusable"].items() if entries}
 
 
+@pytest.mark.slow
 def test_listed_files_that_cant_be_used_are_marked_with_why(models: Path, tiny_models: TinyModels) -> None:
     async def scenario(url: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]]]:
         client = await RawClient.connect(url)
@@ -136,6 +138,7 @@ def test_listed_files_that_cant_be_used_are_marked_with_why(models: Path, tiny_m
             assert (end["type"], end.get("code")) == ("error", "model_error"), (what, end)
 
 
+@pytest.mark.slow
 def test_a_mark_goes_once_the_file_is_fixed(models: Path, tiny_models: TinyModels) -> None:
     """Headers are read once per file version: a download that finishes is seen at the next listing."""
     half = models / "checkpoints" / "half.safetensors"

@@ -44,6 +44,7 @@ def models(tmp_path: Path, tiny_models: TinyModels) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_errors_name_files_relative_to_the_models_folder(
     models: Path, tiny_models: TinyModels, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1,5 +1,9 @@
 """Loading checkpoints, VAEs, TAESD and ControlNets from real file formats (tiny models), offline."""
 
+# diffusers' and torch's annotations reject their own documented calls here (pipelines with
+# safety_checker=None, from_config results, config and submodule attributes)
+# pyright: reportArgumentType=false, reportAttributeAccessIssue=false, reportCallIssue=false
+
 from __future__ import annotations
 
 import json
@@ -19,6 +23,8 @@ from backend.loading.vae import load_taesd, load_vae
 from backend.model_store import ModelError
 from tests.fixtures import ldm_writer
 from tests.fixtures.tiny_models import TinyModels, build_controlnet, build_taesd, build_unet, build_vae
+
+pytestmark = pytest.mark.slow
 
 CPU = torch.device("cpu")
 

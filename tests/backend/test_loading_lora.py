@@ -1,5 +1,9 @@
 """LoRA reading and fusing, and the ModelManager's caching, on the tiny models."""
 
+# diffusers' and torch's annotations reject their own documented calls here (pipelines with
+# safety_checker=None, from_config results, config and submodule attributes)
+# pyright: reportArgumentType=false
+
 from __future__ import annotations
 
 import re
@@ -9,12 +13,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from backend.engine.models import LoraSpec
 from backend.loading.checkpoint import PipelineComponents, load_checkpoint
 from backend.loading.ldm_names import UNetShape, unet_name_to_ldm
 from backend.loading.lora import TEXT_ENCODER, UNET, LoraFuser, LoraTargets, read_lora
-from backend.loading.manager import LoraChoice, ModelManager
+from backend.loading.manager import ModelManager
 from backend.model_store import ModelError, ModelNotFoundError, ModelStore
 from tests.fixtures.tiny_models import STYLE_TEXT_TARGETS, TinyModels
+
+pytestmark = pytest.mark.slow
 
 CPU = torch.device("cpu")
 
@@ -179,20 +186,20 @@ def test_strength_changes_re_fuse_without_reloading(manager: ModelManager, tiny_
     clean = weights_of(plain)
     assert manager.components(ckpt) is plain  # identical call: no-op, same object
 
-    style = LoraChoice(tiny_models.style_lora, model_strength=1.0, clip_strength=1.0)
-    lcm = LoraChoice(tiny_models.lcm_lora)
+    style = LoraSpec(tiny_models.style_lora, model_strength=1.0, clip_strength=1.0)
+    lcm = LoraSpec(tiny_models.lcm_lora)
     first = manager.components(ckpt, [style], lcm_lora=lcm)
     at_one = weights_of(first)
     assert first.unet is plain.unet and changed(at_one, clean)
 
-    weaker = manager.components(ckpt, [LoraChoice(style.name, 0.3, 0.5)], lcm_lora=lcm)
+    weaker = manager.components(ckpt, [LoraSpec(style.name, 0.3, 0.5)], lcm_lora=lcm)
     assert weaker.unet is plain.unet
     assert changed(weights_of(weaker), at_one)
     again = manager.components(ckpt, [style], lcm_lora=lcm)
     assert max_difference(weights_of(again), at_one) < 1e-5
     assert not changed(weights_of(again), at_one)  # recomputed from the originals: bit-exact
 
-    manager.components(ckpt, [LoraChoice(style.name, 0.0, 0.0)], lcm_lora=LoraChoice(lcm.name, 0.0, 0.0))
+    manager.components(ckpt, [LoraSpec(style.name, 0.0, 0.0)], lcm_lora=LoraSpec(lcm.name, 0.0, 0.0))
     assert not changed(weights_of(plain), clean)  # strength 0 is exactly no LoRA
     manager.components(ckpt)
     assert not changed(weights_of(plain), clean)
@@ -207,10 +214,10 @@ def test_fp16_fusing_back_and_forth_does_not_drift(tiny_models: TinyModels) -> N
         ModelStore(tiny_models.root), CPU, torch.float16, config_dir=tiny_models.config_dir
     )
     lcm = tiny_models.lcm_lora
-    once = weights_of(manager.components(tiny_models.checkpoint, [LoraChoice(lcm, 0.9)]))
+    once = weights_of(manager.components(tiny_models.checkpoint, [LoraSpec(lcm, 0.9)]))
     for strength in (0.1, 0.55, 1.0, 0.25):
-        manager.components(tiny_models.checkpoint, [LoraChoice(lcm, strength)])
-    back = weights_of(manager.components(tiny_models.checkpoint, [LoraChoice(lcm, 0.9)]))
+        manager.components(tiny_models.checkpoint, [LoraSpec(lcm, strength)])
+    back = weights_of(manager.components(tiny_models.checkpoint, [LoraSpec(lcm, 0.9)]))
     assert not changed(back, once)
 
 
@@ -218,9 +225,9 @@ def test_loaded_reports_the_state(manager: ModelManager, tiny_models: TinyModels
     assert manager.loaded()["checkpoint"] is None
     manager.components(
         tiny_models.inpaint_checkpoint,
-        [LoraChoice(tiny_models.style_lora, 0.5, 0.25)],
+        [LoraSpec(tiny_models.style_lora, 0.5, 0.25)],
         vae=tiny_models.vae,
-        lcm_lora=LoraChoice(tiny_models.lcm_lora),
+        lcm_lora=LoraSpec(tiny_models.lcm_lora),
     )
     state = manager.loaded()
     assert state["checkpoint"] == tiny_models.inpaint_checkpoint and state["is_inpaint"]
@@ -244,7 +251,7 @@ def test_vae_override_and_back(manager: ModelManager, tiny_models: TinyModels) -
 def test_switching_checkpoint_reloads_and_clears_loras(
     manager: ModelManager, tiny_models: TinyModels
 ) -> None:
-    manager.components(tiny_models.checkpoint, [LoraChoice(tiny_models.style_lora)])
+    manager.components(tiny_models.checkpoint, [LoraSpec(tiny_models.style_lora)])
     other = manager.components(tiny_models.diffusers_checkpoint)
     assert manager.load_counts["checkpoint"] == 2
     assert not changed(weights_of(other), weights_of(fresh(tiny_models)))
@@ -254,7 +261,7 @@ def test_switching_checkpoint_reloads_and_clears_loras(
 def test_failures_keep_the_working_state(
     manager: ModelManager, tiny_models: TinyModels, tmp_path: Path
 ) -> None:
-    good = manager.components(tiny_models.checkpoint, [LoraChoice(tiny_models.style_lora, 0.5)])
+    good = manager.components(tiny_models.checkpoint, [LoraSpec(tiny_models.style_lora, 0.5)])
     before = weights_of(good)
     save_file(
         {
@@ -265,15 +272,15 @@ def test_failures_keep_the_working_state(
     )
     try:
         with pytest.raises(ModelError):
-            manager.components(tiny_models.checkpoint, [LoraChoice("broken-test.safetensors")])
+            manager.components(tiny_models.checkpoint, [LoraSpec("broken-test.safetensors")])
     finally:
         tiny_models.path("loras", "broken-test.safetensors").unlink()
     with pytest.raises(ModelNotFoundError):
         manager.components("missing.safetensors")
     with pytest.raises(ModelNotFoundError):
-        manager.components(tiny_models.checkpoint, [LoraChoice("missing.safetensors")])
+        manager.components(tiny_models.checkpoint, [LoraSpec("missing.safetensors")])
     with pytest.raises(ModelError, match="finite"):
-        manager.components(tiny_models.checkpoint, [LoraChoice(tiny_models.style_lora, float("nan"))])
+        manager.components(tiny_models.checkpoint, [LoraSpec(tiny_models.style_lora, float("nan"))])
     assert manager.loaded()["checkpoint"] == tiny_models.checkpoint
     assert manager.loaded()["loras"][0]["model_strength"] == 0.5
     assert not changed(weights_of(good), before)

@@ -159,6 +159,7 @@ def comfyui_app(tmp_path: Path) -> Path:
     touch(app / "models" / "checkpoints" / "comfy-ckpt.safetensors")
     touch(app / "models" / "loras" / "comfy-lora.safetensors")
     touch(app / "models" / "vae_approx" / "taesd_decoder.pth")
+    (app / "models" / "clip_vision").mkdir()  # ComfyUI makes it; without it the folder reads as ours
     return app
 
 
@@ -247,6 +248,7 @@ def test_error_codes_match_the_protocol() -> None:
     assert issubclass(ModelNotFoundError, ModelError) and issubclass(UnsafeModelNameError, ModelError)
 
 
+@pytest.mark.slow
 def test_tiny_models_are_listed(tiny_models: TinyModels) -> None:
     listed = ModelStore(tiny_models.root).list_models()
     assert listed["checkpoints"] == sorted(

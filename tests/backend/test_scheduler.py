@@ -7,7 +7,8 @@ import threading
 import time
 from typing import Any
 
-from backend.scheduler import JobCancelledError, ScheduledJob, Scheduler
+from backend.engine.jobs import JobCancelled
+from backend.scheduler import ScheduledJob, Scheduler
 
 
 class Recorder:
@@ -43,7 +44,7 @@ class GatedWork:
         self.order.append(payload)
         for step in range(1, self.steps + 1):
             if is_cancelled():
-                raise JobCancelledError()
+                raise JobCancelled()
             self.gate.acquire(timeout=10)
             if payload == "explode":
                 raise RuntimeError("boom")

@@ -7,11 +7,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from backend.client import Client
 from protocol import Bounds, ControlParam, Error, InpaintParam, JobParams
 from tests.backend.server_harness import random_canvas as painting
 from tests.backend.server_harness import run
 from tests.fixtures.tiny_models import TinyModels
+from tests.protocol_client import Client
+
+pytestmark = pytest.mark.slow
 
 PADDING = 6
 

@@ -7,13 +7,17 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pytest
 
-from backend.client import Client
-from backend.engine_host import EngineHost, JobInput, JobOutput
+from backend.engine import EngineJob, EngineResult
+from backend.engine_host import EngineHost
 from protocol import Accepted, Bounds, Cancelled, Error, JobParams, Progress, Result
 from tests.backend.server_harness import random_canvas as canvas
 from tests.backend.server_harness import run, running_server
 from tests.fixtures.tiny_models import TinyModels
+from tests.protocol_client import Client
+
+pytestmark = pytest.mark.slow
 
 
 def params(models: TinyModels, **overrides: Any) -> JobParams:
@@ -33,8 +37,8 @@ class SlowStepsHost(EngineHost):
     step_pause_s = 0.25
 
     def run(
-        self, job: JobInput, on_progress: Callable[[int, int], None], is_cancelled: Callable[[], bool]
-    ) -> JobOutput:
+        self, job: EngineJob, on_progress: Callable[[int, int], None], is_cancelled: Callable[[], bool]
+    ) -> EngineResult:
         def slow_progress(step: int, total: int) -> None:
             on_progress(step, total)
             time.sleep(self.step_pause_s)
@@ -104,15 +108,17 @@ def test_superseded_live_frames_are_cancelled_and_only_the_newest_arrives(tiny_m
         second = await client.send_job(canvas(24, 24, 2), live, live=True)
         third = await client.send_job(canvas(24, 24, 3), live, live=True)
         replies = await client.wait_for([first, second, third])
-        assert isinstance(replies[first].final, Cancelled) and replies[first].final.reason == "superseded"
-        assert isinstance(replies[second].final, Cancelled) and replies[second].final.reason == "superseded"
-        assert replies[third].result is not None and replies[third].image is not None
+        first_final, second_final = replies[first].final, replies[second].final
+        assert isinstance(first_final, Cancelled) and first_final.reason == "superseded"
+        assert isinstance(second_final, Cancelled) and second_final.reason == "superseded"
+        third_image = replies[third].image
+        assert replies[third].result is not None and third_image is not None
         steps_of_first = [m.step for m in replies[first].messages if isinstance(m, Progress)]
         assert len(steps_of_first) < 4  # stopped at a step boundary, not run to the end
         # the same canvas again is answered from the last result, with no engine work
         started = time.perf_counter()
         repeat = await client.run(canvas(24, 24, 3), live, live=True)
-        assert repeat.image is not None and np.array_equal(repeat.image, replies[third].image)
+        assert repeat.image is not None and np.array_equal(repeat.image, third_image)
         assert not any(isinstance(m, Progress) for m in repeat.messages)
         assert time.perf_counter() - started < SlowStepsHost.step_pause_s
         await client.close()
@@ -132,7 +138,8 @@ def test_cancel_a_running_job_and_other_clients_are_served_meanwhile(tiny_models
         assert observer.welcome is not None and time.perf_counter() - started < 1.0
         await painter.cancel(job)
         replies = await painter.wait_for([job])
-        assert isinstance(replies[job].final, Cancelled) and replies[job].final.reason == "cancelled"
+        final = replies[job].final
+        assert isinstance(final, Cancelled) and final.reason == "cancelled"
         follow_up = await observer.run(canvas(16, 16), params(tiny_models, steps=1))
         assert follow_up.result is not None
         await painter.close()

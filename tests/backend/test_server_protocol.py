@@ -12,7 +12,6 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from backend.client import Client
 from protocol import (
     PROTOCOL_VERSION,
     Error,
@@ -26,6 +25,7 @@ from protocol import (
     encode_frame,
 )
 from tests.backend.server_harness import run, running_server
+from tests.protocol_client import Client
 
 CANVAS = np.full((8, 8, 4), 200, dtype=np.uint8)
 
@@ -285,6 +285,7 @@ def test_cancel_while_the_images_are_still_arriving(named_models: Path) -> None:
         run(scenario(server.url))
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_a_checkpoint_load_exits_within_seconds(tmp_path: Path) -> None:
     """The load can't be interrupted; the server stops serving, waits a few seconds for it, then exits."""
     import signal

@@ -279,6 +279,7 @@ def test_files_in_subfolders_and_an_application_folder_are_found(
 
 def test_an_unresolvable_host_is_tried_once_then_skipped(fake_repo: Path) -> None:
     """Offline machines must reach the 'models missing' message at once, not after minutes of retries."""
+    import http.client
     import io
     import socket
     import urllib.error
@@ -289,7 +290,7 @@ def test_an_unresolvable_host_is_tried_once_then_skipped(fake_repo: Path) -> Non
 
     attempts: list[str] = []
 
-    def offline_opener(request: object, timeout: float | None = None) -> object:
+    def offline_opener(request: object, timeout: float | None = None) -> http.client.HTTPResponse:
         attempts.append(getattr(request, "full_url", str(request)))
         raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
 
