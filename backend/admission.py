@@ -54,8 +54,10 @@ def client_address(connection: Any) -> str:
     return str(remote[0]) if remote else "unknown"
 
 
-def user_key(connection: Any) -> str:
-    """Who a connection belongs to, for fair scheduling (backend/turns.py): its client address, so that
-    one person's many connections share one turn. Decided when the client connects, from what the upgrade
-    request shows; an identity tied to each token would be looked up here once tokens name users."""
+def user_key(connection: Any, token_index: int | None = None) -> str:
+    """Who a connection belongs to, for fair scheduling (backend/turns.py), so that one person's many
+    connections share one turn: the access token it presented, by its place in the server's list (never its
+    text), when the server has tokens; otherwise its client address (all loopback clients are one)."""
+    if token_index is not None:
+        return f"token:{token_index}"
     return "address:" + client_address(connection)

@@ -40,8 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--token",
-        default=os.environ.get(TOKEN_ENV),
-        help=f"access token clients must present (default: ${TOKEN_ENV}); required to listen beyond loopback",
+        action="append",
+        default=None,
+        help=f"access token clients must present (default: ${TOKEN_ENV}); required to listen beyond "
+        "loopback. Repeat it to give each person a token of their own: each token then gets its own fair "
+        "share of the GPU, even when they all connect from one address",
     )
     parser.add_argument(
         "--allow-origin",
@@ -66,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="DIR",
-        help="diffusers config folder for checkpoints that are not SD1.5-shaped "
-        "(default: the shipped SD1.5 configs)",
+        help="diffusers config folder for checkpoints that are not SD1.5-shaped: unet/, vae/, text_encoder/ "
+        "and scheduler/ configs, and controlnet/config.json for its ControlNets (without it the SD1.5 "
+        "ControlNet config is used) (default: the shipped SD1.5 configs)",
     )
     parser.add_argument(
         "--device", default=None, help="cuda, cuda:N, mps or cpu (default: the best available)"
@@ -133,10 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    given = args.token if args.token is not None else [os.environ.get(TOKEN_ENV, "")]
+    tokens = [token for token in given if token]
     return ServerConfig(
         host=args.host,
         port=args.port,
-        token=args.token or None,
+        token=tokens[0] if tokens else None,
+        more_tokens=tuple(tokens[1:]),
         allowed_origins=tuple(args.allow_origin),
         models_dir=args.models_dir.expanduser().absolute(),
         extra_model_dirs=tuple(p.expanduser().absolute() for p in args.extra_models_dir),
@@ -177,7 +184,7 @@ async def serve(config: ServerConfig) -> None:
     await stop.wait()
     log.info("shutting down")
     if not await server.close(SHUTDOWN_GRACE_S):
-        log.warning("a model is still loading; exiting without waiting for it")
+        log.warning("the engine is %s; not waiting for it", server.busy_with)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from protocol import ErrorCode, ImageEncoding, ImageFrame, ProtocolError
 
@@ -37,8 +37,19 @@ def _decode_png(frame: ImageFrame) -> np.ndarray:
             return np.asarray(image.convert("RGBA"), dtype=np.uint8).copy()
     except ProtocolError:
         raise
+    except UnidentifiedImageError:
+        # PIL's own words name its in-memory file object ("<_io.BytesIO object at 0x...>"): useless to anyone.
+        raise ProtocolError(ErrorCode.BAD_FRAME, _png_problem(frame, "is not a PNG file")) from None
     except Exception as error:  # noqa: BLE001 - PIL raises many kinds for broken files
-        raise ProtocolError(ErrorCode.BAD_FRAME, f"PNG could not be decoded: {error}.") from None
+        detail = f"is damaged ({type(error).__name__}: {str(error)[:80]})"
+        raise ProtocolError(ErrorCode.BAD_FRAME, _png_problem(frame, detail)) from None
+
+
+def _png_problem(frame: ImageFrame, detail: str) -> str:
+    return (
+        f"Image {frame.slot!r} {detail}: its frame must carry the bytes of one whole PNG file "
+        "(or send the pixels as rgba8)."
+    )
 
 
 def array_to_payload(rgba: np.ndarray, encoding: str) -> bytes:

@@ -19,6 +19,9 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     token: str | None = None
+    # Further access tokens (--token given more than once). With tokens, each token is one user for fair
+    # turns (backend/turns.py), so people on one machine or behind one address are told apart.
+    more_tokens: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     models_dir: Path = REPO_ROOT / "models"
     extra_model_dirs: tuple[Path, ...] = ()
@@ -36,6 +39,11 @@ class ServerConfig:
     auth_throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
 
     @property
+    def tokens(self) -> tuple[str, ...]:
+        """Every access token a client may present; empty: none needed."""
+        return (() if self.token is None else (self.token,)) + self.more_tokens
+
+    @property
     def max_unread_hard_bytes(self) -> int:
         """Unread bytes that disconnect a client at once: room for two of the largest results beyond the
         soft limit, so a client that reads, only slower than results are made, is not dropped for one."""
@@ -44,7 +52,7 @@ class ServerConfig:
 
     def binding_problem(self) -> str | None:
         """Why this configuration must not start, in words for the person starting it; None if it may."""
-        if self.token is None and not is_loopback(self.host):
+        if not self.tokens and not is_loopback(self.host):
             return (
                 f"Refusing to listen on {self.host!r} without an access token: anyone on the network "
                 f"could drive "

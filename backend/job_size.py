@@ -6,9 +6,14 @@ What does grow with it lives in host memory on every device (CUDA included): the
 canvas, mask and control images, their compositing and resampling down to the working size, and the result.
 Measured through the real server (bench/job_memory.py: img2img and inpaint with a mask and a scribble, a
 non-opaque canvas, raw and PNG results) that is 41-52 bytes per canvas pixel at the peak; BYTES_PER_PIXEL
-rounds it up. The limit is the side of the square that fits in a share of the memory available when the
-server starts, after room for the model, never above the configured limit: a job within it can't take the
-machine's memory, and the welcome says so instead of promising 4096 x 4096 to a machine that can't hold it.
+rounds it up. The limit is the side of the square that fits in a share of the memory available, after room
+for the model, never above the configured limit: a job within it can't take the machine's memory, and the
+welcome says so instead of promising 4096 x 4096 to a machine that can't hold it.
+
+Memory comes and goes after start-up (the painter opens Krita's largest document), so the figure is read again
+at each client's handshake (JobSizeLimits): what that client's welcome states is what the server holds that
+client to for as long as it stays connected. A limit never changes under a connected client's feet, and each
+new client is told what the memory holds then.
 """
 
 from __future__ import annotations
@@ -53,8 +58,9 @@ def fitting_side(memory_bytes: int) -> int:
     return max(MIN_SIDE, math.isqrt(pixels) // SIDE_STEP * SIDE_STEP)
 
 
-def fit_limits(limits: Limits, model_file: Path | None = None) -> Limits:
-    """`limits` with max_width/max_height lowered to what this machine's memory holds (never raised)."""
+def fit_limits(limits: Limits, model_file: Path | None = None, quiet: bool = False) -> Limits:
+    """`limits` with max_width/max_height lowered to what this machine's memory holds (never raised).
+    `quiet`: no warning when they are lowered."""
     available = available_memory_bytes()
     if available is None:
         return limits
@@ -62,7 +68,7 @@ def fit_limits(limits: Limits, model_file: Path | None = None) -> Limits:
     side = fitting_side(available - model)
     if side >= max(limits.max_width, limits.max_height):
         return limits
-    log.warning(
+    (log.debug if quiet else log.warning)(
         "largest image side lowered to %d (configured %dx%d): %d MiB of memory available, %d MiB of it "
         "kept for the model",
         side,
@@ -72,6 +78,25 @@ def fit_limits(limits: Limits, model_file: Path | None = None) -> Limits:
         model // 2**20,
     )
     return replace(limits, max_width=min(side, limits.max_width), max_height=min(side, limits.max_height))
+
+
+class JobSizeLimits:
+    """The limits to give a client that connects now: the configured ones fitted to the memory available
+    now. Logs when the fitted side changes (not at every handshake)."""
+
+    def __init__(self, configured: Limits, model_file: Path | None) -> None:
+        self.configured = configured
+        self.model_file = model_file
+        self._last_side: int | None = None
+
+    def now(self) -> Limits:
+        fitted = fit_limits(self.configured, self.model_file, quiet=True)
+        side = max(fitted.max_width, fitted.max_height)
+        if side != self._last_side:
+            if self._last_side is not None:
+                log.info("largest image side for new clients: %d (memory available changed)", side)
+            self._last_side = side
+        return fitted
 
 
 def model_bytes(path: Path) -> int:

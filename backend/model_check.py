@@ -4,8 +4,11 @@ The model lists name every file of a usable type in each folder; a painter who p
 a LoRA dropped into checkpoints/ or an SDXL checkpoint learns why only after a job failed. A .safetensors
 file says what it holds in its header (8 bytes of length, then JSON: each tensor's name, dtype, shape and
 place in the file), so reading that header, never the weights, tells a damaged or incomplete file and most
-files of the wrong kind. Files that can't be judged that way (.ckpt/.pth pickles, kinds of LoRA the names
-don't settle) are not marked: a mark means the loader will refuse the file, with the same reason.
+files of the wrong kind. A .ckpt/.pt/.pth file is a zip archive around a pickle (torch.save): the archive's
+directory shows a cut-off download, and the pickle's opcodes, read without running them, name the Python
+objects it would build (the loader's torch.load(weights_only=True) refuses any but tensors and plain
+containers) and the tensors' names. What can't be judged this way (pre-1.6 torch files, kinds of LoRA the
+names don't settle) is not marked: a mark means the loader will refuse the file, with the same reason.
 
 Stdlib only: this runs on the server's side of the event loop, where torch is never imported. The key names
 mirror the loader's own checks (backend/loading/checkpoint.py, lora.py, controlnet.py, vae.py).
@@ -15,8 +18,11 @@ from __future__ import annotations
 
 import json
 import os
+import pickletools
+import re
 import struct
 import threading
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -50,12 +56,33 @@ DTYPE_BYTES = {
     "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
 }  # fmt: skip
 DAMAGED = "damaged or incomplete ({}): download it again"
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth")
+MAX_PICKLE_BYTES = 64 * 1024 * 1024  # an SD checkpoint's pickle is well under 1 MiB; larger isn't judged
+# What torch.load(weights_only=True) builds besides tensors (torch/_weights_only_unpickler.py's allowlist):
+# anything else in a pickle makes the loader refuse the file.
+SAFE_GLOBALS = {
+    "collections.OrderedDict", "collections.Counter", "torch.nn.parameter.Parameter",
+    "torch.serialization._get_layout", "torch.Size", "torch.Tensor", "torch.device", "_codecs.encode",
+    "builtins.bytearray", "builtins.set", "builtins.complex", "torch._tensor._rebuild_from_type_v2",
+    "torch.storage.UntypedStorage", "torch.storage.TypedStorage",
+}  # fmt: skip
+SAFE_TORCH_NAME = re.compile(
+    r"^torch\.(_utils\._rebuild_\w+|(cuda\.)?\w*(Storage|Tensor)"  # rebuild functions, tensor/storage classes
+    r"|u?int\d*|float\d*(_\w+)?|bfloat16|half|double|long|short|bool|cfloat|cdouble|chalf|complex\d*"
+    r"|q(u)?int\w*|bits\w*|per_(tensor|channel)_\w+)$"  # dtypes, quantization schemes
+)
+PYTHON2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
+STRING_OPS = {
+    "UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "STRING", "BINSTRING", "SHORT_BINSTRING",
+}  # fmt: skip
 
 
 def unusable_reason(kind: str, path: Path) -> str | None:
     """Why `path`, listed under `kind`, can't be used; None if it may be (or that can't be told cheaply)."""
     if path.is_dir():
         return _diffusers_folder_reason(path) if kind == "checkpoints" else None
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        return _pickle_reason(kind, path)
     if path.suffix.lower() != ".safetensors":
         return None
     try:
@@ -147,7 +174,7 @@ def _checkpoint_reason(header: dict[str, Any], names: list[str]) -> str | None:
     if UNET_CONV_IN not in names:
         other = _other_kind(names)
         return other.format("a checkpoint") if other else "not an SD1.5 checkpoint (it has no UNet weights)"
-    shape = header[UNET_CONV_IN].get("shape")
+    shape = header.get(UNET_CONV_IN, {}).get("shape") or []  # a pickle's names come without shapes
     if len(shape) > 1 and shape[1] not in SUPPORTED_IN_CHANNELS:
         return f"a UNet with {shape[1]} input channels; only SD1.5 text-to-image (4) and inpainting (9) work"
     if not _has_prefix(names, VAE_PREFIX) or not _has_prefix(names, CLIP_PREFIX):
@@ -190,6 +217,90 @@ JUDGES = {
     "controlnet": _controlnet_reason,
     "vae": lambda header, names: _vae_reason(names),
 }
+
+
+def _pickle_reason(kind: str, path: Path) -> str | None:
+    try:
+        found = read_pickle_names(path)
+    except HeaderError as error:
+        return DAMAGED.format(error)
+    except OSError as error:
+        return f"can't be read ({error.strerror or type(error).__name__})"
+    if found is None:
+        return None
+    names, unsafe = found
+    if unsafe:
+        shown = ", ".join(sorted(unsafe)[:3]) + (" ..." if len(unsafe) > 3 else "")
+        return (
+            f"holds Python objects besides weights ({shown}), which are not loaded for safety: "
+            "use a .safetensors version of it"
+        )
+    judge = JUDGES.get(kind)
+    return judge({}, sorted(names)) if judge is not None else None
+
+
+def read_pickle_names(path: Path) -> tuple[set[str], set[str]] | None:
+    """The strings (tensor names among them) and the disallowed globals of a torch.save archive's pickle,
+    read without unpickling; None for what can't be judged this way (a pre-1.6 file, a huge pickle)."""
+    with open(path, "rb") as f:
+        start = f.read(4)
+        if start != b"PK\x03\x04":
+            if start[:1] == b"\x80":
+                return None  # a pickle: torch's legacy format, not judged
+            raise HeaderError("not a PyTorch file")
+        try:
+            archive = zipfile.ZipFile(f)
+        except (zipfile.BadZipFile, ValueError):
+            raise HeaderError("the file is cut short") from None
+        with archive:
+            pickles = [info for info in archive.infolist() if info.filename.endswith("data.pkl")]
+            if len(pickles) != 1:
+                raise HeaderError("not a PyTorch checkpoint: no data.pkl in it")
+            if pickles[0].file_size > MAX_PICKLE_BYTES:
+                return None
+            try:
+                data = archive.read(pickles[0])
+            except (zipfile.BadZipFile, ValueError, EOFError):
+                raise HeaderError("its archive is garbled") from None
+    try:
+        return _scan_pickle(data)
+    except (ValueError, IndexError, KeyError):
+        raise HeaderError("its pickle is garbled") from None
+
+
+def _scan_pickle(data: bytes) -> tuple[set[str], set[str]]:
+    strings: set[str] = set()
+    unsafe: set[str] = set()
+    recent: list[str | None] = []  # the last values pushed, as far as STACK_GLOBAL needs them
+    memo: dict[int, str | None] = {}
+    for opcode, arg, _ in pickletools.genops(data):
+        name = opcode.name
+        if name in STRING_OPS:
+            value = arg.decode("latin-1") if isinstance(arg, bytes) else str(arg)
+            strings.add(value)
+            recent.append(value)
+        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[int(arg)] = recent[-1] if recent else None
+        elif name == "MEMOIZE":
+            memo[len(memo)] = recent[-1] if recent else None
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            recent.append(memo.get(int(arg)))
+        elif name == "GLOBAL":
+            module, _, attribute = str(arg).partition(" ")
+            _judge_global(module, attribute, unsafe)
+        elif name == "STACK_GLOBAL":
+            module, attribute = (recent[-2], recent[-1]) if len(recent) >= 2 else (None, None)
+            _judge_global(module or "?", attribute or "?", unsafe)
+        else:
+            recent.append(None)
+        del recent[:-2]
+    return strings, unsafe
+
+
+def _judge_global(module: str, attribute: str, unsafe: set[str]) -> None:
+    full = f"{PYTHON2_MODULES.get(module, module)}.{attribute}"
+    if full not in SAFE_GLOBALS and not SAFE_TORCH_NAME.match(full):
+        unsafe.add(full)
 
 
 def _diffusers_folder_reason(path: Path) -> str | None:

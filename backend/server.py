@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import itertools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
@@ -31,8 +31,8 @@ from protocol import (
     Hello,
     ImageEncoding,
     ImageFrame,
-    JobParams,
     JobRequest,
+    Limits,
     ListModels,
     Message,
     ModelList,
@@ -51,8 +51,9 @@ from .admission import Admission, client_address, user_key
 from .auth_throttle import AuthThrottle, retry_after
 from .codec import array_to_payload, frame_to_array
 from .config import ServerConfig
-from .engine_host import EngineHost, JobInput, JobOutput, ModelListing, describe_failure
-from .job_size import fit_limits
+from .engine import EngineJob, EngineResult, ModelChoice
+from .engine_worker import EngineWorker, ModelListing, describe_failure
+from .job_size import JobSizeLimits, fit_limits
 from .outbox import Outbox
 from .redact import PathRedactor
 from .result_bounds import document_bounds
@@ -65,6 +66,7 @@ CLOSE_GRACE_S = 5.0  # a dropped client gets this long to take the close frame b
 MIB = 1024 * 1024
 MAX_COORDINATE = 2**30  # protocol: result bounds beyond this are rejected by decoders
 POLICY_VIOLATION = 1008
+SHUTDOWN_FLUSH_S = 2.0  # a stopping server waits this long for clients to take their jobs' `cancelled`
 
 
 @dataclass
@@ -72,6 +74,7 @@ class PendingJob:
     """A job whose JSON arrived and whose image frames are still coming in."""
 
     request: JobRequest
+    models: ModelChoice  # resolved once, on arrival (EngineWorker.resolve_models); the engine runs it
     frames: dict[str, ImageFrame] = field(default_factory=dict)
 
     @property
@@ -87,12 +90,15 @@ class Connection:
         self.socket = socket
         self.client_id = client_id
         self.user = user  # whose fair share of the worker this connection's jobs take
+        # The limits this client's welcome states, which it is held to while connected (backend/job_size.py).
+        self.limits = server.config.limits
         self.pending: PendingJob | None = None
         # Frames still in flight for a job we already answered with an error are dropped without more noise.
         self.refused_job: str | None = None
         self.outbox = Outbox()
         self.requests: dict[str, JobRequest] = {}
-        self.live_cache: tuple[str, JobOutput] | None = None
+        self.live_cache: tuple[str, EngineResult] | None = None
+        self.live_key: tuple[str, str] | None = None  # (job id, input key) of the live job queued last
         self.dropping: asyncio.Task[None] | None = None
 
     # --- sending ----------------------------------------------------------------------------------------
@@ -155,7 +161,6 @@ class Connection:
     async def serve(self) -> None:
         writer = asyncio.create_task(self.write_forever(), name=f"writer-{self.client_id}")
         watcher = asyncio.create_task(self.watch_unread(), name=f"unread-{self.client_id}")
-        self.server.scheduler.register(self.client_id, self, self.user)
         try:
             await self.read_forever()
         except ConnectionClosed:
@@ -190,9 +195,7 @@ class Connection:
                 if isinstance(data, bytes):
                     await self.handle_frame(data)
                 else:
-                    await self.handle_message(
-                        decode_message(data, CLIENT_MESSAGES, self.server.config.limits)
-                    )
+                    await self.handle_message(decode_message(data, CLIENT_MESSAGES, self.limits))
             except ProtocolError as error:
                 if error.job_id is not None and error.job_id not in self.requests:
                     self.refused_job = error.job_id
@@ -232,10 +235,14 @@ class Connection:
             await self.refuse(ProtocolError(ErrorCode.UNAUTHORIZED, "Wrong or missing access token." + later))
             return False
         self.server.token_succeeded(self.socket)
+        # With tokens, the user who gets a fair share is the token's holder, wherever they connect from.
+        self.user = user_key(self.socket, self.server.presented_token(self.socket.request, message.token))
+        self.server.scheduler.register(self.client_id, self, self.user)
         # Until here messages were capped at the small hello limit (set in serve()): no one unauthenticated
         # can make the server hold megabytes. Read per frame by websockets, so it applies from the next one.
         self.socket.protocol.max_message_size = self.server.config.limits.max_message_bytes
-        self.send(self.server.welcome(await asyncio.to_thread(self.server.engine.model_listing)))
+        self.limits = self.server.job_size.now()  # what memory holds now; stated in its welcome
+        self.send(self.server.welcome(await asyncio.to_thread(self.server.engine.model_listing), self.limits))
         return True
 
     async def handle_message(self, message: Message) -> None:
@@ -250,6 +257,9 @@ class Connection:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "Hello was already received on this connection.")
 
     async def accept_job(self, request: JobRequest) -> None:
+        if self.server.stopping:
+            raise ProtocolError(ErrorCode.BUSY, "The server is shutting down; send it again once it is back.",
+                                request.job_id)  # fmt: skip
         if self.pending is not None:
             abandoned = self.pending.request.job_id
             self.pending = None
@@ -265,8 +275,8 @@ class Connection:
         with tied_to(request.job_id):
             check_result_bounds(request)
             self.check_image_budget(request)
-            self.server.engine.check_models(request)
-        self.pending = PendingJob(request)
+            models = self.server.engine.resolve_models(request)
+        self.pending = PendingJob(request, models)
 
     def check_image_budget(self, request: JobRequest) -> None:
         """Queued jobs hold their decoded images until they run: bounded per connection and in all."""
@@ -323,7 +333,7 @@ class Connection:
         )
 
     async def handle_frame(self, data: bytes) -> None:
-        limits = self.server.config.limits
+        limits = self.limits
         pending = self.pending
         try:
             frame = decode_frame(data, limits.max_width, limits.max_height)
@@ -368,7 +378,7 @@ class Connection:
             # Decoding and hashing megapixels would stall every other client: both run off the event loop.
             with tied_to(job_id):
                 arrays, key = await asyncio.to_thread(
-                    _decode_job_images, request, pending.frames, self.server.engine.resolved_models
+                    _decode_job_images, request, pending.frames, repr(pending.models)
                 )
         except ProtocolError as error:
             error.job_id = job_id
@@ -382,16 +392,16 @@ class Connection:
             self.send(Accepted(job_id))
             await self.job_done(ScheduledJob(self.client_id, job_id, True, None), self.live_cache[1])
             return
-        job_input = JobInput(
+        engine_job = EngineJob(
             mode=request.mode,
             params=request.params,
             canvas=arrays["canvas"],
             mask=arrays.get("mask"),
             control_images=arrays,  # every slot: a control may take its image from the canvas or mask
-            cache_key=key,
-            preview=request.live,
+            live=request.live,
+            models=pending.models,
         )
-        job = ScheduledJob(self.client_id, job_id, request.live, job_input)
+        job = ScheduledJob(self.client_id, job_id, request.live, engine_job)
         try:
             superseded = self.server.scheduler.submit(job)
         except QueueFullError as error:
@@ -399,6 +409,8 @@ class Connection:
         except KeyError:
             self.refuse_duplicate(job_id)
         self.requests[job_id] = request
+        if key is not None:
+            self.live_key = (job_id, key)
         for old in superseded:
             self.requests.pop(old.job_id, None)
             self.send(Cancelled(old.job_id, "superseded"))
@@ -418,6 +430,18 @@ class Connection:
             self.requests.pop(job_id, None)
             self.send(Cancelled(job_id, "cancelled"))
 
+    def end_all_jobs(self, reason: str) -> None:
+        """The server is stopping: every unfinished job of this client gets its `cancelled` now, before the
+        connection closes (a running one stops at its next step; its late report finds nothing to answer)."""
+        if self.pending is not None:
+            self.refused_job = self.pending.request.job_id
+            self.send(Cancelled(self.pending.request.job_id, reason))
+            self.pending = None
+        for job_id in list(self.requests):
+            self.server.scheduler.cancel(self.client_id, job_id, reason)
+            del self.requests[job_id]
+            self.send(Cancelled(job_id, reason))
+
     # --- reports from the scheduler (JobReporter) ----------------------------------------------------------
 
     def job_progress(self, job_id: str, step: int, total: int) -> None:
@@ -425,12 +449,12 @@ class Connection:
         if job_id in self.requests and self.outbox.size <= self.server.config.limits.max_unread_bytes:
             self.send(Progress(job_id, step, total))
 
-    async def job_done(self, job: ScheduledJob[Any], result: JobOutput) -> None:
+    async def job_done(self, job: ScheduledJob[Any], result: EngineResult) -> None:
         request = self.requests.pop(job.job_id, None)
         if request is None:
             return
-        if request.live and job.payload is not None and job.payload.cache_key is not None:
-            self.live_cache = (job.payload.cache_key, result)
+        if request.live and self.live_key is not None and self.live_key[0] == job.job_id:
+            self.live_cache = (self.live_key[1], result)
         # Bounds in document coordinates; the pixels may be fewer than the bounds (a canvas larger than the
         # working size, or sent scaled down): the client scales them to fit.
         bounds = list(document_bounds(result.bounds, request))
@@ -503,11 +527,12 @@ def check_result_bounds(request: JobRequest) -> None:
 
 
 def _decode_job_images(
-    request: JobRequest, frames: dict[str, ImageFrame], resolve_models: Callable[[JobParams], str]
+    request: JobRequest, frames: dict[str, ImageFrame], models: str
 ) -> tuple[dict[str, np.ndarray], str | None]:
-    """The job's images as arrays, and for live jobs a key that is equal exactly when the inputs are."""
+    """The job's images as arrays, and for live jobs a key that is equal exactly when the inputs are (`models`
+    names the models the job resolved to)."""
     arrays = {slot: frame_to_array(frame) for slot, frame in frames.items()}
-    return arrays, _input_key(request, frames, resolve_models(request.params)) if request.live else None
+    return arrays, _input_key(request, frames, models) if request.live else None
 
 
 def _input_key(request: JobRequest, frames: dict[str, ImageFrame], models: str = "") -> str:
@@ -522,17 +547,20 @@ def _input_key(request: JobRequest, frames: dict[str, ImageFrame], models: str =
 
 
 class Server:
-    def __init__(self, config: ServerConfig, engine: EngineHost | None = None) -> None:
-        self.engine = engine or EngineHost(config)
+    def __init__(self, config: ServerConfig, engine: EngineWorker | None = None) -> None:
+        self.engine = engine or EngineWorker(config)
         # The image sizes this machine's memory holds, rather than the configured ones it might not.
         self.config = replace(config, limits=fit_limits(config.limits, self.engine.default_model_file()))
-        self.scheduler: Scheduler[JobInput] = Scheduler(self.engine.run)
+        self.job_size = JobSizeLimits(config.limits, self.engine.default_model_file())  # at each handshake
+        self.scheduler: Scheduler[EngineJob] = Scheduler(self.engine.run)
         self._ids = itertools.count(1)
         self._socket_server: WebSocketServer | None = None
         self.admission = Admission(config.max_connections, config.max_connections_per_address)
         self.auth_throttle = AuthThrottle(config.auth_throttle)
         self.redactor = PathRedactor(root.path for root in self.engine.store.roots)
         self.connections: set[Connection] = set()  # past the handshake (the queued-image budget sums them)
+        self.stopping = False
+        self.busy_with = "still busy"  # what the worker was in when close() stopped waiting for it
 
     async def start(self) -> int:
         """Bind and serve; returns the port (useful with port 0). The engine loads in the background."""
@@ -565,11 +593,23 @@ class Server:
         await self._socket_server.serve_forever()
 
     async def close(self, grace: float | None = None) -> bool:
-        """Stops serving; True once the engine's worker is idle, False if it is still busy after `grace`
-        seconds (a checkpoint load)."""
+        """Stops serving: each client's unfinished jobs are answered `cancelled` (reason "shutdown") before
+        its connection closes. True once the engine's worker is idle, False if it is still busy after `grace`
+        seconds; `busy_with` then says what it is still doing (a job's step, or loading)."""
+        self.stopping = True
         if self._socket_server is not None:
+            self._socket_server.server.close()  # no new connections; the open ones still take their replies
+            for connection in list(self.connections):
+                connection.end_all_jobs("shutdown")
+            flushes = [c.outbox.wait_until_at_most(0, SHUTDOWN_FLUSH_S) for c in self.connections]
+            await asyncio.gather(*flushes)
             self._socket_server.close()
             await self._socket_server.wait_closed()
+        running = self.scheduler.running
+        if running is not None:
+            self.busy_with = f"still running job {running.job_id} (it stops at its next step, a load can't)"
+        elif not self.engine.ready:
+            self.busy_with = "still loading its model"
         return await self.scheduler.stop(grace)
 
     async def _handle(self, socket: ServerConnection) -> None:
@@ -584,7 +624,7 @@ class Server:
         log.info("client %d disconnected", client_id)
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        if self.config.token is not None:
+        if self.config.tokens:
             # Before anything else: a blocked address's tokens aren't even compared (a guess tells nothing).
             blocked = self.auth_throttle.blocked_for(client_address(connection))
             if blocked:
@@ -606,10 +646,18 @@ class Server:
         return None
 
     def _token_matches(self, candidate: str | None) -> bool:
-        expected = self.config.token
-        if expected is None:
-            return True
-        return candidate is not None and hmac.compare_digest(candidate.encode(), expected.encode())
+        return not self.config.tokens or self.token_index(candidate) is not None
+
+    def token_index(self, candidate: str | None) -> int | None:
+        """The place of `candidate` among the configured tokens, or None. Compared with every token in
+        constant time each, without stopping at a match (the time taken tells nothing about which)."""
+        if candidate is None:
+            return None
+        found = None
+        for index, token in enumerate(self.config.tokens):
+            if hmac.compare_digest(candidate.encode(), token.encode()) and found is None:
+                found = index
+        return found
 
     def token_failed(self, connection: ServerConnection) -> float:
         """Count a wrong or missing token against the client's address; the block it starts (s), or 0."""
@@ -620,15 +668,19 @@ class Server:
         return blocked
 
     def token_succeeded(self, connection: ServerConnection) -> None:
-        if self.config.token is not None:
+        if self.config.tokens:
             self.auth_throttle.succeeded(client_address(connection))
 
     def token_accepted(self, request: Request | None, hello_token: str | None) -> bool:
-        if self.config.token is None:
-            return True
+        return not self.config.tokens or self.presented_token(request, hello_token) is not None
+
+    def presented_token(self, request: Request | None, hello_token: str | None) -> int | None:
+        """Which configured token the client presented (the upgrade's Authorization header, else the
+        hello's `token`), by its place; None without one."""
         header = request.headers.get("Authorization") if request is not None else None
         header_token = header.removeprefix("Bearer ").strip() if header else None
-        return self._token_matches(header_token) or self._token_matches(hello_token)
+        found = self.token_index(header_token)
+        return found if found is not None else self.token_index(hello_token)
 
     def for_client(self, message: Message) -> Message:
         """A message as a client reads it: no server paths in its words (backend/redact.py)."""
@@ -640,7 +692,7 @@ class Server:
             message = replace(message, message=redact(message.message))
         return message
 
-    def welcome(self, listing: ModelListing) -> Welcome:
+    def welcome(self, listing: ModelListing, limits: Limits | None = None) -> Welcome:
         engine = self.engine
         return Welcome(
             protocol_version=PROTOCOL_VERSION,
@@ -649,7 +701,7 @@ class Server:
             models=listing.models,
             loaded=engine.loaded(),
             samplers=list(SAMPLERS),
-            limits=self.config.limits,
+            limits=limits or self.config.limits,
             ready=engine.ready,
             message=engine.status_message(),
             unusable=listing.unusable,

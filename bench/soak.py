@@ -5,8 +5,8 @@ Starts `python -m backend` in a subprocess (tiny models written to a temporary f
 --models-dir is given), then:
   idle    a well-behaved client's live jobs, one at a time: its latency with no one else there
   load    --clients clients each send a new live frame every --frame-interval seconds (latest-wins, reading
-          every reply) plus one client that sends live jobs and never reads, for --duration seconds; the
-          well-behaved client keeps measuring its latency meanwhile
+          every reply) plus one client that sends live jobs and, after its first result, never reads, for
+          --duration seconds; the well-behaved client keeps measuring its latency meanwhile
   after   the clients leave; the server's memory a few seconds later
 
 The server's RSS (from /proc, Linux) is sampled every second throughout. Nothing here asserts: it prints JSON
@@ -17,6 +17,8 @@ lines, one per RSS sample ({"name": "rss", "t_s", "phase", "rss_mib"}) and then 
 
     PYTHONPATH=. .venv/bin/python bench/soak.py --quick          # 5 clients for 15 s: a smoke test, ~1 min
     PYTHONPATH=. .venv/bin/python bench/soak.py                  # 50 clients for 10 minutes
+    PYTHONPATH=. .venv/bin/python bench/soak.py --clients 50 --seconds 600 --token-users   # the painter is
+                                                  # another user by its access token, all on 127.0.0.1
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ from websockets.protocol import State  # noqa: E402
 from protocol import PROTOCOL_VERSION, ImageEncoding, ImageFrame, encode_frame  # noqa: E402
 
 MIB = 1024 * 1024
+# --token-users: the server is given both; the flood and the never-reader present one, the painter the other.
+FLOOD_TOKEN = "soak-flood"
+PAINTER_TOKEN = "soak-painter"
 
 
 def emit(line: dict[str, Any], out: Any | None = None) -> None:
@@ -74,6 +79,8 @@ class ServerProcess:
         ]  # fmt: skip
         if config_dir is not None:
             command += ["--model-config", str(config_dir)]
+        if args.token_users:
+            command += ["--token", FLOOD_TOKEN, "--token", PAINTER_TOKEN]
         self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=REPO)
         self.log: list[str] = []
         assert self.process.stderr is not None
@@ -135,8 +142,12 @@ def frame(job_id: str, image: np.ndarray) -> bytes:
     return encode_frame(ImageFrame(job_id, "canvas", ImageEncoding.RGBA8, width, height, image.tobytes()))
 
 
-async def hello(url: str, **options: Any) -> ClientConnection:
-    socket = await connect(url, max_size=None, compression=None, **options)
+async def hello(url: str, token: str | None = None, **options: Any) -> ClientConnection:
+    if token is not None:
+        options["additional_headers"] = {"Authorization": f"Bearer {token}"}
+    # No keepalive pings of the client's own: a client that doesn't read (the never-reader, or a flooder
+    # starved of CPU) would time its own connection out, and the run would show that instead of the server.
+    socket = await connect(url, max_size=None, compression=None, ping_interval=None, **options)
     await socket.send(json.dumps({"type": "hello", "protocol_version": PROTOCOL_VERSION, "client": "soak"}))
     welcome = json.loads(await socket.recv())
     if welcome.get("type") != "welcome":
@@ -145,15 +156,23 @@ async def hello(url: str, **options: Any) -> ClientConnection:
 
 
 async def timed_jobs(
-    url: str, side: int, checkpoint: str | None, until: float, pause: float, prefix: str, address: str
+    url: str,
+    side: int,
+    checkpoint: str | None,
+    until: float,
+    pause: float,
+    prefix: str,
+    address: str,
+    token: str | None = None,
 ) -> list[float]:
     """The well-behaved painter: one live job at a time, each timed from sending to its result frame.
-    `address`: the loopback address it connects from (the server takes turns by address)."""
+    `address`: the loopback address it connects from, `token`: the access token it presents (the server
+    takes turns by token where it has tokens, else by address)."""
     latencies: list[float] = []
-    socket = await hello(url, local_addr=(address, 0))
+    socket = await hello(url, token, local_addr=(address, 0))
     try:
         n = 0
-        while time.monotonic() < until:
+        while n == 0 or time.monotonic() < until:  # at least one: the warm-up job must load the model
             n += 1
             job_id = f"{prefix}-{n}"
             started = time.perf_counter()
@@ -181,6 +200,7 @@ class FloodCounts:
     errors: dict[str, int] = field(default_factory=dict)
     refused_connections: int = 0
     closed_by_server: int = 0
+    closes: dict[str, int] = field(default_factory=dict)  # close code and reason -> how many
 
 
 async def flooder(
@@ -191,10 +211,11 @@ async def flooder(
     until: float,
     interval: float,
     counts: FloodCounts,
+    token: str | None = None,
 ) -> None:
     """A painter's plugin at its most eager: a new live frame every `interval`, reading every reply."""
     try:
-        socket = await hello(url)
+        socket = await hello(url, token)
     except Exception:  # noqa: BLE001 - a refused connection is a result here, not a failure
         counts.refused_connections += 1
         return
@@ -222,8 +243,10 @@ async def flooder(
             await socket.send(frame(f"f{index}-{n}", image))
             counts.frames_sent += 1
             await asyncio.sleep(interval)
-    except ConnectionClosed:
+    except ConnectionClosed as closed:
         counts.closed_by_server += 1
+        why = f"{closed.rcvd.code} {closed.rcvd.reason}" if closed.rcvd else "no close frame"
+        counts.closes[why] = counts.closes.get(why, 0) + 1
     finally:
         await socket.close()
         reader.cancel()
@@ -231,11 +254,13 @@ async def flooder(
             await reader
 
 
-async def never_reader(url: str, side: int, checkpoint: str | None, until: float) -> dict[str, Any]:
+async def never_reader(
+    url: str, side: int, checkpoint: str | None, until: float, token: str | None = None
+) -> dict[str, Any]:
     """Sends the same live job again and again (once the first has run, the copies are answered from the
     server's live cache without GPU work: the cheapest way to make the server produce replies) and never
-    reads one."""
-    socket = await hello(url, max_queue=1)
+    reads one after the first job's result."""
+    socket = await hello(url, token, max_queue=1)
     started = time.monotonic()
     image = canvas(side, 7)
     sent = 1
@@ -243,7 +268,12 @@ async def never_reader(url: str, side: int, checkpoint: str | None, until: float
     try:
         await socket.send(job("n-1", side, checkpoint))
         await socket.send(frame("n-1", image))
-        await asyncio.sleep(3.0)  # the first must finish before a copy supersedes it: then the cache answers
+        # Its result read (however long the flood makes it take): the server's live cache now holds it, and
+        # every copy sent from here on is answered at once. Nothing is read after this.
+        async with asyncio.timeout(max(1.0, until - time.monotonic())):
+            while not isinstance(await socket.recv(), bytes):
+                pass
+        report["first_result_s"] = round(time.monotonic() - started, 1)
         while time.monotonic() < until and socket.state is State.OPEN:
             sent += 1
             await asyncio.wait_for(socket.send(job(f"n-{sent}", side, checkpoint)), 2)
@@ -305,9 +335,13 @@ async def soak(args: argparse.Namespace, server: ServerProcess, checkpoint: str 
     sampler = asyncio.create_task(sample_rss())
     # A first job loads the model, so the idle latencies don't include the load.
     painter = args.painter_address
-    await timed_jobs(server.url, args.canvas, checkpoint, time.monotonic() + 0.1, 0, "warm", painter)
+    painter_token, flood_token = (PAINTER_TOKEN, FLOOD_TOKEN) if args.token_users else (None, None)
+    warm_until = time.monotonic() + 0.1
+    await timed_jobs(server.url, args.canvas, checkpoint, warm_until, 0, "warm", painter, painter_token)
     idle_until = time.monotonic() + args.idle
-    idle = await timed_jobs(server.url, args.canvas, checkpoint, idle_until, 0.2, "idle", painter)
+    idle = await timed_jobs(
+        server.url, args.canvas, checkpoint, idle_until, 0.2, "idle", painter, painter_token
+    )
     start_rss = server.rss_mib()
 
     phase = "load"
@@ -315,12 +349,14 @@ async def soak(args: argparse.Namespace, server: ServerProcess, checkpoint: str 
     counts = FloodCounts()
     flood = [
         asyncio.create_task(
-            flooder(server.url, i, args.canvas, checkpoint, until, args.frame_interval, counts)
+            flooder(server.url, i, args.canvas, checkpoint, until, args.frame_interval, counts, flood_token)
         )
         for i in range(args.clients)
     ]
-    ignoring = asyncio.create_task(never_reader(server.url, args.never_reader_canvas, checkpoint, until))
-    loaded = await timed_jobs(server.url, args.canvas, checkpoint, until, 0.2, "load", painter)
+    ignoring = asyncio.create_task(
+        never_reader(server.url, args.never_reader_canvas, checkpoint, until, flood_token)
+    )
+    loaded = await timed_jobs(server.url, args.canvas, checkpoint, until, 0.2, "load", painter, painter_token)
     await asyncio.gather(*flood)
     never = await ignoring
     never["server_log"] = next((line.strip() for line in server.log if "dropped:" in line), None)
@@ -342,6 +378,8 @@ async def soak(args: argparse.Namespace, server: ServerProcess, checkpoint: str 
             "end_mib": round(samples[-1], 1) if samples else None,
             "server_alive": server.process.poll() is None,
             "server_warnings": sum("WARNING" in line for line in server.log),
+            # Other work on the machine shows in the latencies: the load it had over the last 15 minutes.
+            "loadavg_15min": round(os.getloadavg()[2], 1) if hasattr(os, "getloadavg") else None,
         },
         out,
     )
@@ -355,7 +393,9 @@ def main() -> None:
         "--quick", action="store_true", help="5 clients for 15 s, 2 MiB unread for 3 s: a smoke test"
     )
     parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--duration", type=float, default=600.0, help="seconds of load (at most 3600)")
+    parser.add_argument(
+        "--duration", "--seconds", type=float, default=600.0, help="seconds of load (at most 3600)"
+    )
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle latency measurement")
     parser.add_argument(
         "--settle", type=float, default=5.0, help="seconds after the load before the last RSS"
@@ -375,10 +415,19 @@ def main() -> None:
         help="loopback address the well-behaved client connects from; the flood comes from 127.0.0.1, so "
         "127.0.0.2 makes the painter another user (default: 127.0.0.1, the same user as the flood)",
     )
+    parser.add_argument(
+        "--token-users",
+        action="store_true",
+        help="start the server with two access tokens: the flood and the never-reader present one, the "
+        "painter the other, so the painter is another user (the server takes turns by token) on 127.0.0.1",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models-dir", type=Path, default=None, help="real models (default: tiny ones)")
     parser.add_argument("--checkpoint", default=None, help="with --models-dir: the checkpoint to use")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON lines here too")
+    parser.add_argument(
+        "--server-log", type=Path, default=None, help="write the server's log here at the end"
+    )
     args = parser.parse_args()
     if args.quick:
         args.clients, args.duration, args.idle, args.settle = 5, 15.0, 5.0, 3.0
@@ -398,10 +447,13 @@ def main() -> None:
         server = ServerProcess(args, models, config_dir)
         try:
             emit({"name": "_env", "clients": args.clients, "duration_s": args.duration, "device": args.device,
-                  "tiny_models": args.models_dir is None, "cpus": os.cpu_count()}, out)  # fmt: skip
+                  "tiny_models": args.models_dir is None, "cpus": os.cpu_count(),
+                  "token_users": args.token_users, "painter_address": args.painter_address}, out)  # fmt: skip
             asyncio.run(soak(args, server, checkpoint, out))
         finally:
             server.stop()
+            if args.server_log is not None:
+                args.server_log.write_text("".join(server.log))
     emit({"name": "_done"}, out)
     if out is not None:
         out.close()

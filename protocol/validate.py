@@ -13,6 +13,7 @@ JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # Error messages quote what they refuse; quotes are cut to this, and lists of names to a few.
 QUOTE_LENGTH = 60
 LISTED_NAMES = 8
+QUOTED_DIGITS = 20  # numbers longer than this are quoted as 1.23e+45
 SLOT_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -57,7 +58,7 @@ def read_int(obj: dict[str, Any], key: str, minimum: int, maximum: int, default:
     if isinstance(value, bool) or not isinstance(value, int):
         raise bad(f"Field '{key}' must be a whole number, got {type_name(value)}.")
     if not minimum <= value <= maximum:
-        raise bad(f"Field '{key}' is {value}; it must be between {minimum} and {maximum}.")
+        raise bad(f"Field '{key}' is {number(value)}; it must be between {minimum} and {maximum}.")
     return value
 
 
@@ -69,7 +70,7 @@ def read_float(obj: dict[str, Any], key: str, minimum: float, maximum: float, de
         raise bad(f"Field '{key}' must be a number, got {type_name(value)}.")
     if isinstance(value, int) and not minimum <= value <= maximum:
         # Checked before isfinite: a JSON integer can be too large to convert to a float at all.
-        raise bad(f"Field '{key}' is {value}; it must be between {minimum} and {maximum}.")
+        raise bad(f"Field '{key}' is {number(value)}; it must be between {minimum} and {maximum}.")
     if not math.isfinite(value):
         raise bad(f"Field '{key}' must be a finite number.")
     if not minimum <= value <= maximum:
@@ -128,6 +129,15 @@ def quote(value: str) -> str:
     """A client's string as an error message quotes it: repr'd and cut short (it may be megabytes)."""
     text = repr(value[: QUOTE_LENGTH + 1])
     return text if len(value) <= QUOTE_LENGTH else f"{text[:-2]}...{text[-1]} ({len(value)} characters)"
+
+
+def number(value: int | float) -> str:
+    """A client's number as an error message quotes it: 1e300 read as a whole number has 301 digits."""
+    if isinstance(value, float) or abs(value) < 10**QUOTED_DIGITS:
+        return str(value)
+    digits = str(abs(value))  # not through float: a JSON integer may be beyond any float
+    mantissa = f"{digits[0]}.{digits[1:3]}".rstrip("0").rstrip(".")
+    return f"{'-' if value < 0 else ''}{mantissa}e+{len(digits) - 1}"
 
 
 def name_list(names: set[str]) -> str:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from backend.loading.configs import controlnet_config_dir
+from backend.loading.configs import CONTROLNET_CONFIG_DIR, controlnet_config_dir
 from backend.loading.files import describe_load_error, ensure_materialized, finish, read_tensors
-from backend.model_store import ModelError
+from backend.model_errors import ModelError
 
 if TYPE_CHECKING:
     from diffusers import ControlNetModel
@@ -38,8 +39,36 @@ def load_controlnet(
             tensors, config=str(controlnet_config_dir(config_dir)), local_files_only=True
         )
     except Exception as e:  # converter errors on foreign files: KeyError/RuntimeError/ValueError
-        raise ModelError(
-            f"ControlNet {path.name} doesn't fit the SD1.5 ControlNet ({describe_load_error(e)})."
-        ) from e
+        raise ModelError(misfit_message(path.name, e, config_dir)) from e
     ensure_materialized(model, f"ControlNet {path.name}")
     return finish(model, device, dtype)
+
+
+def misfit_message(name: str, error: Exception, config_dir: Path | None) -> str:
+    """Why a ControlNet file didn't load into its config, and what to do, for the painter and the operator.
+    diffusers' own words advise its API's arguments (low_cpu_mem_usage, ignore_mismatched_sizes): not theirs
+    to act on. The --model-config folder is named by its option, never by its path (clients read this)."""
+    mismatch = SHAPE_MISMATCH.search(str(error))
+    if mismatch is not None:
+        layer, wanted, found = mismatch.group(1), _shape(mismatch.group(2)), _shape(mismatch.group(3))
+        detail = f"its layer {layer} is {found}, the config's is {wanted}"
+    else:
+        detail = describe_load_error(error).split(". If you want", 1)[0][:200]
+    if config_dir is None:
+        config, fix = "the SD1.5 ControlNet config", "use an SD1.5 ControlNet"
+    elif controlnet_config_dir(config_dir) != CONTROLNET_CONFIG_DIR:
+        config = "the ControlNet config of --model-config"
+        fix = "fix controlnet/config.json in that folder to match this ControlNet"
+    else:
+        config = "the SD1.5 ControlNet config"
+        fix = "put this ControlNet's config.json in the --model-config folder as controlnet/config.json"
+    return f"ControlNet {name} doesn't fit {config} ({detail}): {fix}."
+
+
+SHAPE_MISMATCH = re.compile(
+    r"(\S+) expected shape torch\.Size\(\[([\d, ]*)\]\), but got torch\.Size\(\[([\d, ]*)\]\)"
+)
+
+
+def _shape(dims: str) -> str:
+    return "x".join(d.strip() for d in dims.split(",") if d.strip()) or "a scalar"
