@@ -1,7 +1,8 @@
-"""Why a model can't be used: the errors the model store, the loaders and the engine raise alike.
+"""Why a model can't be used: the errors the model files (backend/model_files.py), the loaders and the engine
+raise alike.
 
 Each carries a painter-readable message and the protocol error code the server reports it under. Kept apart
-from the store so that the engine can raise and catch them without importing the store or the loaders.
+from the model files so that the engine can raise and catch them without importing them or the loaders.
 """
 
 from __future__ import annotations

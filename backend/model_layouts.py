@@ -1,6 +1,6 @@
 """The models folder layouts of models/manifest.json, and which layout a folder on disk uses.
 
-One reader for both sides: the model store (backend/model_store.py) and install.py (installer/manifest.py)
+One reader for both sides: the model store (backend/model_files.py) and install.py (installer/manifest.py)
 parse `layout` and `foreign_layouts` here and name a folder's layout by the same rule, so a folder the
 installer fills as ComfyUI's is the one the backend reads as ComfyUI's. Standard library only, Python 3.10:
 install.py imports this before any dependency exists.

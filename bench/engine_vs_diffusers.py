@@ -81,7 +81,7 @@ class RandomStore:
 
 
 class InMemoryModels:
-    """Stands in for the ModelManager with random-weight models."""
+    """Stands in for the ModelCache with random-weight models."""
 
     def __init__(self, components: PipelineComponents, controlnet: Any) -> None:
         self.store = RandomStore()
@@ -143,13 +143,13 @@ def random_sd15(device: torch.device, dtype: torch.dtype, config_dir: Path | Non
 
 
 def tiny_from_files(device: torch.device, dtype: torch.dtype, workdir: Path) -> Any:
-    """The test suite's tiny models, written as real files and loaded through ModelStore + ModelManager."""
-    from backend.loading.manager import ModelManager
-    from backend.model_store import ModelStore
+    """The test suite's tiny models, written as real files and loaded through ModelStore + ModelCache."""
+    from backend.loading.model_cache import ModelCache
+    from backend.model_files import ModelStore
     from tests.fixtures.tiny_models import build_tiny_models
 
     tiny = build_tiny_models(workdir / "models")
-    return ModelManager(ModelStore(tiny.root), device, dtype, tiny.config_dir), tiny.checkpoint
+    return ModelCache(ModelStore(tiny.root), device, dtype, tiny.config_dir), tiny.checkpoint
 
 
 # --- inputs -------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 # The prepared GPU run of the realtime benchmark (issue 6), for a lent H100/H200 through the `device` tool:
 #
 #   run(command="bash bench/gpu_run.sh", carry=["bench/.whl"], timeout_s=600)
-#   (RUN_TESTS=1 bash bench/gpu_run.sh: also tests/backend/test_fast_cuda.py first; extra arguments go to
+#   (RUN_TESTS=1 bash bench/gpu_run.sh: also tests/backend/test_accelerated_cuda.py first; extra arguments go to
 #   bench/realtime.py, e.g. --compile-mode max-autotune-no-cudagraphs or --cases live_img2img; TAG=options
 #   names that run's file apart)
 #
@@ -36,7 +36,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 
 if [ "${RUN_TESTS:-0}" = "1" ]; then
     # The accelerated path's GPU correctness tests on the tiny models (about a minute; needs pytest there).
-    timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/backend/test_fast_cuda.py 2>&1 | tee "$OUT/tests.log"
+    timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/backend/test_accelerated_cuda.py 2>&1 | tee "$OUT/tests.log"
 fi
 
 # About 6 minutes expected (compiles ~2-3 of them); `timeout` keeps the command inside the tool's 10-minute

@@ -55,8 +55,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from backend.engine import Engine, EngineJob, EngineSettings  # noqa: E402
+from backend.engine.accelerated import AcceleratorSettings  # noqa: E402
 from backend.engine.controlnet import scribble_hint  # noqa: E402
-from backend.engine.fast import AcceleratorSettings  # noqa: E402
 from bench.engine_vs_diffusers import (  # noqa: E402
     PROMPT,
     SEED,
@@ -213,14 +213,14 @@ class Live:
 
     def img2img_job(self) -> EngineJob:
         canvas = painting(self.sizes.image, self.sizes.image)
-        return EngineJob("img2img", self.params(), canvas, preview=True)
+        return EngineJob("img2img", self.params(), canvas, live=True)
 
     def controlnet_job(self) -> EngineJob:
         lines = scribble(self.sizes.image)
         control = ControlParam("scribble", model=self.controlnet_name, strength=1.0, image="lines")
         canvas = painting(self.sizes.image, self.sizes.image)
         return EngineJob(
-            "img2img", self.params(controls=[control]), canvas, None, {"lines": lines}, preview=True
+            "img2img", self.params(controls=[control]), canvas, None, {"lines": lines}, live=True
         )
 
     def inpaint_job(self) -> EngineJob:
@@ -228,7 +228,7 @@ class Live:
         mask = np.zeros((n, n), dtype=np.uint8)
         top = (n - s) // 2
         mask[top : top + s, top : top + s] = 255
-        return EngineJob("inpaint", self.params(), painting(n, n, seed=1), mask, preview=True)
+        return EngineJob("inpaint", self.params(), painting(n, n, seed=1), mask, live=True)
 
     def live_img2img(self) -> None:
         job = self.img2img_job()
@@ -303,9 +303,9 @@ class Live:
         evaluations and TAESD encode + decode at the live size, per accelerated variant. A compiled variant
         times the very parts its live frames use, on the inputs they were compiled for (no new compile). Tells
         whether a frame is bound by the UNet's kernels or by what happens between them."""
-        from backend.engine.fast.accelerator import call_signature
-        from backend.engine.fast.frame import FrameModels, frame_parts
-        from backend.engine.fast.static_call import capture_cuda_graph, capture_direct
+        from backend.engine.accelerated.accelerator import call_signature
+        from backend.engine.accelerated.frame import FrameModels, frame_parts
+        from backend.engine.accelerated.static_call import capture_cuda_graph, capture_direct
 
         unet, vae = self.parts_of_engine()
         side = self.sizes.image
@@ -368,7 +368,7 @@ class Live:
     def parts_of_engine(self) -> tuple[Any, Any]:
         """The UNet and TAESD objects the engines run (not the diffusers baseline's copies)."""
         engine = next(iter(self.engines.values()))
-        models: Any = engine.models  # RandomModelsWithTaesd or a ModelManager: both have taesd()
+        models: Any = engine.models  # RandomModelsWithTaesd or a ModelCache: both have taesd()
         return models.components(self.checkpoint).unet, models.taesd()
 
 
@@ -389,17 +389,17 @@ class CountingEngine:
 
 async def websocket_case(bench: Live, variant: str) -> None:
     from backend.config import ServerConfig
-    from backend.engine_host import EngineHost
+    from backend.engine_worker import EngineWorker
     from backend.server import Server
     from tests.protocol_client import Client
 
     preview = CountingEngine(bench.engines[variant])
 
-    class BenchHost(EngineHost):
-        """The real host, with the bench's already-loaded engine instead of loading from a model folder."""
+    class BenchWorker(EngineWorker):
+        """The real engine worker, running the bench's engine instead of loading one."""
 
         def _load(self) -> None:
-            # duck-typed: the host only calls run()
+            # duck-typed: the worker only calls run()
             self._engine, self.device_name = cast(Engine, preview), str(bench.device)
             self._loaded.set()
 
@@ -411,7 +411,7 @@ async def websocket_case(bench: Live, variant: str) -> None:
 
     with tempfile.TemporaryDirectory() as models_dir:
         config = ServerConfig(port=0, models_dir=Path(models_dir), host="127.0.0.1")
-        server = Server(config, BenchHost(config))
+        server = Server(config, BenchWorker(config))
         port = await server.start()
         client = await Client.connect(f"ws://127.0.0.1:{port}")
         job = bench.img2img_job()
@@ -562,25 +562,26 @@ def write_random_checkpoint(models: Any, taesd: Any, root: Path) -> None:
 VARIANT_FLAVOURS = ("steps", "whole", "tuned", "cudnn")
 
 
-def variant_settings(variant: str, fast: AcceleratorSettings) -> tuple[str, AcceleratorSettings, bool]:
-    """MODE[+FLAVOUR...] -> (mode, settings, cudnn autotuner on). MODE is off, cuda_graphs or compile;
+def variant_settings(variant: str, options: AcceleratorSettings) -> tuple[AcceleratorSettings, bool]:
+    """MODE[+FLAVOUR...] -> (settings in that mode, cudnn autotuner on). MODE is off, cuda_graphs or compile;
     flavours: "steps" = one accelerated call per model call instead of the whole live frame as one captured
     function; "whole" = compile the whole frame as one graph instead of its model calls one by one; "tuned" =
     inductor's convolution-oriented options (compiler.TUNED_INDUCTOR_OPTIONS); "cudnn" = cudnn's autotuner
     picks each convolution's algorithm (process-wide in the product: here only around this engine's runs)."""
-    from backend.engine.fast.compiler import TUNED_INDUCTOR_OPTIONS
+    from backend.engine.accelerated.compiler import TUNED_INDUCTOR_OPTIONS
 
     mode, *flavours = variant.split("+")
     unknown = [f for f in flavours if f not in VARIANT_FLAVOURS]
     if unknown:
         raise SystemExit(f"unknown variant {variant!r}: flavours are {', '.join(VARIANT_FLAVOURS)}")
     settings = replace(
-        fast,
+        options,
+        mode=mode,
         whole_frame="steps" not in flavours,
         frame_compile="whole" if "whole" in flavours else "parts",
-        compile_options=dict(TUNED_INDUCTOR_OPTIONS) if "tuned" in flavours else fast.compile_options,
+        compile_options=dict(TUNED_INDUCTOR_OPTIONS) if "tuned" in flavours else options.compile_options,
     )
-    return mode, settings, "cudnn" in flavours
+    return settings, "cudnn" in flavours
 
 
 class CudnnTunedEngine(Engine):
@@ -659,17 +660,16 @@ def main() -> None:
             args.size or (512 if full else 128), args.canvas or (2048 if full else 256),
             args.selection or (256 if full else 32), args.inpaint_resolution or (512 if full else 128),
         )  # fmt: skip
-        fast = AcceleratorSettings(compile_backend=args.compile_backend, compile_mode=args.compile_mode)
+        options = AcceleratorSettings(compile_backend=args.compile_backend, compile_mode=args.compile_mode)
         engines: dict[str, Engine] = {}
         for variant in variants:
-            mode, variant_fast, tuned_cudnn = variant_settings(variant, fast)
+            variant_options, tuned_cudnn = variant_settings(variant, options)
             # working_size=False: the engine renders --size as the pipelines do (at the model's native size,
             # the default, the working size is that same size anyway).
             settings = EngineSettings(
                 working_size=False,
                 inpaint_resolution=sizes.inpaint_resolution,
-                accelerate=mode,
-                fast=variant_fast,
+                accelerated=variant_options,
             )
             engines[variant] = (CudnnTunedEngine if tuned_cudnn else Engine)(models, device, dtype, settings)
         parts, taesd, controlnet = reference_models(

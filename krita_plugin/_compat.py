@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-try:
-    from . import protocol  # installed layout
-except ImportError:
-    import protocol  # type: ignore[no-redef]  # repository layout
+if TYPE_CHECKING:
+    # For the type checker only: the repository's protocol package, found by path (it is a sibling of the
+    # plugin here, and the installed plugin carries the same package inside it).
+    from .. import protocol
+else:
+    try:
+        from . import protocol  # installed layout
+    except ImportError:
+        import protocol  # repository layout
 
 VENDOR_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vendor")
 

@@ -12,7 +12,7 @@ from ._compat import protocol
 from .apply import AppliedLayer, ApplyError, apply_as_layer, apply_onto_active, finish_merge, replace_pixels
 from .history import ResultEntry
 from .job_records import JobRecords, Purpose
-from .jobs import JobIds
+from .job_tracking import JobIds
 from .request_builder import assemble
 
 Say = Callable[[str, bool], None]  # a message for the panel, and whether it is an error

@@ -56,11 +56,9 @@ def bgra_image(bgra: Buffer, width: int, height: int) -> QImage:
 
 def image_bytes(image: QImage) -> bytes:
     image = image.convertToFormat(QImage.Format.Format_ARGB32)
-    pointer = image.constBits()
-    pointer.setsize(image.sizeInBytes())
     stride = image.bytesPerLine()
     width = image.width() * 4
-    data = bytes(pointer)
+    data = _raw_bytes(image)
     if stride == width:
         return data
     return b"".join(data[row * stride : row * stride + width] for row in range(image.height()))
@@ -109,10 +107,12 @@ def _smooth(image: QImage, new_width: int, new_height: int) -> QImage:
 
 
 def _raw_bytes(image: QImage) -> bytes:
-    """The image's 32-bit pixels as they are in memory (rows of 4-byte pixels need no padding)."""
+    """The image's pixels as they are in memory, rows padded to bytesPerLine() (rows of 4-byte pixels
+    need no padding)."""
     pointer = image.constBits()
-    pointer.setsize(image.sizeInBytes())
-    return bytes(pointer)
+    if pointer is None:  # a null image has no pixels
+        return b""
+    return pointer.asstring(image.sizeInBytes())
 
 
 def scale_gray(gray: bytes, width: int, height: int, new_width: int, new_height: int) -> bytes:
@@ -123,9 +123,7 @@ def scale_gray(gray: bytes, width: int, height: int, new_width: int, new_height:
         Qt.AspectRatioMode.IgnoreAspectRatio,
         Qt.TransformationMode.SmoothTransformation,
     )
-    pointer = scaled.constBits()
-    pointer.setsize(scaled.sizeInBytes())
-    data, stride = bytes(pointer), scaled.bytesPerLine()
+    data, stride = _raw_bytes(scaled), scaled.bytesPerLine()
     if stride == new_width:
         return data
     return b"".join(data[row * stride : row * stride + new_width] for row in range(new_height))

@@ -27,7 +27,7 @@ from .history import ResultEntry, ResultHistory
 from .idle_wait import IdleWait
 from .input_watch import InputWatch
 from .job_records import JobRecord, JobRecords, Purpose
-from .jobs import JobIds, JobTracker
+from .job_tracking import JobIds, JobTracker
 from .live_state import LiveState
 from .network import Connected, NetworkClient, ResultReady, ServerMessage, Status, StatusChanged
 from .nodes import node_id
@@ -67,7 +67,7 @@ class Controller(QObject):
         self.live = LiveState(clock=clock)
         self.history = ResultHistory(clock=clock)
         self.records = JobRecords()
-        self.sender = Sender(self.network, self.ids, self.records)
+        self.job_sender = Sender(self.network, self.ids, self.records)
         self.applying = ApplyFlow(
             self.network, self.ids, self.records, self._document_by_id, self.panel.set_message
         )
@@ -259,10 +259,10 @@ class Controller(QObject):
         if sent:
             self.tracker.start(sent, live=True)
             self.live.sent(sent[0], fingerprint)
-            done = self.sender.left_at
+            done = self.job_sender.left_at
             self.stats["stroke_to_send_ms"].append((done - self.input.last_release) * 1000)
             phases = {"krita_finishing": started - self.input.last_release}
-            phases.update(self.sender.timings)
+            phases.update(self.job_sender.timings)
             phases.update(fingerprint=compared - captured, plugin_total=done - started)
             self.stats["send_phases_ms"].append({k: round(v * 1000, 2) for k, v in phases.items()})
         else:
@@ -433,7 +433,7 @@ class Controller(QObject):
     def _capture(self, doc: Any, settings: GenerationSettings) -> CanvasCapture | None:
         """What a job would carry now; None when the document can't be sent (the panel says why)."""
         try:
-            return self.sender.capture(doc, settings, refresh_allowed=_no_buttons_down)
+            return self.job_sender.capture(doc, settings, refresh_allowed=_no_buttons_down)
         except CaptureError as problem:
             if str(problem) != "busy":
                 self.panel.set_message(str(problem), error=True)
@@ -443,10 +443,10 @@ class Controller(QObject):
         self, doc: Any, snapshot: CanvasCapture, settings: GenerationSettings, *, live: bool
     ) -> list[str]:
         """The ids sent; [] when nothing could be sent (the panel says why)."""
-        sent = self.sender.send(doc, snapshot, settings, live=live, models=self.models)
+        sent = self.job_sender.send(doc, snapshot, settings, live=live, models=self.models)
         if not sent:
             self.panel.set_message("Not connected to the backend (see the status above).", error=True)
-        self.stats["sent"] = self.sender.sent
+        self.stats["sent"] = self.job_sender.sent
         return sent
 
     def _cancel_current(self) -> None:

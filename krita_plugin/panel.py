@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ._compat import protocol
 from .qt import (
@@ -19,6 +20,7 @@ from .qt import (
     QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
+    QIcon,
     QLabel,
     QLineEdit,
     QPlainTextEdit,
@@ -50,13 +52,15 @@ STATUS_COLORS = {"ok": "#3a3", "busy": "#c90", "bad": "#c33", "off": "#888"}
 DEFAULT_CHOICE = ""  # item data for "backend default" / "none"
 COMBO_MIN_CHARS = 3  # combos shrink to this many characters instead of widening the docker
 
+WidgetT = TypeVar("WidgetT", bound=QWidget)
+
 
 class Section(QWidget):
     """A titled, foldable group: the header toggles the body (folded sections keep the panel short)."""
 
     def __init__(self, title: str, name: str, expanded: bool = False, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.header = QToolButton(objectName=f"kld_section_{name}")
+        self.header = _named(QToolButton(), f"kld_section_{name}")
         self.header.setText(title)
         self.header.setCheckable(True)
         self.header.setChecked(expanded)
@@ -104,13 +108,13 @@ class Panel(QScrollArea):
         self.setWidget(self.body)
         layout = QVBoxLayout(self.body)
         layout.setContentsMargins(4, 4, 4, 4)
-        self.status = QLabel("● Not connected", objectName="kld_status")
+        self.status = _named(QLabel("● Not connected"), "kld_status")
         self.status.setWordWrap(True)
         self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         layout.addWidget(self.status)
         layout.addWidget(self._build_prompt())
         layout.addLayout(self._build_actions())
-        self.progress = QProgressBar(objectName="kld_progress")
+        self.progress = _named(QProgressBar(), "kld_progress")
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         self.progress.setTextVisible(False)
@@ -122,13 +126,16 @@ class Panel(QScrollArea):
         self.history.picked.connect(self.history_picked)
         layout.addWidget(self.history)
         layout.addLayout(self._build_apply())
-        self.message = QLabel("", objectName="kld_message")
+        self.message = _named(QLabel(""), "kld_message")
         self.message.setWordWrap(True)
         self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.message.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
         # Room for two lines whatever the message: a new message never moves the widgets below it.
         self.message.setMinimumHeight(2 * self.message.fontMetrics().lineSpacing() + 4)
-        self.message.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
+        # PyQt5's stub types AlignmentFlag | AlignmentFlag as int; at runtime it is a Qt.Alignment.
+        self.message.setAlignment(
+            Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop  # pyright: ignore[reportArgumentType]
+        )
         layout.addWidget(self.message)
         self.sections = {
             "generation": self._build_sampling(),
@@ -148,28 +155,28 @@ class Panel(QScrollArea):
         box = QWidget(self.body)
         layout = QVBoxLayout(box)
         layout.setContentsMargins(0, 0, 0, 0)
-        self.prompt = QPlainTextEdit(objectName="kld_prompt")
+        self.prompt = _named(QPlainTextEdit(), "kld_prompt")
         self.prompt.setPlaceholderText("what the image shows, e.g. a castle on a hill at dawn, oil painting")
         self.prompt.setFixedHeight(3 * self.prompt.fontMetrics().lineSpacing() + 12)
         self.prompt.setTabChangesFocus(True)
         layout.addWidget(self.prompt)
-        self.negative = QLineEdit(objectName="kld_negative")
+        self.negative = _named(QLineEdit(), "kld_negative")
         self.negative.setPlaceholderText("what to avoid (negative prompt)")
         layout.addWidget(self.negative)
         return box
 
     def _build_actions(self) -> QHBoxLayout:
         row = QHBoxLayout()
-        self.live = QPushButton("Live", objectName="kld_live")
+        self.live = _named(QPushButton("Live"), "kld_live")
         self.live.setCheckable(True)
         self.live.setToolTip("Repaint continuously as you paint: each finished stroke is sent at once")
         self.live.toggled.connect(lambda on: self.live.setText("● Live" if on else "Live"))
         self.live.toggled.connect(self.live_toggled)
-        self.generate = QPushButton("Generate", objectName="kld_generate")
+        self.generate = _named(QPushButton("Generate"), "kld_generate")
         self.generate.setToolTip("Render once (with a selection: only the selection is redrawn)")
         self.generate.clicked.connect(self.generate_clicked)
-        self.cancel = QToolButton(objectName="kld_cancel")
-        self.cancel.setIcon(self.style().standardIcon(QStyle.StandardPixmap.SP_BrowserStop))
+        self.cancel = _named(QToolButton(), "kld_cancel")
+        self.cancel.setIcon(_standard_icon(self, QStyle.StandardPixmap.SP_BrowserStop))
         self.cancel.setToolTip("Cancel (also stops Live)")
         self.cancel.clicked.connect(self.cancel_clicked)
         row.addWidget(self.live, 1)
@@ -179,10 +186,10 @@ class Panel(QScrollArea):
 
     def _build_apply(self) -> QHBoxLayout:
         row = QHBoxLayout()
-        self.apply = QPushButton("Apply", objectName="kld_apply")
+        self.apply = _named(QPushButton("Apply"), "kld_apply")
         self.apply.setToolTip("Keep the shown result as a new layer above the active layer")
         self.apply.clicked.connect(self.apply_clicked)
-        self.apply_onto = QPushButton("Onto layer", objectName="kld_apply_onto")
+        self.apply_onto = _named(QPushButton("Onto layer"), "kld_apply_onto")
         self.apply_onto.setToolTip("Paint the shown result onto the active paint layer")
         self.apply_onto.clicked.connect(self.apply_onto_clicked)
         row.addWidget(self.apply, 1)
@@ -192,7 +199,7 @@ class Panel(QScrollArea):
     def _build_sampling(self) -> Section:
         section = Section("Generation", "generation", expanded=True)
         form = section.form
-        self.strength = QSlider(Qt.Orientation.Horizontal, objectName="kld_strength")
+        self.strength = _named(QSlider(Qt.Orientation.Horizontal), "kld_strength")
         self.strength.setRange(0, 100)
         self.strength.setValue(50)
         self.strength_label = QLabel("50%")
@@ -200,7 +207,7 @@ class Panel(QScrollArea):
         self.strength.valueChanged.connect(lambda v: self.strength_label.setText(f"{v}%"))
         self.strength.setToolTip("How much the image may change: low keeps your painting, 100% repaints it")
         form.addRow("Strength", _row(self.strength, self.strength_label))
-        self.resolution = QComboBox(objectName="kld_resolution")
+        self.resolution = _named(QComboBox(), "kld_resolution")
         for value in RESOLUTIONS:
             self.resolution.addItem(f"{value:g}x", value)
         self.resolution.setCurrentIndex(RESOLUTIONS.index(1.0))
@@ -208,24 +215,24 @@ class Panel(QScrollArea):
             "Working resolution: 1x renders at the model's native size (about 512x512 for SD1.5), whatever "
             "the canvas size; the result is scaled to the canvas. Higher is sharper and slower."
         )
-        self.batch = QSpinBox(objectName="kld_batch")
+        self.batch = _named(QSpinBox(), "kld_batch")
         self.batch.setRange(1, MAX_BATCH)
         self.batch.setToolTip("Generate makes this many variations (consecutive seeds)")
         form.addRow("Size", _row(self.resolution, QLabel("Batch"), self.batch))
-        self.seed = QSpinBox(objectName="kld_seed")
+        self.seed = _named(QSpinBox(), "kld_seed")
         self.seed.setRange(0, MAX_SEED)
         self.seed.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
-        self.dice = QToolButton(objectName="kld_dice")
-        self.dice.setIcon(self.style().standardIcon(QStyle.StandardPixmap.SP_BrowserReload))
+        self.dice = _named(QToolButton(), "kld_dice")
+        self.dice.setIcon(_standard_icon(self, QStyle.StandardPixmap.SP_BrowserReload))
         self.dice.setToolTip("New random seed")
         self.dice.clicked.connect(lambda: self.seed.setValue(random_seed()))
-        self.seed_lock = QCheckBox("Lock", objectName="kld_seed_lock")
+        self.seed_lock = _named(QCheckBox("Lock"), "kld_seed_lock")
         self.seed_lock.setToolTip("Keep this seed for every Generate (Live always keeps it)")
         form.addRow("Seed", _row(self.seed, self.dice, self.seed_lock))
-        self.steps = QSpinBox(objectName="kld_steps")
+        self.steps = _named(QSpinBox(), "kld_steps")
         self.steps.setRange(1, 50)
         self.steps.setValue(4)
-        self.cfg = QDoubleSpinBox(objectName="kld_cfg")
+        self.cfg = _named(QDoubleSpinBox(), "kld_cfg")
         self.cfg.setRange(0.0, 30.0)
         self.cfg.setSingleStep(0.1)
         self.cfg.setValue(1.0)
@@ -262,12 +269,12 @@ class Panel(QScrollArea):
     def _build_connection(self) -> Section:
         section = Section("Backend", "backend")
         form = section.form
-        self.address = QLineEdit(f"127.0.0.1:{protocol.DEFAULT_PORT}", objectName="kld_address")
+        self.address = _named(QLineEdit(f"127.0.0.1:{protocol.DEFAULT_PORT}"), "kld_address")
         self.address.setToolTip("Where the backend listens: host:port")
-        self.connect_button = QPushButton("Connect", objectName="kld_connect")
+        self.connect_button = _named(QPushButton("Connect"), "kld_connect")
         self.connect_button.clicked.connect(self.connect_requested)
         form.addRow("Address", _row(self.address, self.connect_button))
-        self.token = QLineEdit("", objectName="kld_token")
+        self.token = _named(QLineEdit(""), "kld_token")
         self.token.setEchoMode(QLineEdit.EchoMode.Password)
         self.token.setPlaceholderText("only if the backend asks for one")
         form.addRow("Token", self.token)
@@ -408,7 +415,7 @@ class GuidanceRow:
         label = kind.label.lower()
         layer = _combo(f"kld_{kind.name}_layer")
         layer.addItem("None", DEFAULT_CHOICE)
-        new_layer = QToolButton(objectName=f"kld_new_{kind.name}")
+        new_layer = _named(QToolButton(), f"kld_new_{kind.name}")
         new_layer.setText("+")
         if kind.input == protocol.KEYPOINTS:
             layer.setToolTip(f"A {label} layer: move its joints with the shape select tool")
@@ -423,6 +430,17 @@ class GuidanceRow:
         return cls(layer, new_layer, strength)
 
 
+def _named(widget: WidgetT, name: str) -> WidgetT:
+    """The widget, named for tests and style sheets (PyQt's stubs don't list `objectName=` as a keyword)."""
+    widget.setObjectName(name)
+    return widget
+
+
+def _standard_icon(widget: QWidget, icon: QStyle.StandardPixmap) -> QIcon:
+    style = widget.style()  # a widget always has a style (the application's); the stub allows None
+    return style.standardIcon(icon) if style is not None else QIcon()
+
+
 def _row(*widgets: QWidget) -> QWidget:
     holder = QWidget()
     layout = QHBoxLayout(holder)
@@ -433,7 +451,7 @@ def _row(*widgets: QWidget) -> QWidget:
 
 
 def _combo(name: str) -> QComboBox:
-    combo = QComboBox(objectName=name)
+    combo = _named(QComboBox(), name)
     combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
     combo.setMinimumContentsLength(COMBO_MIN_CHARS)
     combo.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
@@ -441,7 +459,7 @@ def _combo(name: str) -> QComboBox:
 
 
 def _strength_spin(name: str) -> QDoubleSpinBox:
-    spin = QDoubleSpinBox(objectName=name)
+    spin = _named(QDoubleSpinBox(), name)
     spin.setRange(0.0, 2.0)
     spin.setSingleStep(0.05)
     spin.setValue(1.0)

@@ -144,7 +144,8 @@ class HistoryStrip(QListWidget):
             self._shown = ids
         for row in range(self.count()):
             item = self.item(row)
-            item.setSelected(item.data(Qt.ItemDataRole.UserRole) == selected)
+            if item is not None:  # None only past count()
+                item.setSelected(item.data(Qt.ItemDataRole.UserRole) == selected)
 
 
 def _thumbnail(image: QImage) -> QPixmap:

@@ -11,7 +11,7 @@ from ._compat import protocol
 from .capture import SEND_PIXELS, CaptureError, CaptureRequest, capture
 from .fingerprint import content_hash
 from .job_records import JobRecord, JobRecords
-from .jobs import JobIds
+from .job_tracking import JobIds
 from .nodes import node_id
 from .request_builder import CanvasCapture, build_job
 from .settings import GenerationSettings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, TypeGuard
 
 from .errors import ErrorCode, ProtocolError
 from .frames import ImageEncoding
@@ -126,28 +126,50 @@ def _read_pose(data: dict[str, Any]) -> list[list[Keypoint]] | None:
         return None
     parsed: list[list[Keypoint]] = []
     for person in people:
-        if not isinstance(person, list) or len(person) > POSE_KEYPOINTS:
+        if not _is_list(person) or len(person) > POSE_KEYPOINTS:
             raise bad(f"Each person in 'pose' must be a list of at most {POSE_KEYPOINTS} keypoints.")
         keypoints: list[Keypoint] = []
         for point in person:
             if point is None:
                 keypoints.append(None)
                 continue
-            if (
-                not isinstance(point, list)
-                or len(point) != 2
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in point)
-            ):
+            coordinates = _numbers(point, 2)
+            if coordinates is None:
                 raise bad("Each pose keypoint must be [x, y] in canvas pixels, or null when missing.")
             # Non-finite or absurd coordinates are "missing", as OpenPose tools emit them; never fatal.
             # (Compared before float(): a JSON integer can be too large to convert.)
-            if all(abs(v) < 1e7 for v in point):
-                keypoints.append((float(point[0]), float(point[1])))
+            if all(abs(v) < 1e7 for v in coordinates):
+                keypoints.append((float(coordinates[0]), float(coordinates[1])))
             else:
                 keypoints.append(None)
         keypoints.extend([None] * (POSE_KEYPOINTS - len(keypoints)))
         parsed.append(keypoints)
     return parsed
+
+
+def _is_list(value: object) -> TypeGuard[list[object]]:
+    return isinstance(value, list)
+
+
+def _is_json_object(value: object) -> TypeGuard[dict[str, object]]:
+    """A dict, as JSON decodes an object: its keys are strings."""
+    return isinstance(value, dict)
+
+
+def _numbers(value: object, count: int) -> list[int | float] | None:
+    """`value` when it is a list of `count` JSON numbers (a boolean is not a number), else None."""
+    if not _is_list(value) or len(value) != count:
+        return None
+    numbers = [v for v in value if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return numbers if len(numbers) == count else None
+
+
+def _whole_numbers(value: object, count: int) -> list[int] | None:
+    """`value` when it is a list of `count` JSON integers (a boolean is not one), else None."""
+    if not _is_list(value) or len(value) != count:
+        return None
+    numbers = [v for v in value if isinstance(v, int) and not isinstance(v, bool)]
+    return numbers if len(numbers) == count else None
 
 
 @dataclass
@@ -173,7 +195,7 @@ class JobParams:
     negative_prompt: str = ""
     checkpoint: str | None = None
     vae: str | None = None
-    loras: list[LoraParam] = field(default_factory=list)
+    loras: list[LoraParam] = field(default_factory=list[LoraParam])
     lcm_lora: str | None = None
     lcm_lora_strength: float = 1.0
     sampler: str = "lcm"
@@ -181,7 +203,7 @@ class JobParams:
     cfg: float = 1.0
     strength: float = 0.5
     seed: int = 0
-    controls: list[ControlParam] = field(default_factory=list)
+    controls: list[ControlParam] = field(default_factory=list[ControlParam])
     inpaint: InpaintParam = field(default_factory=InpaintParam)
     resolution: float = 1.0  # the working size: about (model's native side x resolution)² pixels of area
     # Images to render, image i with seed `seed + i` and everything else equal (so each one is what a
@@ -268,13 +290,10 @@ class Bounds:
 
     @classmethod
     def from_list(cls, value: Any) -> Bounds:
-        if (
-            not isinstance(value, list)
-            or len(value) != 4
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-        ):
+        numbers = _whole_numbers(value, 4)
+        if numbers is None:
             raise bad("'bounds' must be [x, y, width, height] in whole pixels.")
-        x, y, width, height = value
+        x, y, width, height = numbers
         if width <= 0 or height <= 0 or max(abs(x), abs(y), width, height) > 2**30:
             raise bad(f"'bounds' {value} is not a sensible rectangle.")
         return cls(x, y, width, height)
@@ -316,7 +335,7 @@ class Welcome:
     ready: bool
     message: str = ""
     # Listed files known to be unusable, {kind: {name: why}} (added later: older servers send none).
-    unusable: dict[str, dict[str, str]] = field(default_factory=dict)
+    unusable: dict[str, dict[str, str]] = field(default_factory=dict[str, dict[str, str]])
     # The control kinds the server takes: the registry's (added later: older servers send none, and take
     # "scribble" and "pose").
     control_kinds: list[str] = field(default_factory=lambda: list(CONTROL_KINDS))
@@ -353,7 +372,7 @@ class ModelList:
     TYPE: ClassVar[str] = "models"
     models: dict[str, list[str]]
     loaded: dict[str, Any]
-    unusable: dict[str, dict[str, str]] = field(default_factory=dict)  # as in Welcome
+    unusable: dict[str, dict[str, str]] = field(default_factory=dict[str, dict[str, str]])  # as in Welcome
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], limits: Limits) -> ModelList:
@@ -368,12 +387,12 @@ def read_unusable(data: dict[str, Any]) -> dict[str, dict[str, str]]:
     """`unusable` is advice beside the lists: entries that aren't {kind: {name: reason}} strings are skipped
     rather than failing the whole message (the lists themselves still work)."""
     value = data.get("unusable")
-    if not isinstance(value, dict):
+    if not _is_json_object(value):
         return {}
     return {
         kind: {name: why for name, why in entries.items() if isinstance(why, str)}
         for kind, entries in value.items()
-        if isinstance(entries, dict)
+        if _is_json_object(entries)
     }
 
 
@@ -386,7 +405,7 @@ class JobRequest:
     mode: str = "img2img"
     live: bool = False
     params: JobParams = field(default_factory=JobParams)
-    images: list[ImageSpec] = field(default_factory=list)
+    images: list[ImageSpec] = field(default_factory=list[ImageSpec])
     bounds: Bounds | None = None
     result_encoding: str = "bgra8"
 
@@ -514,10 +533,10 @@ class Result:
     height: int
     encoding: str
     params: dict[str, Any]
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict[str, float])
     # Added with `batch`; servers that predate it send neither (one image; its seed is params["seed"]).
     count: int = 1
-    seeds: list[int] = field(default_factory=list)  # the seed of each image, in frame order
+    seeds: list[int] = field(default_factory=list[int])  # the seed of each image, in frame order
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], limits: Limits) -> Result:
@@ -549,7 +568,7 @@ class Result:
 class Cancelled:
     TYPE: ClassVar[str] = "cancelled"
     job_id: str
-    reason: str = "cancelled"  # "cancelled", "superseded" or "disconnected"
+    reason: str = "cancelled"  # "cancelled", "superseded", "disconnected" or "shutdown"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], limits: Limits) -> Cancelled:
@@ -585,8 +604,16 @@ Message = (
     | Cancelled
     | Error
 )
-CLIENT_MESSAGES: dict[str, type] = {cls.TYPE: cls for cls in (Hello, ListModels, JobRequest, Cancel)}
-SERVER_MESSAGES: dict[str, type] = {
+
+
+class MessageReader(Protocol):
+    """A message class as decode_message uses it: `from_dict` reads one message of its type."""
+
+    def from_dict(self, data: dict[str, Any], limits: Limits) -> Message: ...
+
+
+CLIENT_MESSAGES: dict[str, MessageReader] = {cls.TYPE: cls for cls in (Hello, ListModels, JobRequest, Cancel)}
+SERVER_MESSAGES: dict[str, MessageReader] = {
     cls.TYPE: cls for cls in (Welcome, ModelList, Accepted, Progress, Result, Cancelled, Error)
 }
 
@@ -598,7 +625,9 @@ def encode_message(message: Message) -> str:
     return json.dumps({"type": message.TYPE, **body}, allow_nan=False, separators=(",", ":"))
 
 
-def decode_message(text: str | bytes, kinds: dict[str, type], limits: Limits | None = None) -> Message:
+def decode_message(
+    text: str | bytes, kinds: dict[str, MessageReader], limits: Limits | None = None
+) -> Message:
     """Parse one JSON text frame into the dataclass its "type" names, out of the given kinds."""
     limits = limits or Limits()
     try:

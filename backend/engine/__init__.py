@@ -4,7 +4,7 @@ classes.
 The job/result types import cheaply (no torch); `Engine` and `select_device` load torch and are imported on
 first use, so the server can import this package on its start-up path.
 
-    engine = Engine(model_manager, device, dtype)
+    engine = Engine(model_cache, device, dtype)
     result = engine.run(EngineJob("img2img", params, canvas_rgba), on_progress, is_cancelled)
 """
 
@@ -13,13 +13,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .jobs import EngineInputError, EngineJob, EngineResult, JobCancelled
-from .models import LoraSpec, ModelChoice
+from .model_choice import LoraSpec, ModelChoice
 
 if TYPE_CHECKING:
+    from .accelerated import AcceleratorSettings
     from .device import DeviceChoice, select_device
-    from .runner import Engine, EngineSettings
+    from .engine import Engine, EngineSettings
 
 __all__ = [
+    "AcceleratorSettings",
     "DeviceChoice",
     "Engine",
     "EngineInputError",
@@ -33,8 +35,9 @@ __all__ = [
 ]
 
 _LAZY = {
-    "Engine": "runner",
-    "EngineSettings": "runner",
+    "AcceleratorSettings": "accelerated",
+    "Engine": "engine",
+    "EngineSettings": "engine",
     "select_device": "device",
     "DeviceChoice": "device",
 }

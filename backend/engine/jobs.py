@@ -12,7 +12,7 @@ import numpy as np
 
 from protocol.messages import JobParams
 
-from .models import ModelChoice
+from .model_choice import ModelChoice
 
 
 @dataclass
@@ -23,11 +23,13 @@ class EngineJob:
     mask: np.ndarray | None = None  # H x W uint8 (255 = redraw), inpaint only
     # slot -> H x W x 4 RGBA or H x W uint8
     control_images: dict[str, np.ndarray] = field(default_factory=dict)
-    # A live preview frame: may decode with TAESD and run on the accelerated path. Generate/Apply jobs keep
-    # False so the layer a painter keeps is always rendered with the full VAE.
-    preview: bool = False
+    # A live frame (the protocol's `live` job): may decode with the preview decoder (TAESD) and run on the
+    # accelerated path. Generate/Apply jobs keep False so the layer a painter keeps is always rendered with
+    # the full VAE on the plain path.
+    live: bool = False
     # The params' model names with their defaults applied, resolved once when the job arrived (the server's
-    # EngineHost.resolve_models); None: the engine resolves them (models.choose_models) when it runs the job.
+    # EngineWorker.resolve_models); None: the engine resolves them (model_choice.choose_models) when it runs
+    # the job.
     models: ModelChoice | None = None
 
 

@@ -26,7 +26,7 @@ from backend.loading.files import (
     strip_prefix,
 )
 from backend.loading.tokenizer import load_tokenizer
-from backend.model_store import ModelError
+from backend.model_errors import ModelError
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel

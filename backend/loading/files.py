@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from backend.loading.owned_safetensors import read_safetensors
-from backend.model_store import ModelError
+from backend.model_errors import ModelError
 
 log = logging.getLogger(__name__)
 

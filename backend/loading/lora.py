@@ -29,7 +29,7 @@ import torch
 
 from backend.loading.files import read_tensors
 from backend.loading.ldm_names import UNetShape, unet_name_to_ldm
-from backend.model_store import ModelError
+from backend.model_errors import ModelError
 
 log = logging.getLogger(__name__)
 

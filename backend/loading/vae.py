@@ -9,7 +9,7 @@ import torch
 
 from backend.loading.configs import sd_config_dir, taesd_config
 from backend.loading.files import Tensors, describe_load_error, ensure_materialized, finish, read_tensors
-from backend.model_store import ModelError
+from backend.model_errors import ModelError
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, AutoencoderTiny

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from backend.config import ServerConfig
-from backend.engine_host import EngineHost
+from backend.engine_worker import EngineWorker
 from backend.server import Server
 
 
@@ -51,7 +51,7 @@ class RunningServer:
 
 @contextmanager
 def running_server(
-    models_dir: Path, engine_factory: Callable[[ServerConfig], EngineHost] | None = None, **overrides: Any
+    models_dir: Path, engine_factory: Callable[[ServerConfig], EngineWorker] | None = None, **overrides: Any
 ) -> Iterator[RunningServer]:
     config = replace(ServerConfig(port=0, models_dir=models_dir), **overrides)
     loop = asyncio.new_event_loop()

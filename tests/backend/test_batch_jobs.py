@@ -12,7 +12,7 @@ import pytest
 
 from backend.codec import frame_to_array
 from backend.engine import EngineJob, EngineResult
-from backend.engine_host import EngineHost
+from backend.engine_worker import EngineWorker
 from protocol import (
     Accepted,
     Bounds,
@@ -27,7 +27,7 @@ from protocol import (
 )
 from tests.backend.server_harness import random_canvas as painting
 from tests.backend.server_harness import run, running_server
-from tests.backend.test_server_jobs import SlowStepsHost as ServerJobsSlowHost
+from tests.backend.test_server_jobs import SlowStepsWorker as ServerJobsSlowWorker
 from tests.fixtures.tiny_models import TinyModels
 from tests.protocol_client import Client
 
@@ -204,7 +204,7 @@ def test_a_live_job_asking_for_a_batch_is_refused_and_the_server_keeps_serving(
     run(scenario())
 
 
-class SlowStepsHost(ServerJobsSlowHost):
+class SlowStepsWorker(ServerJobsSlowWorker):
     step_pause_s = 0.2
 
 
@@ -230,7 +230,7 @@ def test_cancelling_a_batch_between_images_ends_it_once(tiny_models: TinyModels)
         assert not any(getattr(m, "job_id", None) == job_id for m in client.inbox)
         await client.close()
 
-    with running_server(tiny_models.root, SlowStepsHost, model_config_dir=tiny_models.config_dir) as server:
+    with running_server(tiny_models.root, SlowStepsWorker, model_config_dir=tiny_models.config_dir) as server:
         run(scenario(server.url))
 
 
@@ -246,7 +246,7 @@ def named_models(tmp_path: Path) -> Path:
     return root
 
 
-class LargestImagesHost(EngineHost):
+class LargestImagesWorker(EngineWorker):
     """Answers each job with `batch` images of the largest size the limits allow (no engine)."""
 
     side = 256
@@ -263,7 +263,7 @@ class LargestImagesHost(EngineHost):
 def test_a_batch_larger_than_the_unread_hard_limit_reaches_a_reading_client(named_models: Path) -> None:
     """8 of the largest results at once are 2 MiB here, over the 64 KiB + 2 x 256 KiB that drops a client
     at once: a batch gets that room once per image, so a client that reads is not dropped for asking."""
-    side = LargestImagesHost.side
+    side = LargestImagesWorker.side
     limits = Limits(max_width=side, max_height=side, max_unread_bytes=64 * 1024)
 
     async def scenario(url: str) -> None:
@@ -277,6 +277,6 @@ def test_a_batch_larger_than_the_unread_hard_limit_reaches_a_reading_client(name
         assert follow_up.result is not None and len(follow_up.images) == 1
         await client.close()
 
-    with running_server(named_models, LargestImagesHost, limits=limits, preload=False) as server:
+    with running_server(named_models, LargestImagesWorker, limits=limits, preload=False) as server:
         assert server.server.config.max_unread_hard_bytes < 8 * side * side * 4
         run(scenario(server.url))

@@ -21,10 +21,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def loaded(tiny_models: Any) -> tuple[Engine, Any]:
-    from backend.loading.manager import ModelManager
-    from backend.model_store import ModelStore
+    from backend.loading.model_cache import ModelCache
+    from backend.model_files import ModelStore
 
-    manager = ModelManager(
+    manager = ModelCache(
         ModelStore(tiny_models.root), torch.device("cpu"), torch.float32, tiny_models.config_dir
     )
     return Engine(
@@ -36,7 +36,7 @@ def test_lcm_img2img_on_real_files_matches_diffusers(loaded: tuple[Engine, Any],
     import diffusers
     from diffusers import StableDiffusionImg2ImgPipeline
 
-    from backend.engine.models import LoraSpec
+    from backend.engine.model_choice import LoraSpec
 
     engine, manager = loaded
     canvas = make_canvas(64, 64, seed=11)

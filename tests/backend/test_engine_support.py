@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from backend.engine import Engine, EngineJob, EngineSettings
-from backend.model_store import ModelStore
+from backend.model_files import ModelStore
 from protocol.messages import JobParams
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -64,7 +64,7 @@ class FakeStore:
 
 
 class FakeModels:
-    """Stands in for backend.loading.manager.ModelManager; records what the engine asked for."""
+    """Stands in for backend.loading.model_cache.ModelCache; records what the engine asked for."""
 
     def __init__(self, parts: TinyParts, store: FakeStore | None = None) -> None:
         self.parts = parts

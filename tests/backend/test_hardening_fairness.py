@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 
 from backend.engine import EngineJob, EngineResult
-from backend.engine_host import EngineHost
+from backend.engine_worker import EngineWorker
 from backend.turns import FairTurns
 from tests.backend.hardening_client import RawClient
 from tests.backend.server_harness import RunningServer, run, running_server
@@ -25,7 +25,7 @@ FLOODERS = 6
 JOBS_EACH = 3
 
 
-class OrderHost(EngineHost):
+class OrderHost(EngineWorker):
     """The real engine; a job with the prompt "hold" waits at the gate; every job's prompt is recorded."""
 
     gate = threading.Event()

@@ -12,7 +12,7 @@ import pytest
 
 from backend import job_size
 from backend.config import ServerConfig
-from backend.engine_host import EngineHost
+from backend.engine_worker import EngineWorker
 from backend.job_size import BYTES_PER_PIXEL, MIN_SIDE, SHARE, fit_limits, fitting_side
 from protocol import Limits
 from tests.backend.hardening_client import RawClient
@@ -26,7 +26,7 @@ MIB = 1024 * 1024
 def test_a_machine_with_little_memory_states_smaller_limits_and_holds_to_them(
     tiny_models: TinyModels, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    default = EngineHost(ServerConfig(models_dir=tiny_models.root)).default_model_file()
+    default = EngineWorker(ServerConfig(models_dir=tiny_models.root)).default_model_file()
     assert default is not None
     model_reserve = job_size.model_bytes(default) * job_size.MODEL_MEMORY_PER_FILE_BYTE
     # Room for a job of 768x768 (and not of 832x832) once the model is loaded.

@@ -14,7 +14,7 @@ import pytest
 from protocol import Limits, Result
 from tests.backend.hardening_client import RawClient, canvas_frame, job_message
 from tests.backend.server_harness import RunningServer, run, running_server
-from tests.backend.test_server_jobs import SlowStepsHost as ServerJobsSlowHost
+from tests.backend.test_server_jobs import SlowStepsWorker as ServerJobsSlowWorker
 from tests.fixtures.tiny_models import TinyModels
 
 pytestmark = pytest.mark.slow
@@ -139,7 +139,7 @@ def test_huge_inputs_get_short_errors(server: RunningServer) -> None:
     run(scenario())
 
 
-class SlowStepsHost(ServerJobsSlowHost):
+class SlowStepsWorker(ServerJobsSlowWorker):
     step_pause_s = 0.3
 
 
@@ -163,6 +163,6 @@ def test_a_duplicate_job_id_is_refused_without_ending_the_running_job(tiny_model
         await client.close()
 
     with running_server(
-        tiny_models.root, engine_factory=SlowStepsHost, model_config_dir=tiny_models.config_dir
+        tiny_models.root, engine_factory=SlowStepsWorker, model_config_dir=tiny_models.config_dir
     ) as slow:
         run(scenario(slow.url))

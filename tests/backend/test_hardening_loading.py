@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load, load_file, save, save_file
 
-from backend.engine.models import LoraSpec
-from backend.loading.manager import ModelManager
+from backend.engine.model_choice import LoraSpec
+from backend.loading.model_cache import ModelCache
 from backend.loading.owned_safetensors import SafetensorsReadError, read_safetensors
 from backend.loading.stamps import file_stamp
-from backend.model_store import ModelError, ModelStore
+from backend.model_files import ModelError, ModelStore
 from tests.fixtures.tiny_models import TinyModels
 
 CPU = torch.device("cpu")
@@ -28,8 +28,8 @@ def own_models(tiny_models: TinyModels, tmp_path: Path) -> TinyModels:
     return TinyModels(root=root, config_dir=tiny_models.config_dir)
 
 
-def manager_for(models: TinyModels) -> ModelManager:
-    return ModelManager(ModelStore(models.root), CPU, torch.float32, config_dir=models.config_dir)
+def manager_for(models: TinyModels) -> ModelCache:
+    return ModelCache(ModelStore(models.root), CPU, torch.float32, config_dir=models.config_dir)
 
 
 # --- the reader -------------------------------------------------------------------------------------------

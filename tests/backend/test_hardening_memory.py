@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from backend.config import ServerConfig
 from backend.engine import EngineJob, EngineResult
-from backend.engine_host import EngineHost
+from backend.engine_worker import EngineWorker
 from protocol import PROTOCOL_VERSION, Limits
 from tests.backend.hardening_client import RawClient, canvas_frame, job_message
 from tests.backend.server_harness import RunningServer, run, running_server
@@ -41,7 +41,7 @@ def named_models(tmp_path: Path) -> Path:
     return root
 
 
-class BigResultHost(EngineHost):
+class BigResultWorker(EngineWorker):
     """Answers every job at once with a large result: what the unread-reply limits are about."""
 
     side = 2048
@@ -50,12 +50,12 @@ class BigResultHost(EngineHost):
     def run(
         self, job: EngineJob, on_progress: Callable[[int, int], None], is_cancelled: Callable[[], bool]
     ) -> EngineResult:
-        BigResultHost.runs += 1
+        BigResultWorker.runs += 1
         image = np.zeros((self.side, self.side, 4), dtype=np.uint8)
         return EngineResult(image, (0, 0, self.side, self.side), {}, {})
 
 
-class GateHost(EngineHost):
+class GateWorker(EngineWorker):
     """Holds the worker on each job until the test opens the gate, then returns the canvas."""
 
     gate = threading.Event()
@@ -133,7 +133,7 @@ def test_a_client_that_sends_jobs_and_never_reads_is_disconnected_and_its_replie
             assert closed.value.rcvd.code == 1008 and "not reading" in closed.value.rcvd.reason
         return peak_unread, peak_rss
 
-    with running_server(named_models, engine_factory=BigResultHost, **config) as server:
+    with running_server(named_models, engine_factory=BigResultWorker, **config) as server:
         peak_unread, peak_rss = run(scenario(server), timeout=120)
     assert peak_unread <= hard_limit + 16 * MIB  # at most one reply past the hard cap, and only briefly
     assert any("not reading replies" in record.getMessage() for record in caplog.records)
@@ -149,7 +149,7 @@ def test_a_client_that_reads_late_is_slowed_down_not_dropped(named_models: Path)
         await socket.send(json.dumps({"type": "hello", "protocol_version": PROTOCOL_VERSION}))
         await socket.recv()
         params = {"checkpoint": "model.safetensors"}
-        runs_before = BigResultHost.runs
+        runs_before = BigResultWorker.runs
         for job_id in ("a", "b"):  # 32 MiB of replies: over the 4 MiB limit, under the hard cap
             await socket.send(json.dumps(job_message(job_id, 8, 8, params=params)))
             await socket.send(canvas_frame(job_id, 8, 8))
@@ -161,7 +161,7 @@ def test_a_client_that_reads_late_is_slowed_down_not_dropped(named_models: Path)
         await asyncio.sleep(1.0)
         (connection,) = connections(server)
         # Reading pauses between messages: the job's JSON may have been read, its frame is left unread.
-        assert BigResultHost.runs == runs_before + 2, "a job of a client with 16+ MiB unread was run"
+        assert BigResultWorker.runs == runs_before + 2, "a job of a client with 16+ MiB unread was run"
         taken_in = server.call(lambda: connection.pending is not None and bool(connection.pending.frames))
         assert not taken_in, "the server kept taking in messages from a client with 16+ MiB unread"
 
@@ -175,7 +175,7 @@ def test_a_client_that_reads_late_is_slowed_down_not_dropped(named_models: Path)
         await socket.close()
 
     config: dict[str, Any] = {"limits": UNREAD_LIMITS, "unread_timeout_s": 20.0, "preload": False}
-    with running_server(named_models, engine_factory=BigResultHost, **config) as server:
+    with running_server(named_models, engine_factory=BigResultWorker, **config) as server:
         run(scenario(server), timeout=120)
 
 
@@ -209,8 +209,8 @@ def test_before_the_hello_only_small_text_messages_are_read(named_models: Path) 
         assert client.ends_of("big")[0]["type"] == "result"
         await client.close()
 
-    GateHost.gate.set()
-    with running_server(named_models, engine_factory=GateHost, preload=False) as server:
+    GateWorker.gate.set()
+    with running_server(named_models, engine_factory=GateWorker, preload=False) as server:
         run(scenario(server.url))
 
 
@@ -282,7 +282,7 @@ def test_queued_images_are_budgeted_per_connection_and_in_all(named_models: Path
         for client in (a, b, c, d):
             assert all(m["code"] != "internal" for m in client.messages("error"))
 
-        GateHost.gate.set()
+        GateWorker.gate.set()
         await a.until_ended({"a1"})
         await b.until_ended({"b1"})
         await d.until_ended({"d2"})
@@ -292,13 +292,13 @@ def test_queued_images_are_budgeted_per_connection_and_in_all(named_models: Path
         for client in (a, b, c, d):
             await client.close()
 
-    GateHost.gate.clear()
+    GateWorker.gate.clear()
     limits = Limits(max_queued_image_bytes=MIB, max_total_queued_image_bytes=3 * MIB)
     try:
-        with running_server(named_models, engine_factory=GateHost, preload=False, limits=limits) as server:
+        with running_server(named_models, engine_factory=GateWorker, preload=False, limits=limits) as server:
             run(scenario(server.url))
     finally:
-        GateHost.gate.set()
+        GateWorker.gate.set()
 
 
 def test_the_limits_are_set_from_the_command_line() -> None:

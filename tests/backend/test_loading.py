@@ -17,10 +17,11 @@ from safetensors.torch import load_file, save_file
 from backend.loading.checkpoint import PipelineComponents, load_checkpoint
 from backend.loading.configs import SD15_CONFIG_DIR, SD15_INPAINT_CONFIG_DIR, sd_config_dir
 from backend.loading.controlnet import load_controlnet
+from backend.loading.files import read_tensors
 from backend.loading.ldm_names import UNetShape, unet_ldm_names, unet_name_to_ldm
 from backend.loading.tokenizer import load_tokenizer
 from backend.loading.vae import load_taesd, load_vae
-from backend.model_store import ModelError
+from backend.model_errors import ModelError
 from tests.fixtures import ldm_writer
 from tests.fixtures.tiny_models import TinyModels, build_controlnet, build_taesd, build_unet, build_vae
 
@@ -337,3 +338,14 @@ def test_non_controlnet_file_is_refused(tiny_models: TinyModels) -> None:
         load_controlnet(
             tiny_models.path("loras", tiny_models.style_lora), CPU, torch.float32, tiny_models.config_dir
         )
+
+
+@pytest.mark.parametrize("content", [b"truncated download", b"hello world this is text"])
+@pytest.mark.parametrize("suffix", [".ckpt", ".pth"])
+def test_a_damaged_pickle_file_is_a_model_error(tmp_path: Path, content: bytes, suffix: str) -> None:
+    """torch.load raises IndexError/KeyError on some garbage: those must become the painter-readable model
+    error, not an internal one."""
+    path = tmp_path / f"damaged{suffix}"
+    path.write_bytes(content)
+    with pytest.raises(ModelError, match="not a readable PyTorch file"):
+        read_tensors(path, "Checkpoint")

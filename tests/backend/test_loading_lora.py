@@ -1,4 +1,4 @@
-"""LoRA reading and fusing, and the ModelManager's caching, on the tiny models."""
+"""LoRA reading and fusing, and the ModelCache's caching, on the tiny models."""
 
 # diffusers' and torch's annotations reject their own documented calls here (pipelines with
 # safety_checker=None, from_config results, config and submodule attributes)
@@ -13,12 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from backend.engine.models import LoraSpec
+from backend.engine.model_choice import LoraSpec
 from backend.loading.checkpoint import PipelineComponents, load_checkpoint
 from backend.loading.ldm_names import UNetShape, unet_name_to_ldm
 from backend.loading.lora import TEXT_ENCODER, UNET, LoraFuser, LoraTargets, read_lora
-from backend.loading.manager import ModelManager
-from backend.model_store import ModelError, ModelNotFoundError, ModelStore
+from backend.loading.model_cache import ModelCache
+from backend.model_files import ModelError, ModelNotFoundError, ModelStore
 from tests.fixtures.tiny_models import STYLE_TEXT_TARGETS, TinyModels
 
 pytestmark = pytest.mark.slow
@@ -172,15 +172,15 @@ def test_bad_loras_are_model_errors(tiny_models: TinyModels, tmp_path: Path) -> 
         read_lora(half, "half", targets)
 
 
-# --- ModelManager -------------------------------------------------------------------------------------------
+# --- ModelCache -------------------------------------------------------------------------------------------
 
 
 @pytest.fixture
-def manager(tiny_models: TinyModels) -> ModelManager:
-    return ModelManager(ModelStore(tiny_models.root), CPU, torch.float32, config_dir=tiny_models.config_dir)
+def manager(tiny_models: TinyModels) -> ModelCache:
+    return ModelCache(ModelStore(tiny_models.root), CPU, torch.float32, config_dir=tiny_models.config_dir)
 
 
-def test_strength_changes_re_fuse_without_reloading(manager: ModelManager, tiny_models: TinyModels) -> None:
+def test_strength_changes_re_fuse_without_reloading(manager: ModelCache, tiny_models: TinyModels) -> None:
     ckpt = tiny_models.checkpoint
     plain = manager.components(ckpt)
     clean = weights_of(plain)
@@ -210,9 +210,7 @@ def test_strength_changes_re_fuse_without_reloading(manager: ModelManager, tiny_
 
 
 def test_fp16_fusing_back_and_forth_does_not_drift(tiny_models: TinyModels) -> None:
-    manager = ModelManager(
-        ModelStore(tiny_models.root), CPU, torch.float16, config_dir=tiny_models.config_dir
-    )
+    manager = ModelCache(ModelStore(tiny_models.root), CPU, torch.float16, config_dir=tiny_models.config_dir)
     lcm = tiny_models.lcm_lora
     once = weights_of(manager.components(tiny_models.checkpoint, [LoraSpec(lcm, 0.9)]))
     for strength in (0.1, 0.55, 1.0, 0.25):
@@ -221,7 +219,7 @@ def test_fp16_fusing_back_and_forth_does_not_drift(tiny_models: TinyModels) -> N
     assert not changed(back, once)
 
 
-def test_loaded_reports_the_state(manager: ModelManager, tiny_models: TinyModels) -> None:
+def test_loaded_reports_the_state(manager: ModelCache, tiny_models: TinyModels) -> None:
     assert manager.loaded()["checkpoint"] is None
     manager.components(
         tiny_models.inpaint_checkpoint,
@@ -237,7 +235,7 @@ def test_loaded_reports_the_state(manager: ModelManager, tiny_models: TinyModels
     assert state["dtype"] == "float32"
 
 
-def test_vae_override_and_back(manager: ModelManager, tiny_models: TinyModels) -> None:
+def test_vae_override_and_back(manager: ModelCache, tiny_models: TinyModels) -> None:
     plain = manager.components(tiny_models.checkpoint)
     own_vae = plain.vae
     overridden = manager.components(tiny_models.checkpoint, vae=tiny_models.vae)
@@ -248,9 +246,7 @@ def test_vae_override_and_back(manager: ModelManager, tiny_models: TinyModels) -
     assert manager.load_counts["checkpoint"] == 1 and manager.load_counts["vae"] == 1
 
 
-def test_switching_checkpoint_reloads_and_clears_loras(
-    manager: ModelManager, tiny_models: TinyModels
-) -> None:
+def test_switching_checkpoint_reloads_and_clears_loras(manager: ModelCache, tiny_models: TinyModels) -> None:
     manager.components(tiny_models.checkpoint, [LoraSpec(tiny_models.style_lora)])
     other = manager.components(tiny_models.diffusers_checkpoint)
     assert manager.load_counts["checkpoint"] == 2
@@ -259,7 +255,7 @@ def test_switching_checkpoint_reloads_and_clears_loras(
 
 
 def test_failures_keep_the_working_state(
-    manager: ModelManager, tiny_models: TinyModels, tmp_path: Path
+    manager: ModelCache, tiny_models: TinyModels, tmp_path: Path
 ) -> None:
     good = manager.components(tiny_models.checkpoint, [LoraSpec(tiny_models.style_lora, 0.5)])
     before = weights_of(good)
@@ -286,7 +282,7 @@ def test_failures_keep_the_working_state(
     assert not changed(weights_of(good), before)
 
 
-def test_controlnet_and_taesd_are_cached(manager: ModelManager, tiny_models: TinyModels) -> None:
+def test_controlnet_and_taesd_are_cached(manager: ModelCache, tiny_models: TinyModels) -> None:
     first = manager.controlnet(tiny_models.controlnet_scribble)
     assert manager.controlnet(tiny_models.controlnet_scribble) is first
     assert manager.controlnet(tiny_models.controlnet_openpose) is not first
@@ -300,15 +296,15 @@ def test_controlnet_and_taesd_are_cached(manager: ModelManager, tiny_models: Tin
 
 
 def test_taesd_absent_is_none(tmp_path: Path) -> None:
-    assert ModelManager(ModelStore(tmp_path / "models"), CPU, torch.float32).taesd() is None
+    assert ModelCache(ModelStore(tmp_path / "models"), CPU, torch.float32).taesd() is None
 
 
 def test_only_the_most_recently_used_controlnets_stay_loaded(
-    manager: ModelManager, tiny_models: TinyModels, monkeypatch: pytest.MonkeyPatch
+    manager: ModelCache, tiny_models: TinyModels, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from backend.loading import manager as manager_module
+    from backend.loading import model_cache as model_cache_module
 
-    monkeypatch.setattr(manager_module, "MAX_CONTROLNETS", 1)
+    monkeypatch.setattr(model_cache_module, "MAX_CONTROLNETS", 1)
     scribble = manager.controlnet(tiny_models.controlnet_scribble)
     manager.controlnet(tiny_models.controlnet_openpose)  # evicts the scribble ControlNet
     assert manager.loaded()["controlnets"] == [tiny_models.controlnet_openpose]

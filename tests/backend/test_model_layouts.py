@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from backend.model_files import REPO_MANIFEST, ModelStore, read_layouts
 from backend.model_layouts import (
     NATIVE,
     LayoutError,
@@ -18,7 +19,6 @@ from backend.model_layouts import (
     models_folder,
     parse_layouts,
 )
-from backend.model_store import REPO_MANIFEST, ModelStore, read_layouts
 from installer import manifest as installer_manifest
 
 REPO = Path(__file__).resolve().parents[2]

@@ -4,18 +4,20 @@ again."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from backend.config import ServerConfig
 from backend.engine import EngineJob, EngineResult, LoraSpec, ModelChoice
-from backend.engine_host import EngineHost
-from backend.model_store import ModelStore
-from protocol import JobParams
+from backend.engine_worker import EngineWorker
+from backend.model_files import ModelStore
+from protocol import JobParams, Result
 from tests.backend.server_harness import RunningServer, random_canvas, run, running_server
 from tests.fixtures.tiny_models import TinyModels
 from tests.protocol_client import Client
@@ -24,8 +26,8 @@ from tests.protocol_client import Client
 DEFAULT_CHECKPOINT = "tiny-sd15-diffusers"
 
 
-class RecordingHost(EngineHost):
-    """The real host, noting the job object each run gets from the scheduler."""
+class RecordingWorker(EngineWorker):
+    """The real engine worker, noting the job object each run gets from the scheduler."""
 
     def __init__(self, config: ServerConfig) -> None:
         super().__init__(config)
@@ -41,7 +43,7 @@ class RecordingHost(EngineHost):
 @pytest.fixture(scope="module")
 def recording_server(tiny_models: TinyModels) -> Iterator[RunningServer]:
     with running_server(
-        tiny_models.root, engine_factory=RecordingHost, model_config_dir=tiny_models.config_dir
+        tiny_models.root, engine_factory=RecordingWorker, model_config_dir=tiny_models.config_dir
     ) as running:
         deadline = time.monotonic() + 120
         while not running.call(lambda: running.server.engine.ready):  # its start-up lists the checkpoints
@@ -91,8 +93,8 @@ def test_a_live_frame_with_the_default_checkpoint_walks_each_model_folder_once(
 def test_the_scheduler_hands_the_engine_its_own_job_with_the_resolved_choice(
     recording_server: RunningServer, tiny_models: TinyModels
 ) -> None:
-    host: RecordingHost = recording_server.server.engine  # type: ignore[assignment]
-    host.jobs.clear()
+    worker: RecordingWorker = recording_server.server.engine  # type: ignore[assignment]
+    worker.jobs.clear()
 
     async def scenario() -> None:
         client = await Client.connect(recording_server.url)
@@ -103,9 +105,9 @@ def test_the_scheduler_hands_the_engine_its_own_job_with_the_resolved_choice(
         await client.close()
 
     run(scenario())
-    [job] = host.jobs
+    [job] = worker.jobs
     assert type(job) is EngineJob
-    assert job.preview is False
+    assert job.live is False
     assert job.models == ModelChoice(
         checkpoint=DEFAULT_CHECKPOINT,
         vae=None,
@@ -118,12 +120,41 @@ def test_the_scheduler_hands_the_engine_its_own_job_with_the_resolved_choice(
 def test_resolving_refuses_a_missing_lora_even_at_strength_zero(tiny_models: TinyModels) -> None:
     from protocol import ErrorCode, JobRequest, ProtocolError
 
-    host = EngineHost(ServerConfig(models_dir=tiny_models.root))
+    worker = EngineWorker(ServerConfig(models_dir=tiny_models.root))
     params = JobParams.from_dict(
         {"loras": [{"name": "missing.safetensors", "model_strength": 0, "clip_strength": 0}]}
     )
     with pytest.raises(ProtocolError) as refused:
-        host.resolve_models(JobRequest("j", params=params))
+        worker.resolve_models(JobRequest("j", params=params))
     assert refused.value.code is ErrorCode.MODEL_NOT_FOUND and refused.value.job_id == "j"
-    choice = host.resolve_models(JobRequest("k", params=JobParams(lcm_lora_strength=0)))
+    choice = worker.resolve_models(JobRequest("k", params=JobParams(lcm_lora_strength=0)))
     assert choice == ModelChoice(DEFAULT_CHECKPOINT, None, (), None)
+
+
+@pytest.mark.slow
+def test_the_live_cache_does_not_answer_for_another_default_checkpoint(
+    tiny_models: TinyModels, tmp_path: Path
+) -> None:
+    """A live frame naming no checkpoint ("backend default", the plugin's default) is answered from the last
+    result only while the default is still the same checkpoint: after a new checkpoint becomes the default,
+    the same canvas must be rendered with it."""
+    root = tmp_path / "models"
+    shutil.copytree(tiny_models.root, root)
+
+    async def scenario(url: str) -> None:
+        client = await Client.connect(url)
+        image = random_canvas(24, 24, 3)
+        params = JobParams(steps=1, strength=0.5)
+        first = await client.run(image, params, live=True)
+        assert isinstance(first.final, Result), first.final
+        assert first.final.params["checkpoint"] != "aaa-new.safetensors"
+        shutil.copy(
+            root / "checkpoints" / tiny_models.checkpoint, root / "checkpoints" / "aaa-new.safetensors"
+        )
+        second = await client.run(image, params, live=True)
+        assert isinstance(second.final, Result), second.final
+        assert second.final.params["checkpoint"] == "aaa-new.safetensors"
+        await client.close()
+
+    with running_server(root, model_config_dir=tiny_models.config_dir, preload=False) as server:
+        run(scenario(server.url))

@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect
 
 from backend.engine.controlnet import HINT_MAKERS, choose_controlnet
 from backend.engine.samplers import SCHEDULER_CLASSES, SamplerFactory
-from backend.model_store import ModelStore
+from backend.model_files import ModelStore
 from protocol import PROTOCOL_VERSION, ControlKind, ControlParam, Sampler, registry
 from tests.backend.server_harness import run, running_server
 

@@ -7,8 +7,10 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from backend.engine.jobs import JobCancelled
-from backend.scheduler import ScheduledJob, Scheduler
+from backend.scheduler import QueueFullError, ScheduledJob, Scheduler
 
 
 class Recorder:
@@ -175,5 +177,35 @@ def test_stop_waits_for_the_worker_at_most_the_grace_period() -> None:
         idle: Scheduler[str] = Scheduler(GatedWork(steps=1))
         idle.start()
         assert await idle.stop(grace=5) is True
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.slow
+def test_a_live_frame_refused_for_a_full_queue_does_not_cancel_the_running_one() -> None:
+    async def scenario() -> None:
+        work = GatedWork(steps=1)
+        scheduler: Scheduler[str] = Scheduler(work, max_queued_per_client=2)
+        recorder = Recorder()
+        scheduler.register(1, recorder)
+        scheduler.start()
+        scheduler.submit(ScheduledJob(1, "live-1", True, "live-1"))
+        await settle(lambda: scheduler.running is not None)
+        scheduler.submit(ScheduledJob(1, "gen-1", False, "gen-1"))
+        scheduler.submit(ScheduledJob(1, "gen-2", False, "gen-2"))
+        with pytest.raises(QueueFullError):
+            scheduler.submit(ScheduledJob(1, "live-2", True, "live-2"))
+        running = scheduler.running
+        assert running is not None and not running.cancel_flag.is_set()
+        for _ in range(3):
+            work.gate.release()
+        await settle(lambda: len([e for e in recorder.events if e[0] != "progress"]) == 3)
+        outcomes: list[tuple[str, str, Any]] = [e for e in recorder.events if e[0] != "progress"]
+        assert [(kind, job_id) for kind, job_id, _ in outcomes] == [
+            ("done", "live-1"),
+            ("done", "gen-1"),
+            ("done", "gen-2"),
+        ]
+        await scheduler.stop()
 
     asyncio.run(scenario())

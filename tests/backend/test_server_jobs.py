@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from backend.engine import EngineJob, EngineResult
-from backend.engine_host import EngineHost
-from protocol import Accepted, Bounds, Cancelled, Error, JobParams, Progress, Result
+from backend.engine_worker import EngineWorker
+from protocol import Accepted, Bounds, Cancelled, ControlParam, Error, JobParams, Progress, Result
+from tests.backend.server_harness import RunningServer, run, running_server
 from tests.backend.server_harness import random_canvas as canvas
-from tests.backend.server_harness import run, running_server
 from tests.fixtures.tiny_models import TinyModels
 from tests.protocol_client import Client
 
@@ -31,7 +31,7 @@ def params(models: TinyModels, **overrides: Any) -> JobParams:
     return JobParams(**base)
 
 
-class SlowStepsHost(EngineHost):
+class SlowStepsWorker(EngineWorker):
     """The real engine, with a pause after each step so a test can act while a job is in flight."""
 
     step_pause_s = 0.25
@@ -120,10 +120,10 @@ def test_superseded_live_frames_are_cancelled_and_only_the_newest_arrives(tiny_m
         repeat = await client.run(canvas(24, 24, 3), live, live=True)
         assert repeat.image is not None and np.array_equal(repeat.image, third_image)
         assert not any(isinstance(m, Progress) for m in repeat.messages)
-        assert time.perf_counter() - started < SlowStepsHost.step_pause_s
+        assert time.perf_counter() - started < SlowStepsWorker.step_pause_s
         await client.close()
 
-    with running_server(tiny_models.root, SlowStepsHost, model_config_dir=tiny_models.config_dir) as server:
+    with running_server(tiny_models.root, SlowStepsWorker, model_config_dir=tiny_models.config_dir) as server:
         run(scenario(server.url))
 
 
@@ -145,7 +145,7 @@ def test_cancel_a_running_job_and_other_clients_are_served_meanwhile(tiny_models
         await painter.close()
         await observer.close()
 
-    with running_server(tiny_models.root, SlowStepsHost, model_config_dir=tiny_models.config_dir) as server:
+    with running_server(tiny_models.root, SlowStepsWorker, model_config_dir=tiny_models.config_dir) as server:
         run(scenario(server.url))
 
 
@@ -161,10 +161,10 @@ def test_a_client_that_disconnects_mid_job_frees_the_worker(tiny_models: TinyMod
         reply = await stayer.run(canvas(16, 16), params(tiny_models, steps=1))
         assert reply.result is not None
         # the abandoned 8-step job stopped at its next step instead of running to the end
-        assert time.perf_counter() - started < 6 * SlowStepsHost.step_pause_s
+        assert time.perf_counter() - started < 6 * SlowStepsWorker.step_pause_s
         await stayer.close()
 
-    with running_server(tiny_models.root, SlowStepsHost, model_config_dir=tiny_models.config_dir) as server:
+    with running_server(tiny_models.root, SlowStepsWorker, model_config_dir=tiny_models.config_dir) as server:
         run(scenario(server.url))
 
 
@@ -180,6 +180,24 @@ def test_live_frames_decode_with_taesd_and_generate_with_the_full_vae(
         assert live.result.params["decoder"] == "taesd"
         assert final.result.params["decoder"] == "vae"
         assert live.image is not None and final.image is not None and live.image.shape == final.image.shape
+        await client.close()
+
+    run(scenario())
+
+
+def test_a_control_may_use_the_canvas_slot_as_its_image(
+    server: RunningServer, tiny_models: TinyModels
+) -> None:
+    """`controls[].image` names any of the job's image slots, the canvas included (the protocol accepts it);
+    the server used to take the canvas out of the control images, so the job failed."""
+
+    async def scenario() -> None:
+        client = await Client.connect(server.url)
+        control = ControlParam("scribble", tiny_models.controlnet_scribble, 1.0, image="canvas")
+        params = JobParams(checkpoint=tiny_models.checkpoint, steps=2, strength=0.6, controls=[control])
+        reply = await client.run(canvas(32, 32, 1), params)
+        assert isinstance(reply.final, Result), reply.final
+        assert reply.image is not None and reply.image.shape == (32, 32, 4)
         await client.close()
 
     run(scenario())

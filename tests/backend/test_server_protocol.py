@@ -1,17 +1,28 @@
-"""The server's handshake, security and input checking over a real WebSocket (no model needed)."""
+"""The server's start-up, handshake, security and input checking over a real WebSocket (model files are only
+named, except where a test serves the tiny models)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from backend.config import ServerConfig
+from backend.engine_worker import EngineWorker
+from backend.scheduler import Scheduler
+from backend.server import Server
 from protocol import (
     PROTOCOL_VERSION,
     Error,
@@ -24,7 +35,8 @@ from protocol import (
     Welcome,
     encode_frame,
 )
-from tests.backend.server_harness import run, running_server
+from tests.backend.server_harness import RunningServer, random_canvas, run, running_server
+from tests.fixtures.tiny_models import TinyModels
 from tests.protocol_client import Client
 
 CANVAS = np.full((8, 8, 4), 200, dtype=np.uint8)
@@ -292,8 +304,8 @@ def test_ctrl_c_during_a_checkpoint_load_exits_within_seconds(tmp_path: Path) ->
     import time
 
     script = (
-        "import time, backend.engine_host as host\n"
-        "host.EngineHost._load = lambda self: time.sleep(120)  # a huge checkpoint on a slow disk\n"
+        "import time, backend.engine_worker as host\n"
+        "host.EngineWorker._load = lambda self: time.sleep(120)  # a huge checkpoint on a slow disk\n"
         "from backend.cli import main\n"
         "raise SystemExit(main(['--port', '0', '--models-dir', r'%s']))\n" % (tmp_path / "models")
     )
@@ -317,3 +329,114 @@ def test_ctrl_c_during_a_checkpoint_load_exits_within_seconds(tmp_path: Path) ->
     finally:
         if process.poll() is None:
             process.kill()
+
+
+@contextmanager
+def model_cache_busy(server: RunningServer) -> Iterator[None]:
+    """Holds the model cache's lock from another thread, as the worker does while it loads a checkpoint."""
+    models = server.server.engine._models
+    assert models is not None, "the engine has not loaded its models"
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with models._lock:
+            held.set()
+            release.wait(20)
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    assert held.wait(5)
+    try:
+        yield
+    finally:
+        release.set()
+        thread.join(10)
+
+
+@pytest.mark.slow
+def test_handshakes_and_model_lists_are_answered_while_a_checkpoint_loads(
+    server: RunningServer, tiny_models: TinyModels
+) -> None:
+    async def load_checkpoint() -> None:
+        client = await Client.connect(server.url)
+        params = JobParams(checkpoint=tiny_models.checkpoint, steps=1, strength=0.5)
+        await client.run(random_canvas(16, 16), params)
+        await client.close()
+
+    run(load_checkpoint())
+    assert server.call(lambda: server.server.engine.ready)
+    # Asked while nothing holds the lock, the cache answers and remembers what is loaded.
+    assert server.call(lambda: server.server.engine.loaded())["checkpoint"] == tiny_models.checkpoint
+
+    async def scenario() -> None:
+        client = await asyncio.wait_for(Client.connect(server.url), 3)
+        assert (
+            client.welcome is not None and client.welcome.loaded.get("checkpoint") == tiny_models.checkpoint
+        )
+        await client.socket.send(json.dumps({"type": "list_models"}))
+        listing = await asyncio.wait_for(client.receive(), 3)
+        assert isinstance(listing, ModelList)
+        await client.close()
+
+    with model_cache_busy(server):
+        run(scenario(), timeout=8)
+
+
+@pytest.mark.slow
+def test_a_port_in_use_fails_before_the_engine_starts_loading(tmp_path: Path) -> None:
+    """`python -m backend` on a busy port (usually: the backend already runs there) must fail at once, not
+    first load torch and a checkpoint onto the GPU next to the running instance (and keep the process alive
+    until that load ends, since the worker thread is joined at exit)."""
+
+    class RecordingWorker(EngineWorker):
+        loads = 0
+
+        def start_loading(self, scheduler: Scheduler[Any]) -> None:
+            RecordingWorker.loads += 1
+
+    async def scenario() -> None:
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            config = ServerConfig(port=busy.getsockname()[1], models_dir=tmp_path / "models")
+            server = Server(config, RecordingWorker(config))
+            with pytest.raises(OSError):
+                await server.start()
+            assert RecordingWorker.loads == 0
+            assert server.scheduler._task is None
+            await server.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.slow
+def test_an_unreadable_frame_ends_the_job_it_was_sent_for(tmp_path: Path) -> None:
+    """A frame that fails its own checks (truncated, wrong magic) arrives while its job waits for it: the
+    error must name that job, or the client waits forever for a job the server silently keeps pending."""
+    root = tmp_path / "models"
+    (root / "checkpoints").mkdir(parents=True)
+    (root / "checkpoints" / "model.safetensors").write_bytes(b"")
+    job = {
+        "type": "job",
+        "job_id": "j",
+        "images": [{"slot": "canvas", "encoding": "bgra8", "width": 2, "height": 2}],
+    }
+    short = encode_frame(ImageFrame("j", "canvas", ImageEncoding.BGRA8, 2, 2, bytes(16)))[:-3]
+    good = encode_frame(ImageFrame("j2", "canvas", ImageEncoding.BGRA8, 2, 2, bytes(16)))
+
+    async def scenario(url: str) -> None:
+        async with connect(url) as socket:
+            await socket.send(json.dumps({"type": "hello", "protocol_version": PROTOCOL_VERSION}))
+            json.loads(await socket.recv())
+            await socket.send(json.dumps(job))
+            await socket.send(short)
+            error = json.loads(await socket.recv())
+            assert error["type"] == "error" and error["code"] == "bad_frame" and error["job_id"] == "j"
+            # the connection keeps serving, and the dropped job's id can be used again
+            await socket.send(json.dumps({**job, "job_id": "j2", "params": {"strength": 0.0}}))
+            await socket.send(good)
+            replies = [json.loads(await socket.recv()) for _ in range(2)]
+            assert [r["type"] for r in replies] == ["accepted", "result"], replies
+
+    with running_server(root, preload=False) as server:
+        run(scenario(server.url), timeout=60)

@@ -20,14 +20,14 @@ import pytest
 import torch
 
 from backend.engine import Engine, EngineSettings
-from backend.engine.fast import AcceleratorSettings, bucket_side
+from backend.engine.accelerated import AcceleratorSettings, bucket_side
 from backend.engine.region import MAX_LONG_SIDE, native_side, unet_min_side, working_size
 from backend.server import _input_key
 from protocol import Bounds, Error, ImageEncoding, ImageFrame, ImageSpec, InpaintParam, JobParams, JobRequest
 from tests.backend.server_harness import random_canvas, run
 from tests.backend.test_engine_support import make_canvas
 from tests.backend.test_engine_support import run as run_engine
-from tests.backend.test_fast_preview import ModelsWithTaesd, preview_job
+from tests.backend.test_taesd_preview import ModelsWithTaesd, preview_job
 from tests.fixtures.tiny_models import UNET_CONFIG, TinyModels
 from tests.protocol_client import Client, JobReply
 
@@ -294,9 +294,9 @@ def test_the_whole_frame_path_buckets_working_sizes_and_gives_the_plain_paths_by
     """A 300x200 canvas works at 160x104 on the tiny model: the live path buckets that to 192x128 for its
     static shapes and crops back to the same result size; unbucketed it gives the plain path's bytes."""
 
-    def engine(accelerate: str, **fast: Any) -> Engine:
-        accelerated = AcceleratorSettings(compile_backend="eager", background=False, **fast)
-        settings = EngineSettings(accelerate=accelerate, fast=accelerated)
+    def engine(mode: str, **options: Any) -> Engine:
+        accelerated = AcceleratorSettings(mode=mode, compile_backend="eager", background=False, **options)
+        settings = EngineSettings(accelerated=accelerated)
         return Engine(ModelsWithTaesd(), torch.device("cpu"), torch.float32, settings)
 
     canvas = make_canvas(300, 200, seed=10)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from installer_testkit import REPO
 
+from installer import cli
 from installer.report import EXIT_MODELS_MISSING, EXIT_OK
 
 
@@ -124,3 +125,14 @@ def test_the_real_plugin_installs_and_imports_outside_krita(tmp_path: Path, webs
     )
     check = subprocess.run([python, "-I", "-S", "-c", code, str(pykrita)], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
+
+
+def test_the_start_command_printed_on_windows_pastes_into_cmd() -> None:
+    repo = r"C:\Users\Jane Doe\krita-live-diffusion"
+    python = repo + r"\.venv\Scripts\python.exe"
+    line = cli.start_hint(repo, [python, "-m", "backend"], windows=True)
+    # cmd.exe knows only double quotes; single quotes would become part of the path.
+    assert line == f'cd /d "{repo}" && "{python}" -m backend'
+    assert cli.start_hint(
+        "/home/jane/kld", ["/home/jane/kld/.venv/bin/python", "-m", "backend"], windows=False
+    ) == ("cd /home/jane/kld && /home/jane/kld/.venv/bin/python -m backend")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import pathlib
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,20 @@ def test_a_similar_key_in_another_section_is_not_ours(tmp_path: Path) -> None:
     assert not kritarc.is_enabled(path, "krita_live_diffusion")
     kritarc.enable(path, "krita_live_diffusion")
     assert path.read_bytes() == b"[other]\nenable_krita_live_diffusion=true\n\n[python]\n" + KEY + b"\n"
+
+
+def test_a_failed_kritarc_write_leaves_the_file_intact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "kritarc"
+    path.write_bytes(USER_KRITARC)
+
+    def disk_full(self: Path, data: bytes) -> int:
+        with open(self, "wb") as out:  # opening truncates, as the real write does; then the disk is full
+            out.write(data[:3])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", disk_full)
+    with pytest.raises(OSError):
+        kritarc.enable(path, "krita_live_diffusion")
+    assert path.read_bytes() == USER_KRITARC  # all the painter's Krita settings are still there

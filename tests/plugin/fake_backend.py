@@ -63,6 +63,7 @@ class FakeBackend:
 
     async def _handle(self, ws: Any) -> None:
         hello = protocol.decode_message(await ws.recv(), protocol.CLIENT_MESSAGES)
+        assert isinstance(hello, protocol.Hello), f"the client spoke first with {hello!r}"
         self.hellos.append((hello, ws.request.headers.get("Authorization")))
         if self.token is not None and hello.token != self.token:
             error = protocol.Error("unauthorized", "Wrong or missing access token.")

@@ -12,7 +12,7 @@ from krita_plugin.capture import (
     selection_mask,
 )
 from krita_plugin.nodes import node_id
-from tests.plugin.fake_krita import Document, Selection
+from tests.plugin.fake_krita import Document, Node, Selection
 
 RED = b"\x00\x00\xff\xff"
 BLUE = b"\xff\x00\x00\xff"
@@ -27,7 +27,7 @@ def doc(qapp) -> Document:
     return doc
 
 
-def add_preview(doc: Document) -> object:
+def add_preview(doc: Document) -> Node:
     """A visible layer left out of the image (what a scribble guidance layer is)."""
     preview = doc.createNode("preview", "paintlayer")
     preview.setPixelData(BLUE * 24, 0, 0, 6, 4)
@@ -135,3 +135,16 @@ def test_missing_control_layer_is_explained(doc: Document) -> None:
 def test_other_colour_models_are_explained(qapp) -> None:
     with pytest.raises(CaptureError, match="8-bit RGBA"):
         capture(Document(4, 4, color_model="CMYKA"), CaptureRequest(exclude=set()))
+
+
+def test_a_scribble_layer_inside_a_group_is_left_out_of_the_image(qapp) -> None:
+    doc = Document(6, 4)
+    group = doc.createNode("sketches", "grouplayer")
+    doc.rootNode().addChildNode(group, None)
+    lines = doc.createNode("lines", "paintlayer")
+    lines.setPixelData(RED * 24, 0, 0, 6, 4)
+    group.addChildNode(lines, None)
+    white = b"\xff" * (6 * 4 * 4)
+    assert doc.pixelData(0, 0, 6, 4) != white
+    assert image_without(doc, {node_id(lines)}) == white  # the scribble guides; it is not painted in
+    assert lines.visible()  # shown again afterwards

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import importlib
+import json
 from typing import Any
 
 import pytest
@@ -11,7 +13,8 @@ from krita_plugin.guidance import layer_name
 from krita_plugin.network import Connected, ResultReady, ServerMessage, Status, StatusChanged
 from krita_plugin.nodes import node_id
 from krita_plugin.panel import Panel
-from krita_plugin.settings import ConnectionSettings
+from krita_plugin.persistence import SETTINGS_GROUP
+from krita_plugin.settings import MAX_SEED, ConnectionSettings
 from tests.plugin.fake_krita import Selection
 
 
@@ -89,7 +92,10 @@ def started(krita_app) -> tuple[Controller, FakeNetwork, Any, Panel, Clock]:
 
 
 def result_for(job: protocol.JobRequest, fill: bytes = GREEN, bounds: list[int] | None = None, size=None):
-    x, y, w, h = bounds or job.bounds.to_list()
+    if not bounds:
+        assert job.bounds is not None, "a job without bounds needs the result's bounds given"
+        bounds = job.bounds.to_list()
+    x, y, w, h = bounds
     pw, ph = size or (w, h)
     params = {**job.params.to_dict()}
     result = protocol.Result(job.job_id, [x, y, w, h], pw, ph, "bgra8", params, {"total": 0.042})
@@ -200,7 +206,8 @@ def test_stale_results_are_dropped(setup) -> None:
     assert controller.stats["stale"] == 1 and panel.result_view.image is None
     controller.handle_event(result_for(new))
     assert controller.stats["results"] == 1
-    assert panel.result_view.image.pixel(0, 0) == 0xFF00FF00
+    shown = panel.result_view.image
+    assert shown is not None and shown.pixel(0, 0) == 0xFF00FF00
 
 
 def test_generate_picks_a_new_seed_unless_locked(setup) -> None:
@@ -299,6 +306,7 @@ def test_selection_redraws_only_the_selection_and_its_context(qapp, krita_app) -
         controller.check_live()
         (job,) = network.jobs()
         assert job.mode == "inpaint" and {i.slot for i in job.images} == {"canvas", "mask"}
+        assert job.bounds is not None
         x, y, w, h = job.bounds.to_list()
         assert (x, y, x + w, y + h) == (56, 26, 194, 150)  # 64 px of context, clipped to the document
         mask = network.frames(job)["mask"]
@@ -643,3 +651,46 @@ def test_results_for_another_document_wait_in_its_history(setup, krita_app) -> N
     krita_app.setActiveDocument(doc)
     controller.slow_tick()
     assert panel.result_view.image is not None
+
+
+@pytest.mark.parametrize(
+    "saved",
+    [
+        '{"seed": -1099511627776}',
+        '{"seed": 1099511627776}',
+        '{"steps": 1000000000000}',
+        '{"strength": NaN}',
+        '{"strength": 1e308}',
+        '{"cfg": Infinity, "lora_strength": -Infinity}',
+    ],
+)
+def test_odd_saved_settings_do_not_stop_the_plugin_from_starting(krita_app, saved: str) -> None:
+    krita_app.writeSetting(SETTINGS_GROUP, "generation", saved)
+    panel = Panel()
+    controller = Controller(panel, krita_app, network_factory=FakeNetwork)
+    try:
+        controller.start()
+        assert controller.network.started  # the connection was started...
+        assert all(timer.isActive() for timer in controller._timers)  # ...and live mode's timers run
+        settings = panel.settings()
+        assert 0 <= settings.seed <= MAX_SEED and 1 <= settings.steps <= 50
+        assert 0.0 <= settings.strength <= 1.0
+        json.loads(settings.to_json())  # what is saved next time is plain JSON again
+    finally:
+        controller.shutdown()
+
+
+def test_closing_a_window_stops_its_dockers_connection(krita_app) -> None:
+    from krita_plugin import safe
+    from krita_plugin.qt import BINDING, QObject
+
+    sip = importlib.import_module(f"{BINDING}.sip")
+
+    window = QObject()  # Krita deletes a window's dockers (and their controllers) when the window closes
+    controller = Controller(Panel(), krita_app, network_factory=FakeNetwork, parent=window)
+    network = controller.network
+    controller.start()
+    sink = controller._show_bug
+    sip.delete(window)
+    assert network.stopped  # no network thread reconnecting forever for a docker that is gone
+    assert sink not in safe._sinks

@@ -13,7 +13,7 @@ from krita_plugin.nodes import node_id
 from krita_plugin.panel import Panel
 from krita_plugin.qt import QComboBox, QDoubleSpinBox, QLabel, QToolButton
 from tests.plugin.test_controller import FakeNetwork, pick, started
-from tests.plugin.test_panel import DOCKER_WIDTH, _needed_width
+from tests.plugin.test_panel import DOCKER_WIDTH, _needed_width, not_none
 
 GRAY = b"\x80\x80\x80\xff"
 registry = protocol.registry  # tests add throw-away kinds to its CONTROL_KINDS
@@ -51,6 +51,7 @@ def test_a_kind_added_to_the_table_is_offered_sent_left_out_and_remembered(krita
     controller.check_live()
     (job,) = network.jobs()
     server_view = protocol.decode_message(protocol.encode_message(job), protocol.CLIENT_MESSAGES)
+    assert isinstance(server_view, protocol.JobRequest)
     (control,) = server_view.params.controls  # the protocol accepts the job as sent
     assert (control.kind, control.image, control.strength) == ("test_depth", "test_depth", 0.6)
     assert control.model == "x-depth.safetensors"  # picked by the kind's model-name words
@@ -93,7 +94,8 @@ def test_the_plus_button_adds_the_layer_the_kind_needs(krita_app, monkeypatch) -
         ("test_depth", "test_depth"),
         ("test_hands", None),
     ]
-    assert len(job.params.controls[1].pose) == 1  # the new layer's figure, as keypoints
+    figures = job.params.controls[1].pose
+    assert figures is not None and len(figures) == 1  # the new layer's figure, as keypoints
     assert {image.slot for image in job.images} == {"canvas", "test_depth"}
     controller.shutdown()
 
@@ -134,6 +136,6 @@ def test_the_panel_fits_the_docker_with_many_kinds(qapp, monkeypatch) -> None:
     panel.resize(DOCKER_WIDTH, 900)
     panel.show()
     qapp.processEvents()
-    assert not panel.horizontalScrollBar().isVisible()
+    assert not not_none(panel.horizontalScrollBar()).isVisible()
     strength = panel.guidance_rows["test_lineart_anime"].strength
-    assert strength.mapTo(panel.body, strength.rect().topRight()).x() <= panel.viewport().width()
+    assert strength.mapTo(panel.body, strength.rect().topRight()).x() <= not_none(panel.viewport()).width()

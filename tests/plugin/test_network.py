@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import asyncio
 import queue
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -189,3 +191,70 @@ def test_a_restart_while_the_old_thread_still_closes_keeps_the_new_connection(ev
     finally:
         client.stop()
         backend.stop()
+
+
+class SlowGreetings:
+    """Backends that answer the plugin's hello only once `greet` is set; records every address dialled."""
+
+    def __init__(self) -> None:
+        self.urls: list[str] = []
+        self.greet = threading.Event()
+
+    def __call__(self, url: str, headers: dict[str, str], max_size: int, open_timeout: float) -> Any:
+        self.urls.append(url)
+        return _SlowSocket(self)
+
+
+class _SlowSocket:
+    def __init__(self, owner: SlowGreetings) -> None:
+        self.owner = owner
+        self.closed = False
+
+    async def __aenter__(self) -> _SlowSocket:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self.closed = True
+
+    async def send(self, data: Any) -> None:
+        pass
+
+    async def recv(self) -> str:
+        while not self.owner.greet.is_set():
+            await asyncio.sleep(0.01)
+        welcome = protocol.Welcome(1, "fake", "cpu", {}, {}, ["lcm"], protocol.Limits(), True)
+        return protocol.encode_message(welcome)
+
+    def __aiter__(self) -> _SlowSocket:
+        return self
+
+    async def __anext__(self) -> Any:
+        while not self.closed:
+            await asyncio.sleep(0.01)
+        raise StopAsyncIteration
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def test_an_address_changed_during_the_handshake_is_the_one_that_stays_connected() -> None:
+    events: queue.Queue[object] = queue.Queue()
+    backends = SlowGreetings()
+    client = NetworkClient(events.put, backoff=Backoff(initial=0.05, maximum=0.2, jitter=0), connect=backends)
+    try:
+        client.start(ConnectionSettings("old-host:1"))
+        deadline = time.monotonic() + 5
+        while not backends.urls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        client.start(ConnectionSettings("new-host:2"))  # Connect pressed while the old backend is greeting
+        time.sleep(0.1)
+        backends.greet.set()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not (
+            backends.urls[-1] == "ws://new-host:2" and client.connected
+        ):
+            time.sleep(0.01)
+        assert backends.urls[-1] == "ws://new-host:2" and client.connected
+        assert any(isinstance(e, Connected) for e in list(events.queue))
+    finally:
+        client.stop()

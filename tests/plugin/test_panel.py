@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import TypeVar
+
 from krita_plugin.panel import Panel
 from krita_plugin.settings import ControlLayerChoice, GenerationSettings
 
@@ -21,12 +23,20 @@ def test_settings_round_trip_through_the_widgets(qapp) -> None:
 
 DOCKER_WIDTH = 260  # Krita's default docker width
 
+T = TypeVar("T")
+
+
+def not_none(part: T | None) -> T:
+    """A scroll area's scrollbar or viewport: Qt's stubs allow None, a built panel always has them."""
+    assert part is not None
+    return part
+
 
 def _needed_width(panel: Panel) -> int:
     """The docker width needed with no horizontal scrolling: the body, the vertical scrollbar, the frame."""
     return (
         panel.body.minimumSizeHint().width()
-        + panel.verticalScrollBar().sizeHint().width()
+        + not_none(panel.verticalScrollBar()).sizeHint().width()
         + 2 * panel.frameWidth()
     )
 
@@ -48,9 +58,9 @@ def test_the_panel_fits_the_default_docker_width_whatever_it_shows(qapp) -> None
     panel.resize(DOCKER_WIDTH, 900)
     panel.show()
     qapp.processEvents()
-    assert not panel.horizontalScrollBar().isVisible()
+    assert not not_none(panel.horizontalScrollBar()).isVisible()
     assert panel.cancel.isVisible() and panel.strength_label.isVisible()
-    assert panel.cancel.geometry().right() <= panel.viewport().width()
+    assert panel.cancel.geometry().right() <= not_none(panel.viewport()).width()
 
 
 def test_messages_do_not_move_the_widgets_below(qapp) -> None:

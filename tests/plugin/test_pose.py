@@ -38,7 +38,7 @@ def test_bone_matrix_maps_the_base_bone_onto_its_joints(start, end) -> None:
 def test_default_pose_fits_the_canvas() -> None:
     for width, height in ((512, 512), (1024, 400), (300, 900)):
         points = default_pose(width, height)
-        assert all(0 <= x <= width and 0 <= y <= height for x, y in points)
+        assert all(p is not None and 0 <= p[0] <= width and 0 <= p[1] <= height for p in points)
 
 
 def test_units_round_trip() -> None:
@@ -78,6 +78,7 @@ def test_moving_a_joint_moves_its_keypoint_and_bones_follow(qapp) -> None:
     box = wrist.boundingBox()
     wrist.setPosition(QPointF(box.x() + 10, box.y() + 5))  # 10 pt = 20 px at 144 dpi
     before = default_pose(200, 200)[4]
+    assert before is not None
     assert read_pose(layer, 144.0)[0][4] == pytest.approx((before[0] + 20, before[1] + 10), abs=1e-3)
     undo_steps = len(doc.undo_log)
     assert sync_bones(layer) == 1  # only the forearm (elbow 3 - wrist 4) moved

@@ -16,7 +16,8 @@ def capture(**extra: object) -> CanvasCapture:
 def decode_on_server(job) -> tuple[protocol.JobRequest, dict[str, protocol.ImageFrame]]:
     """What the backend sees: the JSON through the protocol's own validation, then each frame."""
     request = protocol.decode_message(protocol.encode_message(job.request), protocol.CLIENT_MESSAGES)
-    frames = {}
+    assert isinstance(request, protocol.JobRequest)
+    frames: dict[str, protocol.ImageFrame] = {}
     for data in job.frames:
         frame = protocol.decode_frame(data, 4096, 4096)
         assert frame.job_id == request.job_id
@@ -91,6 +92,7 @@ def test_scribble_and_pose_controls() -> None:
         0.6,
         "tiny-openpose.safetensors",
     )
+    assert posed.pose is not None
     assert posed.pose[0][0] == (1.0, 2.0) and posed.pose[0][1] is None and len(posed.pose[0]) == 18
 
 

@@ -19,10 +19,14 @@ def exact_scale(bgra: bytes, width: int, height: int, new_width: int, new_height
     premultiplied = source.convertToFormat(QImage.Format.Format_ARGB32_Premultiplied)
     smooth = Qt.TransformationMode.SmoothTransformation
     scaled = premultiplied.scaled(new_width, new_height, Qt.AspectRatioMode.IgnoreAspectRatio, smooth)
-    scaled = scaled.convertToFormat(QImage.Format.Format_ARGB32)
-    pointer = scaled.constBits()
-    pointer.setsize(scaled.sizeInBytes())
-    return bytes(pointer)
+    return pixel_bytes(scaled.convertToFormat(QImage.Format.Format_ARGB32))
+
+
+def pixel_bytes(image: QImage) -> bytes:
+    """The image's bytes as they lie in memory (no row padding for 4-byte pixels)."""
+    pointer = image.constBits()
+    assert pointer is not None
+    return pointer.asstring(image.sizeInBytes())
 
 
 def noise(width: int, height: int, alpha: int | None, seed: int = 3) -> bytearray:
@@ -58,9 +62,7 @@ def test_a_canvas_with_transparency_scales_the_exact_way(where: str) -> None:
     shortcut = QImage(data, width, height, width * 4, QImage.Format.Format_ARGB32_Premultiplied).scaled(
         90, 60, Qt.AspectRatioMode.IgnoreAspectRatio, Qt.TransformationMode.SmoothTransformation
     )
-    pointer = shortcut.constBits()
-    pointer.setsize(shortcut.sizeInBytes())
-    assert bytes(pointer) != expected
+    assert pixel_bytes(shortcut) != expected
 
 
 def test_a_qbytearray_from_krita_is_read_without_a_copy_and_scaled() -> None:

@@ -142,6 +142,25 @@ def test_pose_keypoints_out_of_range_are_missing_not_fatal() -> None:
     assert len(pose[0]) == 18
 
 
+HUGE = int("1" + "0" * 400)  # a valid JSON integer far beyond float range
+
+
+@pytest.mark.parametrize("field", ["cfg", "strength", "lcm_lora_strength"])
+def test_a_huge_integer_for_a_float_field_is_a_bad_message_not_a_crash(field: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        decode_client(job_dict(params={field: HUGE}))
+    assert caught.value.code is ErrorCode.BAD_MESSAGE
+    assert caught.value.job_id == "j1"
+
+
+def test_a_huge_integer_pose_coordinate_counts_as_missing() -> None:
+    controls = [{"kind": "pose", "pose": [[[HUGE, 2], [3, -HUGE], [4, 5]]]}]
+    job = decode_client(job_dict(params={"controls": controls}))
+    assert isinstance(job, JobRequest)
+    pose = job.params.controls[0].pose
+    assert pose is not None and pose[0][:3] == [None, None, (4.0, 5.0)]
+
+
 def test_limits_are_configurable() -> None:
     small = Limits(max_width=16, max_height=16, max_steps=8)
     with pytest.raises(ProtocolError):

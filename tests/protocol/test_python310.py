@@ -17,7 +17,7 @@ job = JobRequest("a", images=[ImageSpec("canvas", "bgra8", 3, 2)], bounds=Bounds
 assert decode_message(encode_message(job), CLIENT_MESSAGES) == job
 frame = ImageFrame("a", "canvas", ImageEncoding.BGRA8, 3, 2, bytes(24))
 assert decode_frame(encode_frame(frame), 8, 8) == frame
-import krita_plugin.backoff, krita_plugin.jobs, krita_plugin.placement, krita_plugin.pose
+import krita_plugin.backoff, krita_plugin.job_tracking, krita_plugin.placement, krita_plugin.pose
 import krita_plugin.request_builder, krita_plugin.settings, krita_plugin.history, krita_plugin.live_state
 import krita_plugin.job_records, krita_plugin.document_state
 import sys

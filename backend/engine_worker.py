@@ -1,4 +1,7 @@
-"""Owns the engine on the worker thread: loads it in the background and runs jobs for the scheduler.
+"""The engine worker: owns the Engine and its model cache on the scheduler's worker thread, loads them in the
+background and runs jobs for the scheduler; on the event loop it lists model files and resolves each job's
+models when the job arrives. It sits outside backend/engine/ because the engine imports neither the model
+files nor the loaders: this is where they meet.
 
 torch and diffusers are imported here lazily, on the worker thread, so the server binds and answers
 handshakes within a second of starting while the heavy imports and the model load happen behind it.
@@ -19,17 +22,17 @@ from protocol.errors import clip_message
 
 from .config import ServerConfig
 from .engine.jobs import EngineJob, EngineResult
-from .engine.models import ModelChoice, choose_models
+from .engine.model_choice import ModelChoice, choose_models
 from .model_check import UnusableCache
 from .model_errors import ModelError
-from .model_store import ModelStore
+from .model_files import ModelStore
 
 if TYPE_CHECKING:
     from .engine import Engine
-    from .loading.manager import ModelManager
+    from .loading.model_cache import ModelCache
     from .scheduler import Scheduler
 
-log = logging.getLogger("backend.engine_host")
+log = logging.getLogger("backend.engine_worker")
 
 
 @dataclass
@@ -38,13 +41,13 @@ class ModelListing:
     unusable: dict[str, dict[str, str]]  # kind -> name -> why it can't be used
 
 
-class EngineHost:
+class EngineWorker:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.store = ModelStore(config.models_dir, config.extra_model_dirs)
         self.device_name = "starting"
         self._engine: Engine | None = None
-        self._manager: ModelManager | None = None
+        self._models: ModelCache | None = None
         self._load_error: BaseException | None = None
         self._loaded = threading.Event()
         self._checked = UnusableCache()
@@ -65,19 +68,20 @@ class EngineHost:
     def _load(self) -> None:
         started = time.perf_counter()
         try:
-            from .engine import Engine, EngineSettings, select_device
-            from .loading.manager import ModelManager
+            from .engine import AcceleratorSettings, Engine, EngineSettings, select_device
+            from .loading.model_cache import ModelCache
 
             choice = select_device(self.config.device)
             device, dtype = choice
             self.device_name = choice.label
-            manager = ModelManager(self.store, device, dtype, config_dir=self.config.model_config_dir)
-            engine = Engine(manager, device, dtype, EngineSettings(accelerate=self.config.accelerate))
-            self._manager, self._engine = manager, engine
+            models = ModelCache(self.store, device, dtype, config_dir=self.config.model_config_dir)
+            settings = EngineSettings(accelerated=AcceleratorSettings(mode=self.config.accelerate))
+            engine = Engine(models, device, dtype, settings)
+            self._models, self._engine = models, engine
             checkpoint = self.store.default_checkpoint()
             if self.config.preload and checkpoint is not None:
                 try:
-                    manager.components(checkpoint)
+                    models.components(checkpoint)
                     if engine.accelerator.active:
                         # One frame now, so the first stroke doesn't pay for it; the compile goes on behind.
                         log.info("live path: %s", engine.warm_up())
@@ -129,7 +133,7 @@ class EngineHost:
         return ModelListing(models, unusable)
 
     def loaded(self) -> dict[str, Any]:
-        return self._manager.loaded() if self.ready and self._manager is not None else {}
+        return self._models.loaded() if self.ready and self._models is not None else {}
 
     def resolve_models(self, request: JobRequest) -> ModelChoice:
         """The job's models with their defaults applied (the store's first checkpoint, the automatic

@@ -37,7 +37,7 @@ CAPTURE_METHODS = ("auto", "cuda_graph", "direct")
 
 @dataclass
 class AcceleratorSettings:
-    mode: str = "auto"  # auto: compile on CUDA, off elsewhere
+    mode: str = "auto"  # --accelerate (ServerConfig.accelerate): auto = compile on CUDA, else off
     bucket: int = DEFAULT_BUCKET  # generation sizes round up to this many pixels (<= 8: no bucketing)
     compile_backend: str | None = None  # None = inductor; "eager"/"aot_eager" exercise the plumbing on CPU
     # Inductor's default mode: we capture CUDA graphs ourselves, so "reduce-overhead" (its own graphs) must
@@ -52,7 +52,7 @@ class AcceleratorSettings:
     cache_dir: str | None = None  # persistent compile caches; None = ~/.cache/krita-live-diffusion
     background: bool = True  # compile in a background thread while the eager path serves
     capture: str = "auto"  # "cuda_graph" on CUDA; "direct" = static buffers without a graph (CPU tests)
-    # Live LCM frames with TAESD run as one function (fast/frame.py), captured whole; off: one call per step.
+    # Live LCM frames with TAESD run as one function (frame.py), captured whole; off: one call per step.
     whole_frame: bool = True
     # How a whole frame compiles: "parts" (each model call once, shared by every frame variant) or "whole"
     # (one graph of the unrolled frame: fusion across steps, but a compile of minutes per variant).

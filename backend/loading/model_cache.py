@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from backend.engine.models import LoraSpec
+from backend.engine.model_choice import LoraSpec
 from backend.loading.checkpoint import PipelineComponents, place_checkpoint, read_checkpoint
 from backend.loading.controlnet import load_controlnet
 from backend.loading.lora import TEXT_ENCODER, UNET, LoraFuser, LoraTargets, LoraWeights, read_lora
 from backend.loading.stamps import FileStamp, file_stamp
 from backend.loading.vae import load_taesd, load_vae
 from backend.model_errors import ModelError, ModelNotFoundError
-from backend.model_store import TAESD_SUFFIXES, ModelStore
+from backend.model_files import TAESD_SUFFIXES, ModelStore
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, AutoencoderTiny, ControlNetModel
@@ -59,7 +59,7 @@ class _LoadedCheckpoint:
     lora_cache: OrderedDict[str, tuple[FileStamp | None, LoraWeights]] = field(default_factory=OrderedDict)
 
 
-class ModelManager:
+class ModelCache:
     """Loads models from a ModelStore onto one device/dtype and caches them. Thread-safe."""
 
     lora_cache_size = 8  # unused LoRAs kept parsed, so toggling one off and on doesn't re-read it

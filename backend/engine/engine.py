@@ -16,18 +16,18 @@ from protocol.messages import JobParams
 from protocol.registry import MODES, SAMPLERS
 
 from . import images, masks
+from .accelerated import Accelerator, AcceleratorSettings
+from .accelerated.denoiser import AcceleratedPredictor
+from .accelerated.frame import FramePlan, LiveFrames, plan_frame
+from .accelerated.host import HostStaging
+from .accelerated.vae_calls import AcceleratedTaesd, is_tiny_autoencoder
 from .context import GenerationContext
 from .controlnet import build_controls
-from .fast import Accelerator, AcceleratorSettings
-from .fast.denoiser import AcceleratedPredictor
-from .fast.frame import FramePlan, LiveFrames, plan_frame
-from .fast.host import HostStaging
-from .fast.vae_calls import AcceleratedTaesd, is_tiny_autoencoder
 from .img2img import img2img
 from .inpaint import InpaintInputs, inpaint
 from .jobs import EngineInputError, EngineJob, EngineResult, JobCancelled
 from .loop import Guidance, make_guidance
-from .models import Components, ModelChoice, ModelSource, choose_models, load_components
+from .model_choice import Components, ModelChoice, ModelSource, choose_models, load_components
 from .modules import model_dtype
 from .prompts import PromptCache
 from .region import (
@@ -57,11 +57,11 @@ class EngineSettings:
     inpaint_resolution: int | None = None
     prompt_cache_size: int = 64
     min_side: int | None = None  # smallest generation side in pixels; None: the least the UNet can take
-    # Preview (live) jobs: "auto" = compiled + CUDA graphs on CUDA, eager elsewhere; "off"; "compile";
-    # "cuda_graphs" (graphs of the eager UNet: no compile wait). Final renders always run the plain path.
-    accelerate: str = "auto"
-    fast: AcceleratorSettings = field(default_factory=AcceleratorSettings)  # details; its mode is ignored
-    preview_taesd: bool = True  # preview jobs decode with TAESD when its files are present
+    # The accelerated path for live jobs; its `mode` is the server's --accelerate (ServerConfig.accelerate):
+    # "auto" = compiled + CUDA graphs on CUDA, eager elsewhere; "off"; "compile"; "cuda_graphs" (graphs of the
+    # eager UNet: no compile wait). Final renders always run the plain path.
+    accelerated: AcceleratorSettings = field(default_factory=AcceleratorSettings)
+    preview_taesd: bool = True  # live jobs decode with the preview decoder (TAESD) when its files are present
 
 
 class Engine:
@@ -79,14 +79,12 @@ class Engine:
         self.prompts = PromptCache(self.settings.prompt_cache_size)
         self.samplers = SamplerFactory()
         self.selections = masks.SelectionPreparer()
-        self.accelerator = Accelerator(
-            replace(self.settings.fast, mode=self.settings.accelerate), self.device
-        )
+        self.accelerator = Accelerator(self.settings.accelerated, self.device)
         self.staging = HostStaging(self.device)
         self.frames = LiveFrames(self.accelerator, self.staging)
         # (checkpoint name, id of its UNet) that the accelerator's slots belong to
         self._accelerated_for: tuple[str, int] | None = None
-        self._taesd_error: str | None = None  # TAESD files that could not be loaded: previews use the VAE
+        self._taesd_error: str | None = None  # TAESD files that could not be loaded: live jobs use the VAE
 
     def run(self, job: EngineJob, on_progress: ProgressCallback, is_cancelled: CancelCheck) -> EngineResult:
         """Run one job. Raises JobCancelled at a step boundary once is_cancelled() is True, EngineInputError
@@ -270,7 +268,7 @@ class Engine:
         params = job.params
         start = time.perf_counter()
         if self._accelerated_for is not None and self._accelerated_for[0] != choice.checkpoint:
-            # The manager is about to unload this checkpoint: drop the graphs first, they hold its models
+            # The model cache is about to unload this checkpoint: drop the graphs first, they hold its models
             # alive (and must never be replayed on freed weights).
             self.accelerator.reset()
             self._accelerated_for = None
@@ -296,17 +294,17 @@ class Engine:
             is_cancelled=is_cancelled,
             timings=timings,
         )
-        fast = job.preview and self.accelerator.active
-        effective["accelerated"] = fast
-        if fast:
+        accelerated = job.live and self.accelerator.active
+        effective["accelerated"] = accelerated
+        if accelerated:
             self._accelerate(ctx, choice.checkpoint)
         return ctx, components
 
-    # --- preview (live) paths ------------------------------------------------------------------------------
+    # --- live jobs: the preview decoder (TAESD) and the accelerated path ------------------------------------
 
     def _preview_vae(self, job: EngineJob) -> Any:
-        """TAESD for preview jobs when the model source has its files; None = the checkpoint's VAE."""
-        if not (job.preview and self.settings.preview_taesd):
+        """TAESD for live jobs when the model source has its files; None = the checkpoint's VAE."""
+        if not (job.live and self.settings.preview_taesd):
             return None
         taesd = getattr(self.models, "taesd", None)
         if not callable(taesd) or self._taesd_error is not None:
@@ -360,7 +358,7 @@ class Engine:
         return images.to_uint8(images.to_unit_float(decoded))
 
     def warm_up(self, width: int = 512, height: int = 512, params: JobParams | None = None) -> dict[str, Any]:
-        """Run one preview frame now, so that model loading, cudnn plans and (in the background) the compile
+        """Run one live frame now, so that model loading, cudnn plans and (in the background) the compile
         of the live path start before the painter's first stroke. Returns the accelerator's status.
 
         The protocol's default parameters are the plugin's defaults, so a painter who starts with them finds
@@ -368,7 +366,7 @@ class Engine:
         canvas = np.full((height, width, 4), 128, dtype=np.uint8)
         canvas[..., 3] = 255
         params = params or JobParams()
-        self.run(EngineJob("img2img", params, canvas, preview=True), lambda i, n: None, lambda: False)
+        self.run(EngineJob("img2img", params, canvas, live=True), lambda i, n: None, lambda: False)
         return self.accelerator.status()
 
     def _guidance(

@@ -15,25 +15,24 @@ import pytest
 import torch
 
 from backend.engine import Engine, EngineSettings, images
-from backend.engine.fast import AcceleratorSettings, bucket_side
-from backend.engine.fast.accelerator import Accelerator, resolve_mode
-from backend.engine.fast.host import HostStaging
-from backend.engine.fast.static_call import capture_direct
+from backend.engine.accelerated import AcceleratorSettings, bucket_side
+from backend.engine.accelerated.accelerator import Accelerator, resolve_mode
+from backend.engine.accelerated.host import HostStaging
+from backend.engine.accelerated.static_call import capture_direct
 from protocol.messages import ControlParam
 from tests.backend.test_engine_support import FakeModels, job, make_canvas, run, tiny_parts
-from tests.backend.test_fast_preview import ModelsWithTaesd, preview_job
+from tests.backend.test_taesd_preview import ModelsWithTaesd, preview_job
 
 pytestmark = pytest.mark.slow
 
 TOLERANCE = 1  # uint8 levels; on the CPU the eager backend is in fact exact
 
 
-def fast_engine(models: FakeModels | None = None, backend: str = "eager", **fast: Any) -> Engine:
+def accelerated_engine(models: FakeModels | None = None, backend: str = "eager", **options: Any) -> Engine:
     settings = EngineSettings(
         min_side=32,
         working_size=False,  # canvas-sized generations: the bucketing below is about those
-        accelerate="compile",
-        fast=AcceleratorSettings(compile_backend=backend, **fast),
+        accelerated=AcceleratorSettings(mode="compile", compile_backend=backend, **options),
     )
     return Engine(models or ModelsWithTaesd(), torch.device("cpu"), torch.float32, settings)
 
@@ -56,7 +55,7 @@ def assert_close(a: np.ndarray, b: np.ndarray) -> None:
 @pytest.fixture(scope="module")
 def warm() -> Engine:
     """One engine whose live img2img path is compiled (the compile is the slow part: share it)."""
-    engine = fast_engine()
+    engine = accelerated_engine()
     run(engine, preview_job(make_canvas(64, 64), steps=8, strength=0.5))
     assert engine.accelerator.wait(120)
     return engine
@@ -81,9 +80,9 @@ def test_compiled_path_matches_plain_path(warm: Engine) -> None:
     plain = plain_engine()
     canvas = make_canvas(64, 64, seed=11)
     for params in ({"seed": 5, "strength": 0.5, "steps": 8}, {"seed": 6, "strength": 0.75, "steps": 4}):
-        fast = run(warm, preview_job(canvas, **params))
-        assert fast.params["accelerated"] is True
-        assert_close(fast.image, run(plain, preview_job(canvas, **params)).image)
+        accelerated = run(warm, preview_job(canvas, **params))
+        assert accelerated.params["accelerated"] is True
+        assert_close(accelerated.image, run(plain, preview_job(canvas, **params)).image)
     status = warm.accelerator.status()
     assert status["ready"] >= 1 and status["failed"] == 0 and status["accelerated"] > 0
 
@@ -120,7 +119,7 @@ def test_bucketing_keeps_output_size_and_final_renders_stay_plain(warm: Engine) 
 
 
 def test_controlnet_cfg_and_inpaint_match_plain_path() -> None:
-    engine = fast_engine(background=False)  # compile inline: no waiting logic needed here
+    engine = accelerated_engine(background=False)  # compile inline: no waiting logic needed here
     plain = plain_engine()
     canvas = make_canvas(64, 64, seed=15)
     lines = np.zeros((64, 64), dtype=np.uint8)
@@ -138,8 +137,8 @@ def test_controlnet_cfg_and_inpaint_match_plain_path() -> None:
     mask = np.zeros((64, 64), dtype=np.uint8)
     mask[16:40, 16:48] = 255
     # The dedicated 9-channel UNet on the per-step path: its extra-input step call (the whole frame has its
-    # own tests in test_fast_frame.py).
-    per_step = fast_engine(background=False, whole_frame=False)
+    # own tests in test_accelerated_frame.py).
+    per_step = accelerated_engine(background=False, whole_frame=False)
     run(per_step, live)
     inpaint = preview_job(canvas, mode="inpaint", mask=mask, checkpoint="tiny-inpainting.safetensors")
     fast = run(per_step, inpaint)
@@ -157,7 +156,7 @@ def test_weights_changed_in_place_reach_the_compiled_path() -> None:
     parts = tiny_parts()
     models = ModelsWithTaesd()
     models.parts = type(parts)(**{**parts.__dict__, "unet": build_unet(seed=1)})  # a UNet of our own
-    engine = fast_engine(models, background=False)
+    engine = accelerated_engine(models, background=False)
     canvas = make_canvas(64, 64, seed=16)
     before = run(engine, preview_job(canvas)).image
     with torch.no_grad():
@@ -169,7 +168,7 @@ def test_weights_changed_in_place_reach_the_compiled_path() -> None:
 
 
 def test_failed_compile_falls_back_to_eager() -> None:
-    engine = fast_engine(backend="no_such_backend", background=False)
+    engine = accelerated_engine(backend="no_such_backend", background=False)
     canvas = make_canvas(64, 64, seed=17)
     result = run(engine, preview_job(canvas))
     status = engine.accelerator.status()

@@ -1,7 +1,8 @@
-"""What the engine needs from model loading (duck-typed, so tests and other loaders can stand in) and the
-resolution of the job's model choices: default checkpoint, automatic LCM-LoRA.
+"""The job's model choice (`ModelChoice`, `LoraSpec`) and how it is resolved from the job's parameters
+(`choose_models`: default checkpoint, automatic LCM-LoRA), plus what the engine needs from a model source
+(`ModelSource`, `Components`: protocols, so tests and other loaders can stand in for the loader's ModelCache).
 
-The server resolves a job's choice once, when the job arrives (`EngineHost.resolve_models`), and it rides on
+The server resolves a job's choice once, when the job arrives (`EngineWorker.resolve_models`), and it rides on
 the job (`EngineJob.models`); the engine resolves only jobs that come without one."""
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ class LoraSpec:
 
 
 class ModelSource(Protocol):
-    """`backend.loading.manager.ModelManager`, as far as the engine uses it. The engine imports neither it nor
-    the store: both are duck-typed, and the model errors come from `backend.model_errors`."""
+    """`backend.loading.model_cache.ModelCache`, as far as the engine uses it. The engine imports neither it
+    nor the model files (`backend.model_files`): both are duck-typed, and the model errors come from
+    `backend.model_errors`."""
 
     store: Any
 
@@ -85,7 +87,7 @@ def find_lcm_lora(store: Any) -> str | None:
 def choose_models(store: Any, params: JobParams) -> ModelChoice:
     """Apply defaults: the store's first checkpoint when none is named; with the LCM sampler and no LCM-LoRA
     named, the first LoRA with 'lcm' in its name (none found: run without, which suits an LCM-merged
-    checkpoint). A strength of 0 means "not fused", which saves the manager a fuse."""
+    checkpoint). A strength of 0 means "not fused", which saves the model cache a fuse."""
     checkpoint = params.checkpoint
     if checkpoint is None:
         checkpoint = store.default_checkpoint()

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from backend.model_store import (
+from backend.model_files import (
     KINDS,
     ModelError,
     ModelNotFoundError,

@@ -1,7 +1,7 @@
 """The accelerated path on a real GPU: CUDA graphs and inductor-compiled calls give the eager result (fp16
 tolerance) and see weights changed in place. Skipped without CUDA; on a lent GPU machine:
 
-    PYTHONPATH=. python3 -m pytest -q tests/backend/test_fast_cuda.py
+    PYTHONPATH=. python3 -m pytest -q tests/backend/test_accelerated_cuda.py
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from backend.engine import Engine, EngineSettings
-from backend.engine.fast import AcceleratorSettings
+from backend.engine.accelerated import AcceleratorSettings
 from protocol.messages import ControlParam
 from tests.backend.test_engine_support import FakeModels, make_canvas, run, tiny_parts
-from tests.backend.test_fast_preview import preview_job, taesd
+from tests.backend.test_taesd_preview import preview_job, taesd
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 FP16_TOLERANCE = 3  # uint8 levels between kernel choices in half precision
@@ -44,12 +44,11 @@ def _to_cuda(value: Any) -> Any:
     return value
 
 
-def engine(models: CudaModels, mode: str, **fast: Any) -> Engine:
+def engine(models: CudaModels, mode: str, **options: Any) -> Engine:
     settings = EngineSettings(
-        accelerate=mode,
         min_side=32,
         inpaint_resolution=128,
-        fast=AcceleratorSettings(background=False, **fast),
+        accelerated=AcceleratorSettings(mode=mode, background=False, **options),
     )
     return Engine(models, torch.device("cuda"), torch.float16, settings)
 

@@ -13,7 +13,7 @@ re-captures nothing.
 
 The arithmetic is LCMScheduler.step's and add_noise's, op for op, with coefficients computed by the same
 expressions on the same device: in float32 on the CPU the frame is bit-identical to the per-step path
-(tests/backend/test_fast_frame.py). Each place where `build_frame` mirrors the per-step path names the
+(tests/backend/test_accelerated_frame.py). Each place where `build_frame` mirrors the per-step path names the
 function it mirrors; where the two can share a function (CFG, the hold's blend, the masked image, the
 9-channel input, the step's model call) they do.
 
@@ -162,7 +162,7 @@ def build_frame(plan: FramePlan, encode: Part, decode: Part, steps: Sequence[Par
             latents = noising[0, 0] * clean + noising[0, 1] * noise[0]
         for i in range(plan.steps):
             # loop.denoise's step: the batch for CFG (the LCM scheduler's scale_model_input is the identity),
-            # then the step's model call, fast.denoiser.build_denoiser as the accelerated predictor calls it
+            # then the step's model call, denoiser.build_denoiser as the accelerated predictor calls it
             model_input = repeat_for_batch(latents, plan.batched)
             args = [model_input, timesteps[i], embeddings]
             if timestep_cond is not None:

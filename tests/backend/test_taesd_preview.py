@@ -54,7 +54,7 @@ def engine_for(models: FakeModels, **settings: Any) -> Engine:
 
 def preview_job(canvas: np.ndarray, **params: Any) -> Any:
     engine_job = job(canvas, **params)
-    engine_job.preview = True
+    engine_job.live = True
     return engine_job
 
 

@@ -2,7 +2,7 @@
 paths, one slot per frame shape, compiled parts shared across step counts, and the per-step path wherever the
 frame doesn't apply.
 
-On the CPU the compile uses dynamo's "eager" backend and the "direct" capture (see test_fast_accelerate), so
+On the CPU the compile uses dynamo's "eager" backend and the "direct" capture (see test_accelerated_path), so
 float32 results are exact: the tests compare bytes.
 """
 
@@ -20,12 +20,12 @@ import pytest
 import torch
 
 from backend.engine import Engine, EngineJob, EngineSettings
-from backend.engine.fast import AcceleratorSettings
-from backend.engine.fast.frame import FramePlan, lcm_step, schedule_tables
+from backend.engine.accelerated import AcceleratorSettings
+from backend.engine.accelerated.frame import FramePlan, lcm_step, schedule_tables
 from backend.engine.jobs import JobCancelled
 from protocol.messages import ControlParam, JobParams
 from tests.backend.test_engine_support import Recorder, job, make_canvas, run, tiny_parts
-from tests.backend.test_fast_preview import ModelsWithTaesd, preview_job
+from tests.backend.test_taesd_preview import ModelsWithTaesd, preview_job
 
 pytestmark = pytest.mark.slow
 
@@ -34,13 +34,10 @@ INPAINTING = "tiny-inpainting.safetensors"  # FakeModels gives a 9-channel UNet 
 INPAINT_RESOLUTION = 64
 
 
-def build_engine(models: Any = None, accelerate: str = "compile", **fast: Any) -> Engine:
-    settings = EngineSettings(
-        min_side=32,
-        inpaint_resolution=INPAINT_RESOLUTION,
-        accelerate=accelerate,
-        fast=AcceleratorSettings(compile_backend=fast.pop("backend", "eager"), background=False, **fast),
-    )
+def build_engine(models: Any = None, accelerate: str = "compile", **accelerated: Any) -> Engine:
+    backend = accelerated.pop("backend", "eager")
+    options = AcceleratorSettings(mode=accelerate, compile_backend=backend, background=False, **accelerated)
+    settings = EngineSettings(min_side=32, inpaint_resolution=INPAINT_RESOLUTION, accelerated=options)
     return Engine(models or ModelsWithTaesd(), torch.device("cpu"), torch.float32, settings)
 
 
@@ -228,7 +225,7 @@ def test_frame_compiled_whole_equals_plain_path() -> None:
 
 
 def test_inductor_options_keep_the_modes_own() -> None:
-    from backend.engine.fast.compiler import TUNED_INDUCTOR_OPTIONS, inductor_options
+    from backend.engine.accelerated.compiler import TUNED_INDUCTOR_OPTIONS, inductor_options
 
     assert inductor_options("max-autotune-no-cudagraphs", None) is None  # the mode alone
     merged = inductor_options("max-autotune-no-cudagraphs", TUNED_INDUCTOR_OPTIONS)
@@ -243,7 +240,7 @@ def test_warm_up_captures_the_frame_a_painter_starts_with() -> None:
     status = engine.warm_up(64, 64)
     assert status["slots"] == 1 and status["ready"] == 1
     defaults = JobParams(prompt="a lighthouse at dusk", seed=1234)  # otherwise the plugin's defaults
-    result = run(engine, EngineJob("img2img", defaults, make_canvas(64, 64, seed=40), preview=True))
+    result = run(engine, EngineJob("img2img", defaults, make_canvas(64, 64, seed=40), live=True))
     assert result.params["whole_frame"] is True
     after = engine.accelerator.status()
     assert after["slots"] == 1 and after["captures"] == status["captures"]  # no new graph to capture
