@@ -329,6 +329,7 @@ class Controller(QObject):
         self.welcome = welcome
         self.models = {k: list(v) for k, v in welcome.models.items() if isinstance(v, list)}
         self.panel.set_models(self.models, list(welcome.samplers))
+        self.panel.offer_control_kinds([k for k in welcome.control_kinds if isinstance(k, str)])
         if not (self.models.get("checkpoints") or []):
             self.panel.set_message(describe_error("no_model", ""), error=True)
         elif self.panel.message.property("plain") == describe_error("no_model", ""):

@@ -250,8 +250,10 @@ class Panel(QScrollArea):
         for kind in protocol.CONTROL_KINDS.values():
             row = GuidanceRow.build(kind)
             row.new_layer.clicked.connect(lambda *_, name=kind.name: self.create_layer_clicked.emit(name))
-            section.form.addRow(kind.label, _row(row.layer, row.new_layer, row.strength))
+            row.holder = _row(row.layer, row.new_layer, row.strength)
+            section.form.addRow(kind.label, row.holder)
             self.guidance_rows[kind.name] = row
+        self.guidance_form = section.form
         return section
 
     def _build_models(self) -> Section:
@@ -314,6 +316,7 @@ class Panel(QScrollArea):
             guidance={
                 kind: ControlLayerChoice(row.layer.currentData() or "", row.strength.value())
                 for kind, row in self.guidance_rows.items()
+                if row.offered
             },
         )
 
@@ -388,6 +391,16 @@ class Panel(QScrollArea):
                 self.sampler, None, [(s, protocol.sampler_label(s)) for s in samplers if isinstance(s, str)]
             )
 
+    def offer_control_kinds(self, names: list[str]) -> None:
+        """Shows the guidance rows of the kinds the backend can run (an older backend that lists none: all);
+        a hidden row's layer is never sent."""
+        for kind, row in self.guidance_rows.items():
+            row.offered = not names or kind in names
+            label = self.guidance_form.labelForField(row.holder)
+            for widget in (label, row.holder):
+                if widget is not None:
+                    widget.setVisible(row.offered)
+
     def set_layer_choices(self, choices: Mapping[str, list[tuple[str, str]]]) -> None:
         """The layers each kind's row offers (kind name -> (layer id, name) pairs)."""
         for kind, row in self.guidance_rows.items():
@@ -409,6 +422,8 @@ class GuidanceRow:
     layer: QComboBox
     new_layer: QToolButton
     strength: QDoubleSpinBox
+    holder: QWidget | None = None  # the form row's field: the three above
+    offered: bool = True  # the backend runs this kind
 
     @classmethod
     def build(cls, kind: protocol.ControlKind) -> GuidanceRow:

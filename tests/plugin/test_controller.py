@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -81,7 +82,8 @@ def started(krita_app) -> tuple[Controller, FakeNetwork, Any, Panel, Clock]:
     network: FakeNetwork = controller.network
     controller.start()
     network.connected = True
-    controller.handle_event(Connected(WELCOME))
+    # The backend reads the same table: a kind registered by a test is one it lists too.
+    controller.handle_event(Connected(replace(WELCOME, control_kinds=list(protocol.CONTROL_KINDS))))
     controller.handle_event(StatusChanged(Status.CONNECTED, "Connected."))
     doc = krita_app.activeDocument()
     painting = doc.createNode("Painting", "paintlayer")

@@ -8,7 +8,7 @@ import pytest
 from krita_plugin._compat import protocol
 from krita_plugin.controller import Controller
 from krita_plugin.document_state import read_state
-from krita_plugin.network import ServerMessage
+from krita_plugin.network import Connected, ServerMessage
 from krita_plugin.nodes import node_id
 from krita_plugin.panel import Panel
 from krita_plugin.qt import QComboBox, QDoubleSpinBox, QLabel, QToolButton
@@ -139,3 +139,29 @@ def test_the_panel_fits_the_docker_with_many_kinds(qapp, monkeypatch) -> None:
     assert not not_none(panel.horizontalScrollBar()).isVisible()
     strength = panel.guidance_rows["test_lineart_anime"].strength
     assert strength.mapTo(panel.body, strength.rect().topRight()).x() <= not_none(panel.viewport()).width()
+
+
+def test_kinds_the_backend_does_not_list_are_not_offered(krita_app, monkeypatch) -> None:
+    """An older backend knows fewer kinds: their rows are hidden and a layer chosen there is not sent (the
+    backend would refuse the whole job)."""
+    register(monkeypatch, "test_depth", registry.IMAGE, "Depth")
+    controller, network, doc, panel, _ = started(krita_app)
+    depth = doc.createNode("depth map", "paintlayer")
+    depth.setPixelData(GRAY * (16 * 12), 0, 0, 16, 12)
+    doc.rootNode().addChildNode(depth, None)
+    controller.slow_tick()
+    pick(panel, "test_depth", node_id(depth))
+    older = protocol.Welcome(
+        1, "older", "cpu", {"checkpoints": ["tiny.safetensors"]}, {}, ["lcm"], protocol.Limits(), True,
+        control_kinds=["scribble", "pose"],
+    )  # fmt: skip
+    controller.handle_event(Connected(older))
+    row = panel.guidance_rows["test_depth"]
+    assert not row.offered and row.holder is not None and row.holder.isHidden()
+    assert "test_depth" not in panel.settings().guidance
+    panel.set_live(True)
+    controller.check_live()
+    (job,) = network.jobs()
+    assert job.params.controls == [] and "test_depth" not in network.frames(job)
+    scribble = panel.guidance_rows["scribble"].holder
+    assert scribble is not None and not scribble.isHidden()
