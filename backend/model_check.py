@@ -25,7 +25,7 @@ import threading
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # as the loader (owned_safetensors) and the safetensors library
 MAX_CACHED = 4096
@@ -141,7 +141,7 @@ def _check_entry(spec: Any, data_bytes: int) -> None:
         raise HeaderError("the file is shorter than its header says")
 
 
-def _whole_numbers(value: Any) -> bool:
+def _whole_numbers(value: object) -> TypeGuard[list[int]]:
     return isinstance(value, list) and all(type(v) is int and v >= 0 for v in value)
 
 
@@ -268,6 +268,13 @@ def read_pickle_names(path: Path) -> tuple[set[str], set[str]] | None:
         raise HeaderError("its pickle is garbled") from None
 
 
+def _memo_index(arg: object) -> int:
+    """A PUT/GET opcode's argument: pickletools decodes it as an int (its annotation allows None for any)."""
+    if not isinstance(arg, int):
+        raise ValueError(f"memo index {arg!r} is not a number")
+    return arg
+
+
 def _scan_pickle(data: bytes) -> tuple[set[str], set[str]]:
     strings: set[str] = set()
     unsafe: set[str] = set()
@@ -280,11 +287,11 @@ def _scan_pickle(data: bytes) -> tuple[set[str], set[str]]:
             strings.add(value)
             recent.append(value)
         elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-            memo[int(arg)] = recent[-1] if recent else None
+            memo[_memo_index(arg)] = recent[-1] if recent else None
         elif name == "MEMOIZE":
             memo[len(memo)] = recent[-1] if recent else None
         elif name in ("GET", "BINGET", "LONG_BINGET"):
-            recent.append(memo.get(int(arg)))
+            recent.append(memo.get(_memo_index(arg)))
         elif name == "GLOBAL":
             module, _, attribute = str(arg).partition(" ")
             _judge_global(module, attribute, unsafe)

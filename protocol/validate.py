@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, TypeGuard
 
 from .errors import ErrorCode, ProtocolError
 
@@ -15,6 +15,14 @@ QUOTE_LENGTH = 60
 LISTED_NAMES = 8
 QUOTED_DIGITS = 20  # numbers longer than this are quoted as 1.23e+45
 SLOT_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_JSON_TYPE_NAMES: dict[type[object], str] = {
+    bool: "boolean",
+    int: "number",
+    float: "number",
+    str: "string",
+    list: "list",
+    dict: "object",
+}
 
 
 def bad(message: str) -> ProtocolError:
@@ -22,7 +30,7 @@ def bad(message: str) -> ProtocolError:
 
 
 def require_object(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
+    if not _is_json_object(value):
         raise bad(f"{where} must be a JSON object, got {type_name(value)}.")
     return value
 
@@ -98,7 +106,7 @@ def read_list(obj: dict[str, Any], key: str, max_items: int, default: Any = _MIS
     value = obj.get(key, _MISSING)
     if value is _MISSING or (value is None and default is not _MISSING):
         return _default_or_missing(key, default)
-    if not isinstance(value, list):
+    if not _is_list(value):
         raise bad(f"Field '{key}' must be a list, got {type_name(value)}.")
     if len(value) > max_items:
         raise bad(f"Field '{key}' has {len(value)} items; the limit is {max_items}.")
@@ -147,12 +155,20 @@ def name_list(names: set[str]) -> str:
     return text if len(names) <= len(shown) else f"{text} and {len(names) - len(shown)} more"
 
 
-def type_name(value: Any) -> str:
+def type_name(value: object) -> str:
     if value is None:
         return "null"
-    return {bool: "boolean", int: "number", float: "number", str: "string", list: "list", dict: "object"}.get(
-        type(value), type(value).__name__
-    )
+    kind = type(value)
+    return _JSON_TYPE_NAMES.get(kind, kind.__name__)
+
+
+def _is_list(value: object) -> TypeGuard[list[Any]]:
+    return isinstance(value, list)
+
+
+def _is_json_object(value: object) -> TypeGuard[dict[str, Any]]:
+    """A dict, as JSON decodes an object: its keys are strings."""
+    return isinstance(value, dict)
 
 
 def _default_or_missing(key: str, default: Any) -> Any:

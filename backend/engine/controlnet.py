@@ -142,10 +142,13 @@ def build_controls(
     region: Region,
     steps: int,
     device: torch.device,
-) -> tuple[list[ControlUnit], list[str]]:
-    """ControlUnits for the controls that act, and the ControlNet names used (in order)."""
+) -> tuple[list[ControlUnit], list[str | None]]:
+    """ControlUnits for the controls that act, and the ControlNet names used (in order).
+
+    A skipped control is never loaded, so its name is the one the job gave: None when it named none.
+    """
     units: list[ControlUnit] = []
-    names: list[str] = []
+    names: list[str | None] = []
     for control in controls:
         if control.kind not in CONTROL_KINDS or control.kind not in HINT_MAKERS:
             raise EngineInputError(f"Unknown control kind {control.kind!r}; known: {', '.join(HINT_MAKERS)}.")

@@ -129,7 +129,8 @@ def feather(mask: np.ndarray, pixels: int) -> np.ndarray:
     if grid > 1:
         pad = ((0, -h % grid), (0, -w % grid))
         blocks = np.pad(inside, pad, mode="edge")
-        inside = blocks.reshape(blocks.shape[0] // grid, grid, blocks.shape[1] // grid, grid).all(axis=(1, 3))
+        cells = blocks.reshape(blocks.shape[0] // grid, grid, blocks.shape[1] // grid, grid)
+        inside = np.asarray(cells.all(axis=(1, 3)))  # an array (stubs allow a scalar for any axis)
     limit = -(-pixels // grid)
     depth = _depth(inside, limit)
     # Local thickness: the deepest point nearby; thin parts ramp over their own half-width.

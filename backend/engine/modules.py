@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -18,4 +18,5 @@ def model_dtype(model: Any) -> torch.dtype:
         for parameter in model.parameters():
             if parameter.is_floating_point():
                 return parameter.dtype
-    return model.dtype
+    # diffusers' ModelMixin.dtype property; torch's stubs type other Module attributes as Tensor | Module.
+    return cast(torch.dtype, model.dtype)

@@ -93,10 +93,11 @@ def render_pose(
     """
     width, height = canvas_size
     out_w, out_h = out_size
-    if to_out is None:
 
-        def to_out(x: float, y: float) -> Point:
-            return x * out_w / width, y * out_h / height
+    def scale_to_out(x: float, y: float) -> Point:
+        return x * out_w / width, y * out_h / height
+
+    map_point = scale_to_out if to_out is None else to_out
 
     # The model saw 4 px sticks on ~512 px images: keep that proportion at the size the generation runs.
     scale = max(out_w, out_h) / REFERENCE_SIZE
@@ -106,7 +107,7 @@ def render_pose(
     def visible(point: Point | None) -> Point | None:
         if point is None or not (0 <= point[0] < width and 0 <= point[1] < height):
             return None
-        return to_out(*point)
+        return map_point(*point)
 
     mapped = [[visible(p) for p in person] for person in people]
     limbs = Image.new("RGB", (out_w, out_h))

@@ -17,10 +17,12 @@ from backend.loading.configs import (
     sd_config_dir,
 )
 from backend.loading.files import (
+    ModuleT,
     Tensors,
     describe_load_error,
     ensure_materialized,
     finish,
+    from_single_file,
     has_prefix,
     read_tensors,
     strip_prefix,
@@ -162,12 +164,12 @@ def _load_single_file(path: Path, config_dir: Path | None, name: str) -> Pipelin
 
 
 def _from_single_file(
-    cls: type, tensors: Tensors, configs: Path, subfolder: str, filename: str, **overrides: Any
-) -> torch.nn.Module:
+    cls: type[ModuleT], tensors: Tensors, configs: Path, subfolder: str, filename: str, **overrides: Any
+) -> ModuleT:
     """diffusers' converter and loader, given the tensors already read and a local config (never the hub)."""
     try:
-        model = cls.from_single_file(
-            tensors, config=str(configs), subfolder=subfolder, local_files_only=True, **overrides
+        model = from_single_file(
+            cls, tensors, config=str(configs), subfolder=subfolder, local_files_only=True, **overrides
         )
     except ModelError:
         raise
@@ -259,9 +261,9 @@ def _load_diffusers_folder(
             f"Diffusers folder {path.name} can't be loaded ({e}). It needs unet/, vae/ and text_encoder/ "
             "with .safetensors weights."
         ) from e
-    in_channels = unet.config.in_channels
+    in_channels = unet.config["in_channels"]
     expected_width = read_json(sd_config_dir(config_dir, inpaint=False) / UNET_CONFIG)["cross_attention_dim"]
-    if in_channels not in SUPPORTED_IN_CHANNELS or unet.config.cross_attention_dim != expected_width:
+    if in_channels not in SUPPORTED_IN_CHANNELS or unet.config["cross_attention_dim"] != expected_width:
         raise ModelError(f"Diffusers folder {path.name} is not an SD1.5 model.")
     scheduler = path / SCHEDULER_CONFIG
     if not scheduler.is_file():

@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from backend.loading.configs import CONTROLNET_CONFIG_DIR, controlnet_config_dir
-from backend.loading.files import describe_load_error, ensure_materialized, finish, read_tensors
+from backend.loading.files import (
+    describe_load_error,
+    ensure_materialized,
+    finish,
+    from_single_file,
+    read_tensors,
+)
 from backend.model_errors import ModelError
 
 if TYPE_CHECKING:
@@ -35,8 +41,8 @@ def load_controlnet(
             f"{path.name} is not an SD1.5 ControlNet{hint}. Put ControlNet files in the controlnet folder."
         )
     try:
-        model = ControlNetModel.from_single_file(
-            tensors, config=str(controlnet_config_dir(config_dir)), local_files_only=True
+        model = from_single_file(
+            ControlNetModel, tensors, config=str(controlnet_config_dir(config_dir)), local_files_only=True
         )
     except Exception as e:  # converter errors on foreign files: KeyError/RuntimeError/ValueError
         raise ModelError(misfit_message(path.name, e, config_dir)) from e

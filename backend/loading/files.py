@@ -6,6 +6,7 @@ import logging
 import pickle
 import zipfile
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 
@@ -15,6 +16,7 @@ from backend.model_errors import ModelError
 log = logging.getLogger(__name__)
 
 Tensors = dict[str, torch.Tensor]
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth")
 
 
@@ -89,6 +91,17 @@ def ensure_materialized(model: torch.nn.Module, what: str) -> None:
         raise ModelError(f"{what} is incomplete or not an SD1.5 model: missing weights {shown}.")
 
 
+def from_single_file(cls: type[ModuleT], tensors: Tensors, **kwargs: Any) -> ModuleT:
+    """diffusers' `from_single_file` on tensors already read; `cls` is a model class with that loader.
+
+    Its annotation takes a path only, while its docs and code take a state dict as well; and its mixin
+    (FromOriginalModelMixin) shares no base with nn.Module that `cls` could be typed by: hence `Any`.
+    """
+    loader: Any = cls
+    model: ModuleT = loader.from_single_file(tensors, **kwargs)
+    return model
+
+
 def describe_load_error(error: Exception) -> str:
     """diffusers fails on missing weights only when moving the half-built model; say what that means."""
     if "meta tensor" in str(error):
@@ -96,7 +109,7 @@ def describe_load_error(error: Exception) -> str:
     return str(error)
 
 
-def finish(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+def finish(model: ModuleT, device: torch.device, dtype: torch.dtype) -> ModuleT:
     """Inference only: no autograd state, eval-mode layers, on the target device."""
     # nn.Module.to, not diffusers' override: that one warns about fp32-pinned modules even if there are none.
     torch.nn.Module.to(model, device=device, dtype=dtype)

@@ -24,6 +24,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,10 +32,15 @@ from backend.loading.files import read_tensors
 from backend.loading.ldm_names import UNetShape, unet_name_to_ldm
 from backend.model_errors import ModelError
 
+if TYPE_CHECKING:
+    from diffusers import UNet2DConditionModel
+
 log = logging.getLogger(__name__)
 
 UNET = "unet"
 TEXT_ENCODER = "text_encoder"
+# The layers a LoRA patches: their weights get original + sum(strength * delta).
+WeightedModule = torch.nn.Linear | torch.nn.Conv2d
 
 # Checked in order: longer suffixes first so `.lora.down.weight` isn't read as `.down.weight`.
 ROLE_SUFFIXES = (
@@ -101,7 +107,7 @@ def _flat(name: str) -> str:
     return name.replace(".", "_")
 
 
-def _weighted_modules(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Module]]:
+def _weighted_modules(model: torch.nn.Module) -> Iterator[tuple[str, WeightedModule]]:
     for name, module in model.named_modules():
         if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
             yield name, module
@@ -110,8 +116,8 @@ def _weighted_modules(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Mo
 class LoraTargets:
     """Every spelling a LoRA file may use for each patchable layer of a UNet and a CLIP text encoder."""
 
-    def __init__(self, unet: torch.nn.Module, text_encoder: torch.nn.Module) -> None:
-        self.modules: dict[str, dict[str, torch.nn.Module]] = {UNET: {}, TEXT_ENCODER: {}}
+    def __init__(self, unet: UNet2DConditionModel, text_encoder: torch.nn.Module) -> None:
+        self.modules: dict[str, dict[str, WeightedModule]] = {UNET: {}, TEXT_ENCODER: {}}
         self.lookup: dict[str, tuple[str, str]] = {}
         shape = UNetShape.from_config(unet.config)
         for name, module in _weighted_modules(unet):

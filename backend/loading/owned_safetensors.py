@@ -19,7 +19,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeGuard
 
 import torch
 
@@ -77,7 +77,7 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
             if entry.end > entry.begin:
                 f.seek(data_start + entry.begin)
                 target = tensor.reshape(-1).view(torch.uint8).numpy()
-                _read_into(f, memoryview(target), entry.name)
+                _read_into(f, target.data, entry.name)  # the array's bytes, as a writable memoryview
             tensors[entry.name] = tensor
         after = os.fstat(f.fileno())
     if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
@@ -113,7 +113,7 @@ def _entries(header: Any, data_bytes: int) -> list[_Entry]:
     return entries
 
 
-def _whole_numbers(value: Any) -> bool:
+def _whole_numbers(value: object) -> TypeGuard[list[int]]:
     return isinstance(value, list) and all(type(v) is int and v >= 0 for v in value)
 
 

@@ -67,7 +67,8 @@ def load_tokenizer() -> CLIPTokenizer:
     merges = read_merges()
     return CLIPTokenizer(
         vocab=build_vocab(merges),
-        merges=merges,
+        # transformers annotates merges as list[str]; its tokenizers backend takes only (str, str) pairs
+        merges=merges,  # pyright: ignore[reportArgumentType]
         model_max_length=MODEL_MAX_LENGTH,
         bos_token=START_TOKEN,
         eos_token=END_TOKEN,

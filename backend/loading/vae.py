@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 
 from backend.loading.configs import sd_config_dir, taesd_config
-from backend.loading.files import Tensors, describe_load_error, ensure_materialized, finish, read_tensors
+from backend.loading.files import (
+    Tensors,
+    describe_load_error,
+    ensure_materialized,
+    finish,
+    from_single_file,
+    read_tensors,
+)
 from backend.model_errors import ModelError
 
 if TYPE_CHECKING:
@@ -45,7 +52,8 @@ def load_vae(
 
     weights = vae_weights(read_tensors(path, "VAE"), path.name)
     try:
-        vae = AutoencoderKL.from_single_file(
+        vae = from_single_file(
+            AutoencoderKL,
             weights,
             config=str(sd_config_dir(config_dir, inpaint=False)),
             subfolder="vae",
@@ -85,7 +93,12 @@ def load_taesd(
         read_tensors(encoder_path, "TAESD encoder"), read_tensors(decoder_path, "TAESD decoder")
     )
     config = taesd_config(config_dir)
-    model = AutoencoderTiny.from_config(config) if config is not None else AutoencoderTiny()
+    # from_config's annotation adds the (model, unused kwargs) pair that only return_unused_kwargs returns
+    model = (
+        cast(AutoencoderTiny, AutoencoderTiny.from_config(config))
+        if config is not None
+        else AutoencoderTiny()
+    )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

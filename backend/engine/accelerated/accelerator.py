@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 ACCELERATE_MODES = ("auto", "off", "compile", "cuda_graphs")
 CAPTURE_METHODS = ("auto", "cuda_graph", "direct")
+# What a compiled part is specialised for: each input's shape and dtype.
+CallSignature = tuple[tuple[tuple[int, ...], torch.dtype], ...]
 
 
 @dataclass
@@ -103,7 +105,7 @@ class Accelerator:
         self.compile_seconds: list[float] = []
         self._slots: dict[Hashable, _Slot] = {}
         # compiled parts shared by slots (see compile_part), with the inputs they were compiled for
-        self._parts: dict[Hashable, tuple[TensorFn, list[torch.Tensor]]] = {}
+        self._parts: dict[tuple[Hashable, CallSignature], tuple[TensorFn, list[torch.Tensor]]] = {}
         self._prepared: set[int] = set()
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -289,5 +291,5 @@ class Accelerator:
             slot.state = "ready"
 
 
-def call_signature(args: Sequence[torch.Tensor]) -> tuple[tuple[tuple[int, ...], torch.dtype], ...]:
+def call_signature(args: Sequence[torch.Tensor]) -> CallSignature:
     return tuple((tuple(a.shape), a.dtype) for a in args)
