@@ -23,6 +23,16 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     return build_tiny_models(tmp_path_factory.mktemp("tiny") / "models")
 
 
+@pytest.fixture(scope="session")
+def qapp():
+    """One QApplication for the whole run: one that a test let go would take Qt objects that modules made at
+    import (the plugin's result hub) with it. Imported here so runs without Qt need none."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from krita_plugin.qt import QApplication
+
+    return QApplication.instance() or QApplication([])
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Building the tiny models alone takes a good part of the quick subset's minute, so every test that needs
     # them, directly or through another fixture, is slow, including ones in files not marked yet.

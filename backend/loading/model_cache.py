@@ -40,6 +40,11 @@ log = logging.getLogger(__name__)
 # Each SD1.5 ControlNet holds about 700 MB at fp16 on the GPU: keep the few a painter switches between.
 MAX_CONTROLNETS = 4
 
+# Loading builds modules under accelerate's init_empty_weights, which patches torch's parameter creation for
+# the whole process while it runs: a module built meanwhile on another thread would get meta parameters. So
+# every cache in the process (two servers in one process, as the tests run them) loads under one lock.
+_LOADING = threading.RLock()
+
 
 @dataclass(eq=False)
 class _LoadedCheckpoint:
@@ -73,7 +78,7 @@ class ModelCache:
         self.config_dir = config_dir
         # Files read from disk, per kind: lets tests (and logs) prove a strength change reloaded nothing.
         self.load_counts: Counter[str] = Counter()
-        self._lock = threading.RLock()
+        self._lock = _LOADING
         self._state: _LoadedCheckpoint | None = None
         self._controlnets: dict[str, tuple[FileStamp | None, ControlNetModel]] = {}
         self._taesd: AutoencoderTiny | None = None

@@ -22,7 +22,7 @@ import pytest
 from backend import cli
 from backend import server as server_module
 from backend.config import ServerConfig
-from backend.engine import EngineJob, EngineResult
+from backend.engine import EngineJob, EngineResult, JobCancelled
 from backend.engine_worker import EngineWorker
 from protocol import ImageEncoding, ImageFrame, encode_frame
 from tests.backend.hardening_client import RawClient, job_message
@@ -132,7 +132,9 @@ class StuckHost(EngineWorker):
     ) -> EngineResult:
         StuckHost.started.set()
         StuckHost.release.wait(60)
-        return super().run(job, on_progress, is_cancelled)
+        # Released after the server is gone: nothing may load models behind the tests that follow (loading
+        # patches torch's module construction process-wide while it runs).
+        raise JobCancelled()
 
 
 def test_shutdown_during_a_job_cancels_it_for_the_client_and_logs_what_is_busy(

@@ -4,7 +4,6 @@ server's welcome and validation and the plugin's choices; each registered name h
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -75,9 +74,10 @@ def job_with(sampler: str, kind: str) -> dict:
 
 
 def test_a_kind_and_a_sampler_added_to_the_registry_reach_the_welcome_validation_and_plugin(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     pytest.importorskip("krita_plugin.qt")  # the plugin's panel and the fake Krita document need Qt
+    app = request.getfixturevalue("qapp")
     models = tmp_path / "models"
     (models / "controlnet").mkdir(parents=True)
     (models / "controlnet" / DEPTH_FILE).write_bytes(b"")  # listed; no checkpoint, so no job ever runs
@@ -100,12 +100,9 @@ def test_a_kind_and_a_sampler_added_to_the_registry_reach_the_welcome_validation
 
     from krita_plugin.guidance import layer_choices
     from krita_plugin.panel import Panel
-    from krita_plugin.qt import QApplication
     from krita_plugin.request_builder import control_model
     from tests.plugin import fake_krita
 
-    monkeypatch.setenv("QT_QPA_PLATFORM", os.environ.get("QT_QPA_PLATFORM", "offscreen"))
-    app = QApplication.instance() or QApplication([])
     panel = Panel()
     panel.set_models(welcome["models"], welcome["samplers"])
     app.processEvents()

@@ -35,14 +35,6 @@ def _qt_available() -> bool:
 collect_ignore = [] if _qt_available() else NEEDS_QT
 
 
-@pytest.fixture(scope="session")
-def qapp():
-    from krita_plugin.qt import QApplication
-
-    app = QApplication.instance() or QApplication([])
-    yield app
-
-
 @pytest.fixture
 def krita_app(qapp):
     from tests.plugin import fake_krita
