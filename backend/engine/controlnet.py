@@ -142,20 +142,24 @@ def build_controls(
     region: Region,
     steps: int,
     device: torch.device,
+    chosen: Sequence[str | None] = (),
 ) -> tuple[list[ControlUnit], list[str | None]]:
     """ControlUnits for the controls that act, and the ControlNet names used (in order).
 
-    A skipped control is never loaded, so its name is the one the job gave: None when it named none.
+    `chosen` holds each control's ControlNet as resolved when the job arrived (None: none fits; asked
+    again here, which says what to install). A skipped control is never loaded, so its name is the one the
+    job gave: None when it named none.
     """
     units: list[ControlUnit] = []
     names: list[str | None] = []
-    for control in controls:
+    for index, control in enumerate(controls):
         if control.kind not in CONTROL_KINDS or control.kind not in HINT_MAKERS:
             raise EngineInputError(f"Unknown control kind {control.kind!r}; known: {', '.join(HINT_MAKERS)}.")
         if not acts(control, steps):
             names.append(control.model)  # skipped, never loaded: it would only add zeros
             continue
-        name = choose_controlnet(models.store, control)
+        resolved = chosen[index] if index < len(chosen) else None
+        name = resolved if resolved is not None else choose_controlnet(models.store, control)
         model = models.controlnet(name)
         hint = control_to_tensor(hint_image(control, images, canvas_size, region), device, model_dtype(model))
         units.append(ControlUnit(model, hint, control.strength, control.start, control.end))

@@ -130,7 +130,7 @@ class Engine:
             return EngineResult(job.canvas.copy(), (0, 0, width, height), effective, timings)
         ctx, components = self._context(job, choice, timings, on_progress, is_cancelled, effective)
         region = self._bucketed(self._img2img_region(width, height, ctx.unet, params), ctx)
-        self._add_controls(ctx, job, region, effective)
+        self._add_controls(ctx, job, choice, region, effective)
         rgb = region.rgb_to_generation(images.flatten_on_white(job.canvas))  # the region is the whole canvas
         dedicated = _dedicated_inpaint(components)
         # An inpainting checkpoint needs its extra inputs even for img2img: a mask over everything.
@@ -185,7 +185,7 @@ class Engine:
 
         ctx, components = self._context(job, choice, timings, on_progress, is_cancelled, effective)
         region = self._bucketed(self._inpaint_region(bounds, ctx.unet, params), ctx)
-        self._add_controls(ctx, job, region, effective)
+        self._add_controls(ctx, job, choice, region, effective)
         rgb = region.rgb_to_generation(images.flatten_on_white(canvas_crop))
         gen_mask = region.gray_to_generation(soft_crop)
         dedicated = _dedicated_inpaint(components)
@@ -238,7 +238,12 @@ class Engine:
         )
 
     def _add_controls(
-        self, ctx: GenerationContext, job: EngineJob, region: Region, effective: dict[str, Any]
+        self,
+        ctx: GenerationContext,
+        job: EngineJob,
+        choice: ModelChoice,
+        region: Region,
+        effective: dict[str, Any],
     ) -> None:
         if not job.params.controls:
             return
@@ -252,6 +257,7 @@ class Engine:
                 region,
                 len(ctx.schedule),
                 self.device,
+                chosen=choice.controlnets,
             )
         ctx.controls = units
         effective["controlnets"] = names

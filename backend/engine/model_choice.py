@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from protocol.messages import JobParams
+from protocol.registry import pick_controlnet
 
 
 class Components(Protocol):
@@ -69,6 +70,8 @@ class ModelChoice:
     vae: str | None
     loras: tuple[LoraSpec, ...]
     lcm_lora: LoraSpec | None
+    # Each control's ControlNet: the one it names, or the one its kind's model words pick (None: none fits).
+    controlnets: tuple[str | None, ...] = ()
 
     def text_encoder_state(self) -> Hashable:
         """What changes the text encoder's weights besides the checkpoint: the LoRAs' clip strengths."""
@@ -104,7 +107,17 @@ def choose_models(store: Any, params: JobParams) -> ModelChoice:
         for lora in params.loras
         if lora.model_strength != 0 or lora.clip_strength != 0
     )
-    return ModelChoice(checkpoint, params.vae, loras, lcm)
+    return ModelChoice(checkpoint, params.vae, loras, lcm, _controlnets(store, params))
+
+
+def _controlnets(store: Any, params: JobParams) -> tuple[str | None, ...]:
+    if all(control.model is not None for control in params.controls):
+        return tuple(control.model for control in params.controls)
+    installed = store.list_kind("controlnet")  # one folder walk for all the unnamed controls
+    return tuple(
+        control.model if control.model is not None else pick_controlnet(installed, control.kind)
+        for control in params.controls
+    )
 
 
 def load_components(models: ModelSource, choice: ModelChoice) -> Components:

@@ -11,13 +11,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from backend.config import ServerConfig
 from backend.engine import EngineJob, EngineResult, LoraSpec, ModelChoice
 from backend.engine_worker import EngineWorker
 from backend.model_files import ModelStore
-from protocol import JobParams, Result
+from protocol import ControlParam, JobParams, Result
 from tests.backend.server_harness import RunningServer, random_canvas, run, running_server
 from tests.fixtures.tiny_models import TinyModels
 from tests.protocol_client import Client
@@ -88,6 +89,29 @@ def test_a_live_frame_with_the_default_checkpoint_walks_each_model_folder_once(
         await client.close()
 
     run(scenario())
+
+
+def test_a_control_naming_no_controlnet_is_resolved_once_at_intake(
+    recording_server: RunningServer, walks: Counter[str], tiny_models: TinyModels
+) -> None:
+    worker: RecordingWorker = recording_server.server.engine  # type: ignore[assignment]
+    worker.jobs.clear()
+
+    async def scenario() -> None:
+        client = await Client.connect(recording_server.url)
+        walks.clear()
+        lines = np.zeros((48, 64), np.uint8)
+        lines[20:24, 8:56] = 255
+        params = defaults(controls=[ControlParam("scribble", strength=0.8, image="lines")])
+        reply = await client.run(random_canvas(64, 48, seed=5), params, controls={"lines": lines})
+        assert reply.result is not None, reply.messages
+        assert reply.result.params["controlnets"] == [tiny_models.controlnet_scribble]
+        await client.close()
+
+    run(scenario())
+    assert walks["controlnet"] == 1  # at intake; the engine loads the file chosen then
+    [job] = worker.jobs
+    assert job.models is not None and job.models.controlnets == (tiny_models.controlnet_scribble,)
 
 
 def test_the_scheduler_hands_the_engine_its_own_job_with_the_resolved_choice(
