@@ -133,7 +133,10 @@ class EngineWorker:
         return ModelListing(models, unusable)
 
     def loaded(self) -> dict[str, Any]:
-        return self._models.loaded() if self.ready and self._models is not None else {}
+        """What is loaded, and the device (a welcome sent while loading could only say "starting")."""
+        if not self.ready or self._models is None:
+            return {}
+        return {**self._models.loaded(), "device": self.device_name}
 
     def resolve_models(self, request: JobRequest) -> ModelChoice:
         """The job's models with their defaults applied (the store's first checkpoint, the automatic

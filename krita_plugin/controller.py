@@ -351,7 +351,7 @@ class Controller(QObject):
             self.models = {k: list(v) for k, v in message.models.items() if isinstance(v, list)}
             self.panel.set_models(self.models, [])
             if message.loaded:  # the backend lists what it has loaded only once it is ready
-                self._mark_ready()
+                self._mark_ready(message.loaded.get("device"))
 
     def _on_error(self, error: protocol.Error) -> None:
         text = describe_error(error.code, error.message)
@@ -414,9 +414,11 @@ class Controller(QObject):
         if self.panel.live.isChecked():
             self.input.poke()  # what the painter did while the job ran goes now
 
-    def _mark_ready(self) -> None:
+    def _mark_ready(self, device: object = None) -> None:
         if self.status is Status.CONNECTED and self.welcome is not None and not self.welcome.ready:
             self.welcome.ready = True
+            if isinstance(device, str) and device:
+                self.welcome.device = device  # the welcome came while the engine was still starting
             self._show_connection_status()
 
     # --- sending --------------------------------------------------------------------------------------------

@@ -517,7 +517,10 @@ def test_loading_backend_is_polled_until_ready(krita_app) -> None:
     try:
         network.connected = True
         loading = replace(
-            WELCOME, ready=False, message="Loading the engine; jobs sent now start when it is ready."
+            WELCOME,
+            device="starting",
+            ready=False,
+            message="Loading the engine; jobs sent now start when it is ready.",
         )
         controller.handle_event(Connected(loading))
         controller.handle_event(StatusChanged(Status.CONNECTED, "Connected."))
@@ -527,8 +530,10 @@ def test_loading_backend_is_polled_until_ready(krita_app) -> None:
         assert isinstance(network.sent[-1][0], protocol.ListModels)
         controller.handle_event(ServerMessage(protocol.ModelList(WELCOME.models, {})))
         assert controller.panel.status.property("state") == "busy"  # still nothing loaded
-        controller.handle_event(ServerMessage(protocol.ModelList(WELCOME.models, {"checkpoint": "tiny"})))
+        loaded = {"checkpoint": "tiny", "device": "cpu float32"}
+        controller.handle_event(ServerMessage(protocol.ModelList(WELCOME.models, loaded)))
         assert controller.panel.status.property("state") == "ok"
+        assert controller.panel.status.property("plain") == "Ready (cpu float32)"  # no longer "starting"
         sent = len(network.sent)
         controller.slow_tick()
         assert len(network.sent) == sent  # no more polling once ready
