@@ -78,7 +78,7 @@ class Controller(QObject):
         self.status = Status.OFFLINE
         self.visible = True
         self.stats: dict[str, Any] = {
-            "sent": 0, "results": 0, "stale": 0, "checks": 0,
+            "sent": 0, "results": 0, "stale": 0, "checks": 0, "waits": collections.Counter(),
             "stroke_to_send_ms": collections.deque(maxlen=LATENCIES_KEPT),
             "send_phases_ms": collections.deque(maxlen=LATENCIES_KEPT),
         }  # fmt: skip
@@ -242,8 +242,10 @@ class Controller(QObject):
         if not self.panel.live.isChecked() or self.status is not Status.CONNECTED or not self.visible:
             return
         if not _no_buttons_down():
+            self.stats["waits"]["buttons_down"] += 1
             return  # mid-stroke: its release pokes again
         if not self.idle.ready(doc):
+            self.stats["waits"]["krita_busy"] += 1
             return  # Krita is still rendering the stroke that just ended: checked again when it is done
         started = time.perf_counter()
         self.stats["checks"] += 1

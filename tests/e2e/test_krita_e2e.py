@@ -87,7 +87,9 @@ STATE = """
 result = {"message": panel.message.property("plain"), "status": panel.status.property("plain"),
           "live_on": panel.live.isChecked(), "visible": c.visible, "in_flight": c.live.in_flight,
           "waiting_for": c.tracker.current, "sent": c.stats["sent"], "results": c.stats["results"],
-          "checks": c.stats["checks"], "active": doc.activeNode().name()}
+          "checks": c.stats["checks"], "waits": dict(c.stats["waits"]), "idle_retries": c.idle.retries,
+          "idle_pending": c.idle.pending, "input_pending": c.input._pending,
+          "active": doc.activeNode().name()}
 """
 
 
@@ -350,6 +352,30 @@ result = {"fast": entry.fast_decoder,
     assert painter.layer_pixels("Painting") == painting_before
     painter.redo(2)
     assert painter.layer_pixels("Painting") != painting_before
+
+
+def test_a_stroke_right_after_live_on_is_sent(krita: KritaSession, painter: Painter) -> None:
+    """After Apply, undo and redo (the previous test): live on, a stroke at once; the stroke renders."""
+    run(krita, "doc.setActiveNode(by_name('Painting'))")
+    wait(krita, "doc.activeNode().name() == 'Painting'", 5)
+    painter.set_brush(size=6, color=(200, 30, 30))
+    sent = run(krita, "result = c.stats['sent']")
+    before = painter.layer_pixels("Painting")
+    painter.click_widget("kld_live")
+    painter.stroke(line(5))
+    stroked = painter.layer_pixels("Painting")
+    assert stroked != before
+    # One send or two: live-on's own check may wait for Krita until the stroke is done and send both at once.
+    wait(krita, f"c.stats['sent'] > {sent} and not c.live.in_flight and not c.tracker.current", 60)
+    time.sleep(2.0)  # the release's later checks (input_watch.RECHECK_AFTER_MS) have run
+    wait(krita, "not c.live.in_flight and not c.tracker.current", 60)
+    settled = run(krita, "result = c.stats['sent']")
+    run(krita, "c.check_live()")  # had the stroke not been sent, this would send it now
+    time.sleep(0.5)
+    assert run(krita, STATE)["sent"] == settled
+    assert painter.layer_pixels("Painting") == stroked  # the stroke stayed on the painter's layer
+    painter.click_widget("kld_live")
+    wait(krita, "not panel.live.isChecked()")
 
 
 def test_a_new_scribble_layer_guides_live(krita: KritaSession, painter: Painter) -> None:
