@@ -1,59 +1,43 @@
-"""SD1.5 checkpoints: original-layout single files (.safetensors, .ckpt) and diffusers folders."""
+"""Checkpoints: original-layout single files (.safetensors, .ckpt) and diffusers folders, SD1.5 and SDXL.
+
+A single file's family is told by its tensors' names (backend.model_families.checkpoint_family); SD1.5 files
+are loaded here, SDXL ones in backend.loading.sdxl, folders of both in backend.loading.diffusers_folder.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import torch
 
-from backend.loading.configs import (
-    SCHEDULER_CONFIG,
-    TEXT_ENCODER_CONFIG,
-    UNET_CONFIG,
-    read_json,
-    sd_config_dir,
+from backend.loading.components import (
+    CONV_IN_KEY,
+    SUPPORTED_IN_CHANNELS,
+    UNET_PREFIX,
+    VAE_PREFIX,
+    PipelineComponents,
+    scheduler_config,
+    single_file_part,
 )
-from backend.loading.files import (
-    ModuleT,
-    Tensors,
-    describe_load_error,
-    ensure_materialized,
-    finish,
-    from_single_file,
-    has_prefix,
-    read_tensors,
-    strip_prefix,
-)
+from backend.loading.configs import UNET_CONFIG, read_json, sd_config_dir
+from backend.loading.diffusers_folder import load_diffusers_folder
+from backend.loading.files import Tensors, finish, has_prefix, read_tensors, strip_prefix
+from backend.loading.sdxl import load_sdxl_single_file
+from backend.loading.text_encoders import load_clip_text_encoder
 from backend.loading.tokenizer import load_tokenizer
 from backend.model_errors import ModelError
+from backend.model_families import FAMILIES, SD15, SDXL, ModelFamily, UnservedFamily, checkpoint_family
 
-if TYPE_CHECKING:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+__all__ = ["PipelineComponents", "load_checkpoint", "place_checkpoint", "read_checkpoint"]
 
 log = logging.getLogger(__name__)
 
-UNET_PREFIX = "model.diffusion_model."
-VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer."
-CONV_IN_KEY = UNET_PREFIX + "input_blocks.0.0.weight"
 # The first cross-attention key projection: its input width is the text encoder's (768 for SD1.5, 1024 SD2).
 CROSS_ATTENTION_KEY = UNET_PREFIX + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
-SUPPORTED_IN_CHANNELS = {4: "text-to-image", 9: "inpainting"}
-
-
-@dataclass(frozen=True, eq=False)
-class PipelineComponents:
-    unet: UNet2DConditionModel
-    vae: AutoencoderKL
-    text_encoder: CLIPTextModel
-    tokenizer: CLIPTokenizer
-    scheduler_config: dict[str, Any]
-    is_inpaint: bool
-    name: str
+SUPPORTED_LABELS = " and ".join(family.label for family in FAMILIES.values())
 
 
 def load_checkpoint(
@@ -65,8 +49,9 @@ def load_checkpoint(
 ) -> PipelineComponents:
     """Load a checkpoint file or diffusers folder.
 
-    `config_dir` holds diffusers configs (unet/, vae/, text_encoder/, scheduler/) for single files; by
-    default the shipped SD1.5 configs, with the inpainting variant picked from the UNet's input channels.
+    `config_dir` holds diffusers configs (unet/, vae/, text_encoder*/, scheduler/) for single files, or one
+    such folder per family (`sdxl/`, see configs.family_config_dir); by default the shipped configs of the
+    file's family, with the inpainting variant picked from the UNet's input channels.
     """
     return place_checkpoint(read_checkpoint(path, dtype, config_dir, name), device, dtype)
 
@@ -81,20 +66,45 @@ def read_checkpoint(
     """
     name = name or path.name
     if path.is_dir():
-        return _load_diffusers_folder(path, dtype, config_dir, name)
-    return _load_single_file(path, config_dir, name)
+        return load_diffusers_folder(path, dtype, config_dir, name)
+    tensors = read_tensors(path, "Checkpoint")
+    family = single_file_family(tensors, path.name)
+    if family is SDXL:
+        return load_sdxl_single_file(tensors, path.name, config_dir, name)
+    return _load_sd15_single_file(tensors, path.name, config_dir, name)
 
 
 def place_checkpoint(
     components: PipelineComponents, device: torch.device, dtype: torch.dtype
 ) -> PipelineComponents:
     """The components on the device and dtype they run at, ready for inference."""
+    text_encoder_2 = components.text_encoder_2
     return replace(
         components,
         unet=finish(components.unet, device, dtype),
         vae=finish(components.vae, device, dtype),
         text_encoder=finish(components.text_encoder, device, dtype),
+        text_encoder_2=None if text_encoder_2 is None else finish(text_encoder_2, device, dtype),
     )
+
+
+def single_file_family(tensors: Tensors, filename: str) -> ModelFamily:
+    """The family whose loader takes this file; files of no family go to SD1.5's, whose checks say why not."""
+    try:
+        family = checkpoint_family({key: tuple(tensor.shape) for key, tensor in tensors.items()})
+    except UnservedFamily as e:
+        raise ModelError(f"{filename} is {e}; only {SUPPORTED_LABELS} checkpoints are supported.") from e
+    if family is not None:
+        return family
+    if has_prefix(tensors, "conditioner.embedders."):
+        raise ModelError(
+            f"{filename} is an incomplete SDXL checkpoint: it lacks one of its two text encoders."
+        )
+    if has_prefix(tensors, "cond_stage_model.model."):
+        raise ModelError(
+            f"{filename} is an SD2.x checkpoint; only {SUPPORTED_LABELS} checkpoints are supported."
+        )
+    return SD15
 
 
 def _describe_wrong_file(tensors: Tensors, filename: str) -> str:
@@ -110,10 +120,6 @@ def _describe_wrong_file(tensors: Tensors, filename: str) -> str:
 
 def check_sd15_single_file(tensors: Tensors, filename: str) -> int:
     """Refuse non-SD1.5 files with a reason; return the UNet's input channels (4, or 9 for inpainting)."""
-    if has_prefix(tensors, "conditioner.embedders."):
-        raise ModelError(f"{filename} is an SDXL checkpoint; only SD1.5 checkpoints are supported.")
-    if has_prefix(tensors, "cond_stage_model.model."):
-        raise ModelError(f"{filename} is an SD2.x checkpoint; only SD1.5 checkpoints are supported.")
     if CONV_IN_KEY not in tensors:
         raise ModelError(_describe_wrong_file(tensors, filename))
     in_channels = int(tensors[CONV_IN_KEY].shape[1])
@@ -130,15 +136,16 @@ def check_sd15_single_file(tensors: Tensors, filename: str) -> int:
     return in_channels
 
 
-def _load_single_file(path: Path, config_dir: Path | None, name: str) -> PipelineComponents:
-    tensors = read_tensors(path, "Checkpoint")
-    in_channels = check_sd15_single_file(tensors, path.name)
+def _load_sd15_single_file(
+    tensors: Tensors, filename: str, config_dir: Path | None, name: str
+) -> PipelineComponents:
+    in_channels = check_sd15_single_file(tensors, filename)
     configs = sd_config_dir(config_dir, inpaint=in_channels == 9)
     unet_config = read_json(configs / UNET_CONFIG)
     cross = tensors.get(CROSS_ATTENTION_KEY)
     if cross is not None and cross.shape[1] != unet_config["cross_attention_dim"]:
         raise ModelError(
-            f"{path.name} expects text features of width {cross.shape[1]}, SD1.5 uses "
+            f"{filename} expects text features of width {cross.shape[1]}, SD1.5 uses "
             f"{unet_config['cross_attention_dim']}: it is not an SD1.5 checkpoint."
         )
     # A caller-given config folder has one UNet config; the weights say if this is the inpaint variant.
@@ -146,134 +153,17 @@ def _load_single_file(path: Path, config_dir: Path | None, name: str) -> Pipelin
 
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    # Loaded in the file's dtype and cast once by finish(): diffusers' own cast fails on missing weights
-    # before they can be reported.
-    unet = _from_single_file(UNet2DConditionModel, tensors, configs, "unet", path.name, **overrides)
-    vae = _from_single_file(AutoencoderKL, tensors, configs, "vae", path.name)
-    text_encoder = load_text_encoder(strip_prefix(tensors, CLIP_PREFIX), configs, path.name)
-    del tensors
+    unet = single_file_part(UNet2DConditionModel, tensors, configs, "unet", filename, SD15, **overrides)
+    vae = single_file_part(AutoencoderKL, tensors, configs, "vae", filename, SD15)
+    text_encoder = load_clip_text_encoder(
+        strip_prefix(tensors, CLIP_PREFIX), configs / "text_encoder", filename, "SD1.5's CLIP"
+    )
     return PipelineComponents(
         unet=unet,
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=load_tokenizer(),
-        scheduler_config=read_json(configs / SCHEDULER_CONFIG),
-        is_inpaint=in_channels == 9,
-        name=name,
-    )
-
-
-def _from_single_file(
-    cls: type[ModuleT], tensors: Tensors, configs: Path, subfolder: str, filename: str, **overrides: Any
-) -> ModuleT:
-    """diffusers' converter and loader, given the tensors already read and a local config (never the hub)."""
-    try:
-        model = from_single_file(
-            cls, tensors, config=str(configs), subfolder=subfolder, local_files_only=True, **overrides
-        )
-    except ModelError:
-        raise
-    except Exception as e:  # the converters raise KeyError/RuntimeError/ValueError/TypeError on foreign files
-        raise ModelError(
-            f"{filename}: its {subfolder} weights don't fit the SD1.5 architecture "
-            f"({describe_load_error(e)})."
-        ) from e
-    ensure_materialized(model, f"{filename} ({subfolder})")
-    return model
-
-
-def load_text_encoder(tensors: Tensors, configs: Path, filename: str) -> CLIPTextModel:
-    """CLIP text model from `text_model.*` weights (the original layout needs only its prefix removed).
-
-    Done here rather than through diffusers so missing or mis-shaped weights fail loudly.
-    """
-    from accelerate import init_empty_weights
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    config = CLIPTextConfig.from_pretrained(
-        str((configs / TEXT_ENCODER_CONFIG).parent), local_files_only=True
-    )
-    with init_empty_weights():  # parameters on meta: no time spent on random init; buffers stay real
-        model = CLIPTextModel(config)
-    expected = model.state_dict().keys()
-    # transformers >= 5.6 flattened CLIPTextModel: its keys lack the `text_model.` that files carry.
-    wrapped = any(k.startswith("text_model.") for k in expected)
-    weights = {}
-    for key, tensor in tensors.items():
-        key = key if wrapped else key.removeprefix("text_model.")
-        if key in expected:  # drops `position_ids`, a buffer some files carry (sometimes with broken values)
-            weights[key] = tensor
-    missing = sorted(set(expected) - set(weights))
-    if missing:
-        raise ModelError(f"{filename}: text encoder weights missing ({', '.join(missing[:5])}).")
-    try:
-        model.load_state_dict(weights, strict=True, assign=True)
-    except RuntimeError as e:
-        raise ModelError(
-            f"{filename}: the text encoder doesn't fit SD1.5's CLIP ({describe_load_error(e)})."
-        ) from e
-    return model
-
-
-def _variant(folder: Path, stem: str) -> str | None:
-    """Folders that hold only `*.fp16.safetensors` weights need `variant="fp16"` to load."""
-    if (folder / f"{stem}.safetensors").is_file():
-        return None
-    return "fp16" if (folder / f"{stem}.fp16.safetensors").is_file() else None
-
-
-def _load_diffusers_folder(
-    path: Path, dtype: torch.dtype, config_dir: Path | None, name: str
-) -> PipelineComponents:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
-
-    # disable_mmap: the weights are read into memory instead of mapped, which a rewrite of the file in place
-    # would turn into SIGBUS on the CPU (see owned_safetensors).
-    try:
-        unet = UNet2DConditionModel.from_pretrained(
-            path,
-            subfolder="unet",
-            torch_dtype=dtype,
-            local_files_only=True,
-            use_safetensors=True,
-            disable_mmap=True,
-            variant=_variant(path / "unet", "diffusion_pytorch_model"),
-        )
-        vae = AutoencoderKL.from_pretrained(
-            path,
-            subfolder="vae",
-            local_files_only=True,
-            use_safetensors=True,
-            disable_mmap=True,
-            variant=_variant(path / "vae", "diffusion_pytorch_model"),
-        )
-        text_encoder = CLIPTextModel.from_pretrained(
-            path / "text_encoder",
-            dtype=dtype,
-            local_files_only=True,
-            use_safetensors=True,
-            disable_mmap=True,
-            variant=_variant(path / "text_encoder", "model"),
-        )
-    except Exception as e:  # diffusers/transformers raise OSError/ValueError/EnvironmentError variously
-        raise ModelError(
-            f"Diffusers folder {path.name} can't be loaded ({e}). It needs unet/, vae/ and text_encoder/ "
-            "with .safetensors weights."
-        ) from e
-    in_channels = unet.config["in_channels"]
-    expected_width = read_json(sd_config_dir(config_dir, inpaint=False) / UNET_CONFIG)["cross_attention_dim"]
-    if in_channels not in SUPPORTED_IN_CHANNELS or unet.config["cross_attention_dim"] != expected_width:
-        raise ModelError(f"Diffusers folder {path.name} is not an SD1.5 model.")
-    scheduler = path / SCHEDULER_CONFIG
-    if not scheduler.is_file():
-        scheduler = sd_config_dir(config_dir, inpaint=in_channels == 9) / SCHEDULER_CONFIG
-    return PipelineComponents(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=load_tokenizer(),
-        scheduler_config=read_json(scheduler),
+        scheduler_config=scheduler_config(configs, tensors),
         is_inpaint=in_channels == 9,
         name=name,
     )

@@ -83,12 +83,12 @@ def has_prefix(tensors: Tensors, prefix: str) -> bool:
     return any(k.startswith(prefix) for k in tensors)
 
 
-def ensure_materialized(model: torch.nn.Module, what: str) -> None:
+def ensure_materialized(model: torch.nn.Module, what: str, family_label: str = "SD1.5") -> None:
     """diffusers' single-file loader leaves missing weights on the meta device instead of failing."""
     missing = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise ModelError(f"{what} is incomplete or not an SD1.5 model: missing weights {shown}.")
+        raise ModelError(f"{what} is incomplete or not an {family_label} model: missing weights {shown}.")
 
 
 def from_single_file(cls: type[ModuleT], tensors: Tensors, **kwargs: Any) -> ModuleT:
@@ -102,10 +102,10 @@ def from_single_file(cls: type[ModuleT], tensors: Tensors, **kwargs: Any) -> Mod
     return model
 
 
-def describe_load_error(error: Exception) -> str:
+def describe_load_error(error: Exception, family_label: str = "SD1.5") -> str:
     """diffusers fails on missing weights only when moving the half-built model; say what that means."""
     if "meta tensor" in str(error):
-        return "missing weights: the file is incomplete or not an SD1.5 model"
+        return f"missing weights: the file is incomplete or not an {family_label} model"
     return str(error)
 
 

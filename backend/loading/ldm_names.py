@@ -1,8 +1,10 @@
-"""Names of SD1.5 UNet layers in the original (LDM, `openaimodel.py`) layout, from their diffusers names.
+"""Names of SD1.5 and SDXL UNet layers in the original (LDM, `openaimodel.py`) layout, from diffusers names.
 
 LoRAs trained with kohya's scripts on original checkpoints name layers the LDM way
 (`lora_unet_input_blocks_1_1_proj_in`, `..._output_blocks_3_0_emb_layers_1`); diffusers' SD1.5 path can't map
-all of them, so the LoRA loader looks names up in a table built from this function. The test fixtures use the
+all of them, so the LoRA loader looks names up in a table built from this function. SDXL's UNet numbers its
+blocks by the same rules (three levels instead of four, deeper transformers inside the same block slots) and
+adds `label_emb`, the embedding of the pooled text and size conditioning. The test fixtures use the
 same function to write checkpoints in the original layout, and a round trip through diffusers' own converter
 checks it key for key.
 """
@@ -26,6 +28,9 @@ RESNET_TO_LDM = {
 TOP_LEVEL_TO_LDM = {
     "time_embedding.linear_1": "time_embed.0",
     "time_embedding.linear_2": "time_embed.2",
+    # SDXL's `text_time` addition embedding: an MLP of Linear, SiLU, Linear inside a Sequential at index 0
+    "add_embedding.linear_1": "label_emb.0.0",
+    "add_embedding.linear_2": "label_emb.0.2",
     "conv_in": "input_blocks.0.0",
     "conv_norm_out": "out.0",
     "conv_out": "out.2",

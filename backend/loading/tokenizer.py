@@ -1,4 +1,8 @@
-"""The SD1.5 (OpenAI CLIP ViT-L/14) tokenizer, built from the BPE file shipped in backend/data."""
+"""The CLIP tokenizers, built from the BPE file shipped in backend/data.
+
+SD1.5's (OpenAI CLIP ViT-L/14) pads with its end token. SDXL has two tokenizers over the same vocabulary: the
+first is SD1.5's, the second (for the OpenCLIP bigG encoder) pads with "!", as open_clip did in training.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ BPE_PATH = Path(__file__).resolve().parents[1] / "data" / "bpe_simple_vocab_16e6
 MODEL_MAX_LENGTH = 77
 START_TOKEN = "<|startoftext|>"
 END_TOKEN = "<|endoftext|>"
+OPEN_CLIP_PAD_TOKEN = "!"  # id 0: open_clip pads token ids with zeros
 # CLIP keeps the first 48894 merges of the file (line 0 is a version header); vocab size then comes to 49408.
 MERGE_COUNT = 49152 - 256 - 2
 
@@ -59,9 +64,18 @@ def build_vocab(merges: list[tuple[str, str]]) -> dict[str, int]:
     return {token: index for index, token in enumerate(tokens)}
 
 
-@lru_cache(maxsize=1)
 def load_tokenizer() -> CLIPTokenizer:
     """Shared instance: building it parses 49k merges (about a second), and it holds no per-call state."""
+    return _build_tokenizer(END_TOKEN)
+
+
+def load_tokenizer_2() -> CLIPTokenizer:
+    """SDXL's second tokenizer (`tokenizer_2`): the same vocabulary, padded with "!"."""
+    return _build_tokenizer(OPEN_CLIP_PAD_TOKEN)
+
+
+@lru_cache(maxsize=2)
+def _build_tokenizer(pad_token: str) -> CLIPTokenizer:
     from transformers import CLIPTokenizer
 
     merges = read_merges()
@@ -73,5 +87,5 @@ def load_tokenizer() -> CLIPTokenizer:
         bos_token=START_TOKEN,
         eos_token=END_TOKEN,
         unk_token=END_TOKEN,
-        pad_token=END_TOKEN,
+        pad_token=pad_token,
     )
