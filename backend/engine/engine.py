@@ -21,12 +21,13 @@ from .accelerated.denoiser import AcceleratedPredictor
 from .accelerated.frame import FramePlan, LiveFrames, plan_frame
 from .accelerated.host import HostStaging
 from .accelerated.vae_calls import AcceleratedTaesd, is_tiny_autoencoder
+from .conditioning import PromptEmbedding, conditioning_for
 from .context import GenerationContext
 from .controlnet import build_controls
 from .img2img import img2img
 from .inpaint import InpaintInputs, inpaint
 from .jobs import EngineInputError, EngineJob, EngineResult, JobCancelled
-from .loop import Guidance, make_guidance
+from .loop import Guidance, make_guidance, repeat_for_batch
 from .model_choice import Components, ModelChoice, ModelSource, choose_models, load_components
 from .modules import model_dtype
 from .prompts import PromptCache
@@ -130,6 +131,7 @@ class Engine:
             return EngineResult(job.canvas.copy(), (0, 0, width, height), effective, timings)
         ctx, components = self._context(job, choice, timings, on_progress, is_cancelled, effective)
         region = self._bucketed(self._img2img_region(width, height, ctx.unet, params), ctx)
+        self._condition_on_size(ctx, components, region)
         self._add_controls(ctx, job, choice, region, effective)
         rgb = region.rgb_to_generation(images.flatten_on_white(job.canvas))  # the region is the whole canvas
         dedicated = _dedicated_inpaint(components)
@@ -185,6 +187,7 @@ class Engine:
 
         ctx, components = self._context(job, choice, timings, on_progress, is_cancelled, effective)
         region = self._bucketed(self._inpaint_region(bounds, ctx.unet, params), ctx)
+        self._condition_on_size(ctx, components, region)
         self._add_controls(ctx, job, choice, region, effective)
         rgb = region.rgb_to_generation(images.flatten_on_white(canvas_crop))
         gen_mask = region.gray_to_generation(soft_crop)
@@ -286,7 +289,7 @@ class Engine:
             params.sampler, dict(components.scheduler_config), params.steps, params.strength, self.device
         )
         start = time.perf_counter()
-        guidance = self._guidance(components, choice, params.prompt, params.negative_prompt, params.cfg)
+        guidance = self._guidance(components, choice, params)
         timings["prompt"] = time.perf_counter() - start
         ctx = GenerationContext(
             unet=components.unet,
@@ -300,7 +303,8 @@ class Engine:
             is_cancelled=is_cancelled,
             timings=timings,
         )
-        accelerated = job.live and self.accelerator.active
+        # The accelerated path's static inputs don't include SDXL's added conditioning yet: eager for those.
+        accelerated = job.live and self.accelerator.active and guidance.added is None
         effective["accelerated"] = accelerated
         if accelerated:
             self._accelerate(ctx, choice.checkpoint)
@@ -375,21 +379,37 @@ class Engine:
         self.run(EngineJob("img2img", params, canvas, live=True), lambda i, n: None, lambda: False)
         return self.accelerator.status()
 
-    def _guidance(
-        self, components: Components, choice: ModelChoice, prompt: str, negative: str, cfg: float
-    ) -> Guidance:
+    def _guidance(self, components: Components, choice: ModelChoice, params: JobParams) -> Guidance:
         unet = components.unet
-        unet_dtype = model_dtype(unet)
+        conditioning = conditioning_for(components)
         model_key = (components.name, id(components.text_encoder), choice.text_encoder_state())
 
-        def embed(text: str) -> torch.Tensor:
+        def embed(text: str) -> PromptEmbedding:
             return self.prompts.embed(
-                components.tokenizer, components.text_encoder, model_key, text, self.device, unet_dtype
+                model_key, text, lambda: conditioning.encode(components, text, self.device), model_dtype(unet)
             )
 
+        cond = embed(params.prompt)
         distilled = getattr(unet.config, "time_cond_proj_dim", None)
-        uncond = embed(negative) if cfg > 1.0 and distilled is None else None
-        return make_guidance(embed(prompt), uncond, cfg, distilled)
+        uncond: PromptEmbedding | None = None
+        if params.cfg > 1.0 and distilled is None:
+            empty = conditioning.empty_negative(cond) if params.negative_prompt == "" else None
+            uncond = empty or embed(params.negative_prompt)
+        guidance = make_guidance(cond.hidden, uncond.hidden if uncond else None, params.cfg, distilled)
+        if cond.pooled is not None:
+            pooled = cond.pooled
+            if guidance.batched and uncond is not None and uncond.pooled is not None:
+                pooled = torch.cat([uncond.pooled, cond.pooled])
+            guidance.added = {"text_embeds": pooled}
+        return guidance
+
+    @staticmethod
+    def _condition_on_size(ctx: GenerationContext, components: Components, region: Region) -> None:
+        """The generation's size where the family conditions on it (SDXL's time ids)."""
+        time_ids = conditioning_for(components).time_ids(region.gen_height, region.gen_width)
+        if time_ids is not None and ctx.guidance.added is not None:
+            time_ids = time_ids.to(ctx.device, ctx.dtype)
+            ctx.guidance.added["time_ids"] = repeat_for_batch(time_ids, ctx.guidance.batched)
 
 
 def _dedicated_inpaint(components: Components) -> bool:

@@ -31,6 +31,9 @@ class Guidance:
     scale: float
     # guidance embedding for LCM-distilled UNets (those with time_cond_proj_dim)
     timestep_cond: torch.Tensor | None = None
+    # SDXL-class UNets' added conditioning: the pooled text embeddings and the size time ids, batched as
+    # `embeddings()` is (engine/conditioning.py). None for families without it.
+    added: dict[str, torch.Tensor] | None = None
 
     @property
     def batched(self) -> bool:
@@ -162,10 +165,16 @@ def _control_residuals(step: StepInputs) -> dict[str, Any]:
             controlnet_cond=repeat_for_batch(control.image, step.guidance.batched),
             conditioning_scale=scale,
             return_dict=False,
+            **added_conditioning(step.guidance),
         )
         for control, scale in step.active_controls()
     ]
     return sum_control_residuals(outputs)
+
+
+def added_conditioning(guidance: Guidance) -> dict[str, Any]:
+    """The UNet's (and ControlNet's) `added_cond_kwargs` keyword, for the families that read it."""
+    return {} if guidance.added is None else {"added_cond_kwargs": guidance.added}
 
 
 def sum_control_residuals(outputs: Sequence[tuple[Sequence[torch.Tensor], torch.Tensor]]) -> dict[str, Any]:
@@ -202,6 +211,7 @@ class EagerPredictor:
             encoder_hidden_states=step.embeddings,
             timestep_cond=step.guidance.timestep_cond,
             return_dict=False,
+            **added_conditioning(step.guidance),
             **residuals,
         )[0]
 
@@ -235,6 +245,7 @@ def denoise(
         extra = inpaint_input(
             inpaint_channels.mask, inpaint_channels.masked_image_latents, latents.dtype, guidance.batched
         )
+    step_arguments = schedule.step_arguments(generator)
     for index, timestep in enumerate(schedule.timesteps):
         if is_cancelled():
             raise JobCancelled()
@@ -244,7 +255,7 @@ def denoise(
             StepInputs(model_input, timestep, embeddings, guidance, controls, index, total, extra)
         )
         latents = scheduler.step(
-            guidance.combine(prediction), timestep, latents, generator=generator, return_dict=False
+            guidance.combine(prediction), timestep, latents, return_dict=False, **step_arguments
         )[0]
         if hold is not None:
             latents = _apply_hold(scheduler, hold, latents, schedule.timesteps, index)

@@ -1,0 +1,102 @@
+"""How each model family turns a prompt into what its UNet reads (the family's `conditioning` names a row of
+CONDITIONINGS).
+
+SD1.5 reads CLIP-L's last hidden state. SDXL-class UNets read the penultimate hidden states of two text
+encoders side by side (CLIP-L and OpenCLIP bigG), plus added conditioning: bigG's pooled, projected embedding
+and six "time ids" (the original image size, the crop's top-left corner and the target size, in pixels, height
+first), as diffusers' SDXL pipelines build them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class PromptEmbedding:
+    hidden: torch.Tensor  # 1 x 77 x D: the sequence the UNet's cross-attention reads
+    pooled: torch.Tensor | None = None  # 1 x P: SDXL's pooled text embedding
+
+
+class Conditioning(Protocol):
+    def encode(self, components: Any, text: str, device: torch.device) -> PromptEmbedding: ...
+
+    def empty_negative(self, like: PromptEmbedding) -> PromptEmbedding | None:
+        """What an empty negative prompt means, when it is not the empty text's embedding."""
+        ...
+
+    def time_ids(self, height: int, width: int) -> torch.Tensor | None:
+        """The size conditioning for a generation of this size (1 x n); None when the family has none."""
+        ...
+
+
+def _tokens(tokenizer: Any, text: str) -> Any:
+    return tokenizer(
+        text,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
+
+
+class ClipConditioning:
+    """SD1.5: CLIP's last hidden state for the text, padded/truncated to 77 tokens (as SD1.5 was trained)."""
+
+    def encode(self, components: Any, text: str, device: torch.device) -> PromptEmbedding:
+        text_encoder = components.text_encoder
+        tokens = _tokens(components.tokenizer, text)
+        attention_mask = None
+        if getattr(text_encoder.config, "use_attention_mask", False):
+            attention_mask = tokens.attention_mask.to(device)
+        hidden = text_encoder(tokens.input_ids.to(device), attention_mask=attention_mask)[0]
+        return PromptEmbedding(hidden)
+
+    def empty_negative(self, like: PromptEmbedding) -> PromptEmbedding | None:
+        return None
+
+    def time_ids(self, height: int, width: int) -> torch.Tensor | None:
+        return None
+
+
+class PooledTimeIdsConditioning:
+    """SDXL: both encoders' penultimate hidden states concatenated, bigG's pooled output, size time ids.
+
+    An empty negative prompt is all zeros (SDXL base's `force_zeros_for_empty_prompt`, which diffusers applies
+    when no negative prompt is given): it is what the model was trained to read as "no prompt".
+    """
+
+    def encode(self, components: Any, text: str, device: torch.device) -> PromptEmbedding:
+        pairs = (
+            (components.tokenizer, components.text_encoder),
+            (components.tokenizer_2, components.text_encoder_2),
+        )
+        hidden: list[torch.Tensor] = []
+        pooled: torch.Tensor | None = None
+        for tokenizer, text_encoder in pairs:
+            output = text_encoder(_tokens(tokenizer, text).input_ids.to(device), output_hidden_states=True)
+            pooled = output[0]  # the last encoder's: bigG's projected pooled embedding
+            hidden.append(output.hidden_states[-2])
+        return PromptEmbedding(torch.cat(hidden, dim=-1), pooled)
+
+    def empty_negative(self, like: PromptEmbedding) -> PromptEmbedding | None:
+        pooled = None if like.pooled is None else torch.zeros_like(like.pooled)
+        return PromptEmbedding(torch.zeros_like(like.hidden), pooled)
+
+    def time_ids(self, height: int, width: int) -> torch.Tensor | None:
+        original, crop_top_left, target = (height, width), (0, 0), (height, width)
+        return torch.tensor([[*original, *crop_top_left, *target]], dtype=torch.float32)
+
+
+CONDITIONINGS: dict[str, Conditioning] = {
+    "clip": ClipConditioning(),
+    "clip_pooled_time_ids": PooledTimeIdsConditioning(),
+}
+
+
+def conditioning_for(components: Any) -> Conditioning:
+    family = getattr(components, "family", None)
+    return CONDITIONINGS[family.conditioning if family is not None else "clip"]
