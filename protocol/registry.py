@@ -45,9 +45,18 @@ CONTROL_KINDS: dict[str, ControlKind] = {
     )
 }
 
+# Distilled few-step LoRAs each need the sampler they were trained with: the label names the LoRA.
 SAMPLERS: dict[str, Sampler] = {
     sampler.name: sampler
-    for sampler in (Sampler("lcm", "LCM"), Sampler("euler", "Euler"), Sampler("euler_a", "Euler a"))
+    for sampler in (
+        Sampler("lcm", "LCM"),
+        Sampler("euler", "Euler"),
+        Sampler("euler_a", "Euler a"),
+        Sampler("euler_trailing", "Euler, trailing (SDXL Lightning)"),
+        Sampler("tcd", "TCD (Hyper-SD, TCD-LoRA)"),
+        Sampler("ddim_trailing", "DDIM, trailing (Hyper-SD)"),
+        Sampler("lcm_trailing", "LCM, trailing (DMD2)"),
+    )
 }
 
 MODES = ("img2img", "inpaint")

@@ -3,15 +3,17 @@ server's welcome and validation and the plugin's choices; each registered name h
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from websockets.asyncio.client import connect
 
 from backend.engine.controlnet import HINT_MAKERS, choose_controlnet
-from backend.engine.samplers import SCHEDULER_CLASSES, SamplerFactory
+from backend.engine.samplers import SAMPLER_SPECS, SamplerFactory
 from backend.model_files import ModelStore
 from protocol import PROTOCOL_VERSION, ControlKind, ControlParam, Sampler, registry
 from tests.backend.server_harness import run, running_server
@@ -24,11 +26,19 @@ DEPTH_FILE = "control_v11f1p_sd15_depth.safetensors"
 def test_every_protocol_sampler_has_a_scheduler() -> None:
     import diffusers
 
-    assert set(SCHEDULER_CLASSES) == set(registry.SAMPLERS)
+    assert set(SAMPLER_SPECS) == set(registry.SAMPLERS)
     config = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear"}
     for name in registry.SAMPLERS:
+        spec = SAMPLER_SPECS[name]
         scheduler = SamplerFactory().scheduler(name, config)
-        assert isinstance(scheduler, getattr(diffusers, SCHEDULER_CLASSES[name]))
+        assert isinstance(scheduler, getattr(diffusers, spec.scheduler))
+        assert all(scheduler.config[key] == value for key, value in spec.config.items()), name
+        # The table's step options and timesteps are ones the scheduler takes (a typo would fail every job).
+        assert set(spec.step_options) <= set(inspect.signature(scheduler.step).parameters), name
+        if spec.timesteps == "trailing":
+            assert "timesteps" in inspect.signature(scheduler.set_timesteps).parameters, name
+        schedule = SamplerFactory().schedule(name, config, 4, 1.0, torch.device("cpu"))
+        assert len(schedule) == 4 * schedule.order, name
     with pytest.raises(ValueError, match="Unknown sampler 'ddim'"):
         SamplerFactory().scheduler("ddim", config)
 
@@ -93,7 +103,7 @@ def test_a_kind_and_a_sampler_added_to_the_registry_reach_the_welcome_validation
 
     with running_server(models) as server:
         welcome, reply = run(welcome_and_reply(server.url, job_with("test_dpm", "test_depth")))
-    assert welcome["samplers"] == ["lcm", "euler", "euler_a", "test_dpm"]
+    assert welcome["samplers"] == list(registry.SAMPLERS) and welcome["samplers"][-1] == "test_dpm"
     assert welcome["control_kinds"] == ["scribble", "pose", "test_depth"]
     # Validation took the job; it ends only because this models folder has no checkpoint.
     assert reply["type"] == "error" and reply["code"] == "no_model", reply

@@ -44,7 +44,9 @@ def job_json(params: dict) -> str:
 
 
 def test_the_tables_hold_what_the_protocol_promised() -> None:
-    assert list(registry.SAMPLERS) == ["lcm", "euler", "euler_a"]
+    assert list(registry.SAMPLERS) == [
+        "lcm", "euler", "euler_a", "euler_trailing", "tcd", "ddim_trailing", "lcm_trailing"
+    ]  # fmt: skip
     assert registry.MODES == ("img2img", "inpaint")
     assert {name: kind.input for name, kind in registry.CONTROL_KINDS.items()} == {
         "scribble": registry.IMAGE,
@@ -71,13 +73,13 @@ def test_a_kind_or_sampler_added_to_the_tables_is_validated_and_welcomed(test_en
     )
     assert isinstance(job, JobRequest)
     assert job.params.sampler == "test_dpm" and job.params.controls[0].kind == "test_depth"
-    with pytest.raises(ProtocolError, match="must be one of: lcm, euler, euler_a, test_dpm"):
+    with pytest.raises(ProtocolError, match=r"must be one of: lcm, euler, euler_a, .*, test_dpm\.$"):
         decode_message(job_json({"sampler": "ddim"}), CLIENT_MESSAGES)
 
     welcome = Welcome(1, "s", "cpu", {}, {}, list(registry.SAMPLERS), Limits(), True)
     read = decode_message(encode_message(welcome), SERVER_MESSAGES)
     assert isinstance(read, Welcome)
-    assert read.samplers == ["lcm", "euler", "euler_a", "test_dpm"]
+    assert read.samplers == list(registry.SAMPLERS) and read.samplers[-1] == "test_dpm"
     assert read.control_kinds == ["scribble", "pose", "test_depth", "test_hands"]
 
 
@@ -113,7 +115,10 @@ def test_controlnets_are_picked_by_the_kinds_words_best_word_first(test_entries:
 
 
 def test_sampler_labels(test_entries: None) -> None:
-    assert [sampler_label(name) for name in registry.SAMPLERS] == ["LCM", "Euler", "Euler a", "DPM (test)"]
+    assert [sampler_label(name) for name in registry.SAMPLERS] == [
+        "LCM", "Euler", "Euler a", "Euler, trailing (SDXL Lightning)", "TCD (Hyper-SD, TCD-LoRA)",
+        "DDIM, trailing (Hyper-SD)", "LCM, trailing (DMD2)", "DPM (test)",
+    ]  # fmt: skip
     assert sampler_label("from_a_newer_server") == "from_a_newer_server"
 
 
