@@ -12,7 +12,7 @@ from pathlib import Path
 from installer import plugin
 from installer.download import Downloader, mirror_from_env
 from installer.krita_paths import target_profiles
-from installer.manifest import ManifestError, load_manifest
+from installer.manifest import Manifest, ManifestError, UnknownModelSetError, load_manifest
 from installer.models import ModelOptions, purge_downloads, run_models_step
 from installer.report import Reporter
 from installer.vendor import VendorError, find_websockets
@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     torch.add_argument("--torch", choices=FLAVOURS, help="torch build to install (default: detected)")
     torch.add_argument("--torch-index-url", help="package index for torch (overrides the flavour's default)")
     models = parser.add_argument_group("models")
+    models.add_argument(
+        "--models",
+        metavar="SETS",
+        help="model sets to fetch, comma-separated: sd15 (the default), sdxl, sd15,sdxl, or all "
+        "(models/manifest.json's families)",
+    )
     models.add_argument("--mirror", default=mirror_from_env(), help="base URL replacing the model URLs' host")
     models.add_argument(
         "--verify", action="store_true", help="check the sha256 of model files already present"
@@ -64,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, repo: Path | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     repo = (repo or Path(__file__).resolve().parent.parent).resolve()
     reporter = Reporter()
     venv = (args.venv or repo / ".venv").absolute()
@@ -78,6 +85,17 @@ def main(argv: Sequence[str] | None = None, repo: Path | None = None) -> int:
         else:
             reporter.info("models", "kept (use --purge-models to delete downloaded models)")
         return reporter.exit_code()
+
+    manifest: Manifest | None = None
+    manifest_problem = ""  # reported in the model step, after the steps that don't need the manifest
+    if not args.skip_models:
+        try:
+            manifest = load_manifest(repo / "models" / "manifest.json")
+            manifest.choose_families(args.models)
+        except ManifestError as exc:
+            manifest_problem = str(exc)
+        except UnknownModelSetError as exc:
+            parser.error(str(exc))  # a typo in --models stops everything before any work (exit code 2)
 
     if args.skip_venv:
         reporter.info("venv", "skipped (--skip-venv)")
@@ -101,14 +119,11 @@ def main(argv: Sequence[str] | None = None, repo: Path | None = None) -> int:
 
     if args.skip_models:
         reporter.info("models", "skipped (--skip-models)")
+    elif manifest is None:
+        reporter.fail("models", manifest_problem)
     else:
-        try:
-            manifest = load_manifest(repo / "models" / "manifest.json")
-        except ManifestError as exc:
-            reporter.fail("models", str(exc))
-        else:
-            options = ModelOptions(args.models_dir, args.offline, args.verify, args.mirror)
-            run_models_step(repo, manifest, options, Downloader(), reporter)
+        options = ModelOptions(args.models_dir, args.offline, args.verify, args.mirror, args.models)
+        run_models_step(repo, manifest, options, Downloader(), reporter)
 
     command = [str(venv_python(venv)), "-m", "backend"]
     if args.run:

@@ -1,16 +1,17 @@
-"""The model step: find the default models, reuse what is already on disk, download the rest.
+"""The model step: find the chosen model sets' files, reuse what is already on disk, download the rest.
 
 Models are looked for in the repo's models/ folder, in every folder listed in models/extra_paths.json
 (which the backend reads too) and in --models-dir, each in its own layout (ours, ComfyUI's or A1111's).
 Missing files are downloaded into --models-dir (or models/) unless --offline; whatever is still missing
-is listed with where it goes and where it comes from.
+is listed with where it goes and where it comes from. `--models` chooses the sets (the manifest's families:
+SD1.5 by default, SDXL, or all); a folder entry (a diffusers ControlNet) is fetched file by file into its
+folder.
 """
 
 from __future__ import annotations
 
 import json
 import urllib.parse
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from installer.download import (
 from installer.manifest import (
     Manifest,
     ModelEntry,
+    ModelFile,
     candidate_dirs,
     detect_layout,
     find_existing,
@@ -64,6 +66,7 @@ class ModelOptions:
     offline: bool = False
     verify: bool = False
     mirror: str | None = None
+    models: str | None = None  # --models: comma-separated model sets, or "all"; None: the default sets
 
 
 def read_extra_paths(repo_models: Path) -> list[Path]:
@@ -100,29 +103,37 @@ def search_dirs(
 
 
 def check_models(
-    manifest: Manifest, primary: ModelsDir, dirs: list[ModelsDir], verify: bool
+    entries: list[ModelEntry], manifest: Manifest, primary: ModelsDir, dirs: list[ModelsDir], verify: bool
 ) -> list[ModelStatus]:
     statuses = []
-    for entry in manifest.models:
-        target = candidate_dirs(primary.path, primary.layout, entry.kind, manifest)[0] / entry.file
+    for entry in entries:
+        target = candidate_dirs(primary.path, primary.layout, entry.kind, manifest)[0] / entry.name
         status = ModelStatus(entry, target, problem="missing")
         for folder in dirs:
             found = find_existing(folder.path, folder.layout, entry, manifest)
             if found is not None:
-                status.found, status.problem = found, _check_file(found, entry, verify)
+                status.found, status.problem = found, _check_entry(found, entry, verify)
                 break
         statuses.append(status)
     return statuses
 
 
-def _check_file(path: Path, entry: ModelEntry, verify: bool) -> str:
+def _check_entry(path: Path, entry: ModelEntry, verify: bool) -> str:
+    for part in entry.files:
+        problem = _check_file(path / part.name if entry.is_folder else path, part, verify)
+        if problem:
+            return f"{part.name}: {problem}" if entry.is_folder else problem
+    return ""
+
+
+def _check_file(path: Path, part: ModelFile, verify: bool) -> str:
     size = path.stat().st_size
-    if entry.size is not None and size != entry.size:
-        return f"size mismatch: {size} bytes, expected {entry.size}"
-    if verify and entry.sha256:
+    if part.size is not None and size != part.size:
+        return f"size mismatch: {size} bytes, expected {part.size}"
+    if verify and part.sha256:
         digest = sha256_of(path)
-        if digest != entry.sha256:
-            return f"sha256 mismatch: {digest}, expected {entry.sha256}"
+        if digest != part.sha256:
+            return f"sha256 mismatch: {digest}, expected {part.sha256}"
     return ""
 
 
@@ -130,6 +141,8 @@ def run_models_step(
     repo: Path, manifest: Manifest, options: ModelOptions, downloader: Downloader, reporter: Reporter
 ) -> list[ModelStatus]:
     repo_models = repo / "models"
+    families = manifest.choose_families(options.models)  # cli.py has rejected unknown names already
+    _report_sets(manifest, families, reporter)
     primary, dirs = search_dirs(repo_models, options, manifest)
     if options.models_dir is not None and primary.path != repo_models.resolve():
         primary.path.mkdir(parents=True, exist_ok=True)
@@ -139,11 +152,11 @@ def run_models_step(
             STEP, f"using {primary.path} ({LAYOUT_NAMES.get(primary.layout, primary.layout)} layout), {where}"
         )
 
-    statuses = check_models(manifest, primary, dirs, options.verify)
+    statuses = check_models(manifest.entries(families), manifest, primary, dirs, options.verify)
     present = [s for s in statuses if s.usable]
     reporter.info(STEP, f"{len(present)} present, {len(statuses) - len(present)} missing")
     for status in present:
-        reporter.detail(f"ok: {status.entry.file} ({status.found})")
+        reporter.detail(f"ok: {status.entry.name} ({status.found})")
     for status in statuses:
         if status.found is not None and status.problem:
             reporter.warn(
@@ -162,6 +175,43 @@ def run_models_step(
     return statuses
 
 
+def _report_sets(manifest: Manifest, families: list[str], reporter: Reporter) -> None:
+    chosen = ", ".join(f"{name} ({manifest.families[name].label})" for name in families)
+    others = [name for name in manifest.families if name not in families]
+    line = f"model set(s): {chosen}"
+    if others:
+        line += f"; also available: {', '.join(others)} (--models {','.join([*families, *others])} or all)"
+    reporter.info(STEP, line)
+
+
+@dataclass
+class _Job:
+    """One file of one model to download."""
+
+    status: ModelStatus
+    part: ModelFile
+    dest: Path
+
+    @property
+    def label(self) -> str:
+        entry = self.status.entry
+        return f"{entry.name}/{self.part.name}" if entry.is_folder else entry.name
+
+
+def _jobs(statuses: list[ModelStatus]) -> list[_Job]:
+    jobs = []
+    for status in statuses:
+        if not status.entry.is_folder:
+            jobs.append(_Job(status, status.entry.files[0], status.target))
+            continue
+        for part in status.entry.files:
+            dest = status.target / part.name
+            # A folder half fetched by an earlier run: its finished files were verified before their rename.
+            if not (dest.is_file() and not _check_file(dest, part, verify=False)):
+                jobs.append(_Job(status, part, dest))
+    return jobs
+
+
 def _download_all(
     statuses: list[ModelStatus],
     options: ModelOptions,
@@ -169,11 +219,15 @@ def _download_all(
     reporter: Reporter,
     repo_models: Path,
 ) -> None:
-    # One disk-space check per destination folder up front, so nothing starts that cannot finish.
-    needed: dict[Path, int] = defaultdict(int)
-    for status in statuses:
-        needed[status.target.parent] += status.entry.planned_size
-    for folder, size in needed.items():
+    jobs = _jobs(statuses)
+    # One disk-space check per file system up front, for all that goes there, so nothing starts that cannot
+    # finish (the SDXL set puts 7 GB in checkpoints/ and 5 GB in controlnet/: each may fit, both not).
+    needed: dict[int, tuple[Path, int]] = {}
+    for job in jobs:
+        device = _device_of(job.dest.parent)
+        folder, size = needed.get(device, (job.dest.parent, 0))
+        needed[device] = (folder, size + job.part.planned_size)
+    for folder, size in needed.values():
         try:
             check_disk_space(folder, size, downloader.disk_usage)
         except DiskSpaceError as exc:
@@ -182,18 +236,18 @@ def _download_all(
                 status.problem = "not downloaded: not enough disk space"
             return
     unreachable: set[str] = set()
-    for status in statuses:
-        entry = status.entry
-        url = apply_mirror(entry.url, options.mirror)
+    for job in jobs:
+        status, part = job.status, job.part
+        if status.problem != "missing":
+            continue  # an earlier file of the same folder failed: the folder can't be complete this run
+        url = apply_mirror(part.url, options.mirror)
         host = urllib.parse.urlsplit(url).hostname or ""
         if host in unreachable:
             status.problem = f"not downloaded: {host} cannot be reached"
             continue
-        reporter.info(STEP, f"downloading {entry.file} ({_size_text(entry)}) from {url}")
+        reporter.info(STEP, f"downloading {job.label} ({_size_text(part)}) from {url}")
         try:
-            result = downloader.fetch(
-                url, status.target, sha256=entry.sha256, size=entry.size, label=entry.file
-            )
+            result = downloader.fetch(url, job.dest, sha256=part.sha256, size=part.size, label=job.label)
         except DiskSpaceError as exc:
             reporter.fail(STEP, str(exc))
             status.problem = "not downloaded: not enough disk space"
@@ -201,28 +255,38 @@ def _download_all(
         except UnreachableError as exc:
             unreachable.add(host)
             status.problem = f"download failed: {exc}"
-            reporter.warn(STEP, f"{entry.file}: {exc}")
+            reporter.warn(STEP, f"{job.label}: {exc}")
             continue
         except DownloadError as exc:
             status.problem = f"download failed: {exc}"
-            (reporter.warn if not entry.required else reporter.info)(STEP, f"{entry.file}: {exc}")
+            (reporter.warn if not status.entry.required else reporter.info)(STEP, f"{job.label}: {exc}")
             continue
-        status.found, status.problem = result.path, ""
-        _record_download(repo_models, result.path)
+        _record_download(repo_models, result.path, status.target if status.entry.is_folder else None)
         if result.verified:
-            reporter.info(STEP, f"downloaded {entry.file} to {result.path} (sha256 verified)")
+            reporter.info(STEP, f"downloaded {job.label} to {result.path} (sha256 verified)")
         else:
             reporter.warn(
                 STEP,
-                f"downloaded {entry.file} to {result.path} UNVERIFIED: the manifest has no sha256 for it "
+                f"downloaded {job.label} to {result.path} UNVERIFIED: the manifest has no sha256 for it "
                 f"(got sha256 {result.sha256})",
             )
+    for status in statuses:
+        if status.problem == "missing":  # every file of it is in place now
+            status.found, status.problem = status.target, ""
 
 
-def _size_text(entry: ModelEntry) -> str:
-    if entry.size:
-        return human_size(entry.size)
-    return f"about {human_size(entry.approx_size)}" if entry.approx_size else "size unknown"
+def _device_of(folder: Path) -> int:
+    """The file system `folder` is (or, not made yet, will be) on."""
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    return probe.stat().st_dev
+
+
+def _size_text(item: ModelFile | ModelEntry) -> str:
+    if item.size:
+        return human_size(item.size)
+    return f"about {human_size(item.planned_size)}" if item.planned_size else "size unknown"
 
 
 def _report_missing(missing: list[ModelStatus], reporter: Reporter) -> None:
@@ -235,38 +299,53 @@ def _report_missing(missing: list[ModelStatus], reporter: Reporter) -> None:
     for status in missing:
         entry = status.entry
         kind = "required" if entry.required else "optional"
-        reporter.detail(f"- {entry.file} ({kind}; {entry.description}) [{status.problem}]")
-        reporter.detail(f"    put it at: {status.target}")
-        reporter.detail(f"    from:      {entry.url}")
+        reporter.detail(f"- {entry.name} ({kind}; {entry.description}) [{status.problem}]")
+        if entry.is_folder:
+            reporter.detail(f"    put it at: {status.target} (a folder of {len(entry.files)} files)")
+            for part in entry.files:
+                reporter.detail(f"    file:      {part.name} from {part.url}")
+        else:
+            reporter.detail(f"    put it at: {status.target}")
+            reporter.detail(f"    from:      {entry.files[0].url}")
         reporter.detail(f"    licence:   {entry.licence}; {_size_text(entry)}")
-    reporter.missing_required.extend(s.entry.file for s in required)
+    reporter.missing_required.extend(s.entry.name for s in required)
 
 
-def _record_download(repo_models: Path, path: Path) -> None:
-    record = repo_models / DOWNLOADS_FILE
+def _read_record(record: Path) -> dict[str, list[str]]:
     try:
-        files = json.loads(record.read_text(encoding="utf-8")).get("files", [])
-    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
-        files = []
-    if str(path) not in files:
-        files.append(str(path))
-        repo_models.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps({"files": files}, indent=2) + "\n", encoding="utf-8")
+        data = json.loads(record.read_text(encoding="utf-8"))
+        return {key: [str(p) for p in data.get(key, [])] for key in ("files", "folders")}
+    except (FileNotFoundError, json.JSONDecodeError, AttributeError, TypeError):
+        return {"files": [], "folders": []}
+
+
+def _record_download(repo_models: Path, path: Path, folder: Path | None) -> None:
+    """Remember a downloaded file (and the folder install.py made for a folder entry) for --purge-models."""
+    record = repo_models / DOWNLOADS_FILE
+    data = _read_record(record)
+    for key, item in (("files", path), ("folders", folder)):
+        if item is not None and str(item) not in data[key]:
+            data[key].append(str(item))
+    repo_models.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def purge_downloads(repo: Path, reporter: Reporter) -> None:
-    """Delete the model files install.py downloaded (never files it only reused)."""
+    """Delete the model files install.py downloaded (never files it only reused), and the folders it made for
+    them once they are empty."""
     record = repo / "models" / DOWNLOADS_FILE
-    try:
-        files = [Path(p) for p in json.loads(record.read_text(encoding="utf-8")).get("files", [])]
-    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
+    if not record.is_file():
         reporter.info(STEP, "no downloaded models recorded: nothing to purge")
         return
+    data = _read_record(record)
     removed = 0
-    for path in files:
+    for path in map(Path, data["files"]):
         for candidate in (path, path.with_name(path.name + ".part")):
             if candidate.is_file():
                 candidate.unlink()
                 removed += 1
+    for folder in map(Path, data["folders"]):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
     record.unlink()
     reporter.info(STEP, f"purged {removed} downloaded model file(s)")

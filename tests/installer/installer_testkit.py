@@ -125,7 +125,9 @@ def fixture_bytes(name: str, size: int) -> bytes:
     return bytes(out[:size])
 
 
-# The test manifest: the real layout part, small fixture files as models.
+# The test manifest: the real layout part, small fixture files as models. TEST_MODELS is the default set
+# (SD1.5); the SDXL set, chosen with --models sdxl, has single files and a folder entry (a diffusers
+# ControlNet).
 TEST_MODELS = [
     ("ckpt", "checkpoints", "tiny_checkpoint.safetensors", 300_000, True),
     ("lcm", "loras", "lcm-lora-sdv1-5.safetensors", 120_000, True),
@@ -133,41 +135,92 @@ TEST_MODELS = [
     ("taesd-enc", "taesd", "taesd_encoder.pth", 20_000, True),
     ("taesd-dec", "taesd", "taesd_decoder.pth", 20_000, True),
 ]
+TEST_SDXL_MODELS = [
+    ("xl-ckpt", "checkpoints", "tiny_xl_checkpoint.safetensors", 400_000, True),
+    ("xl-lcm", "loras", "lcm-lora-sdxl.safetensors", 150_000, True),
+    ("xl-taesd-enc", "taesd", "taesdxl_encoder.pth", 10_000, True),
+]
+SDXL_CONTROLNET = "controlnet-scribble-sdxl-1.0"  # a folder entry of kind controlnet
+SDXL_CONTROLNET_FILES = [("diffusion_pytorch_model.safetensors", 200_000), ("config.json", 700)]
 # Where the manifest says files come from: a closed loopback port, so a missed mirror fails fast, locally.
 UPSTREAM = "http://127.0.0.1:9"
 
 
 def model_path(name: str) -> str:
+    """The URL path a test file is served under; `name` is a file name, or folder/file for a folder's file."""
     return f"/org/models/resolve/main/{name}"
+
+
+def sdxl_names() -> list[str]:
+    """The SDXL set's keys in `model_files`: file names, and folder/file for the folder entry's files."""
+    singles = [name for _, _, name, _, _ in TEST_SDXL_MODELS]
+    return singles + [f"{SDXL_CONTROLNET}/{name}" for name, _ in SDXL_CONTROLNET_FILES]
 
 
 @pytest.fixture
 def model_files() -> dict[str, bytes]:
-    return {name: fixture_bytes(name, size) for _, _, name, size, _ in TEST_MODELS}
+    files = {name: fixture_bytes(name, size) for _, _, name, size, _ in TEST_MODELS + TEST_SDXL_MODELS}
+    for name, size in SDXL_CONTROLNET_FILES:
+        files[f"{SDXL_CONTROLNET}/{name}"] = fixture_bytes(f"{SDXL_CONTROLNET}/{name}", size)
+    return files
+
+
+def _single(model_id: str, kind: str, name: str, data: bytes, required: bool, family: str, sha: bool) -> dict:
+    return {
+        "id": model_id,
+        "family": family,
+        "kind": kind,
+        "file": name,
+        "url": UPSTREAM + model_path(name),
+        "size": len(data),
+        "sha256": sha256(data) if sha else None,
+        "licence": "test",
+        "required": required,
+        "description": f"test {family} {kind}",
+    }
 
 
 def write_test_manifest(repo: Path, files: dict[str, bytes], with_sha: bool = True) -> None:
     real = json.loads((REPO / "models" / "manifest.json").read_text(encoding="utf-8"))
-    models = []
-    for model_id, kind, name, _, required in TEST_MODELS:
-        data = files[name]
-        models.append(
+    models = [
+        _single(model_id, kind, name, files[name], required, "sd15", with_sha)
+        for model_id, kind, name, _, required in TEST_MODELS
+    ]
+    models += [
+        _single(model_id, kind, name, files[name], required, "sdxl", with_sha)
+        for model_id, kind, name, _, required in TEST_SDXL_MODELS
+    ]
+    folder_files = []
+    for name, _ in SDXL_CONTROLNET_FILES:
+        data = files[f"{SDXL_CONTROLNET}/{name}"]
+        folder_files.append(
             {
-                "id": model_id,
-                "kind": kind,
                 "file": name,
-                "url": UPSTREAM + model_path(name),
+                "url": UPSTREAM + model_path(f"{SDXL_CONTROLNET}/{name}"),
                 "size": len(data),
                 "sha256": sha256(data) if with_sha else None,
-                "licence": "test",
-                "required": required,
-                "description": f"test {kind}",
             }
         )
+    models.append(
+        {
+            "id": "xl-scribble",
+            "family": "sdxl",
+            "kind": "controlnet",
+            "folder": SDXL_CONTROLNET,
+            "files": folder_files,
+            "licence": "test",
+            "required": False,
+            "description": "test sdxl controlnet folder",
+        }
+    )
     manifest = {
         "version": 1,
         "layout": real["layout"],
         "foreign_layouts": real["foreign_layouts"],
+        "families": {
+            "sd15": {"label": "SD 1.5", "default": True},
+            "sdxl": {"label": "SDXL", "default": False},
+        },
         "models": models,
     }
     (repo / "models").mkdir(parents=True, exist_ok=True)

@@ -97,6 +97,7 @@ def test_help_lists_every_step_flag(fake_repo: Path, tmp_path: Path) -> None:
         "--uninstall",
         "--purge-models",
         "--verify",
+        "--models",
     ):
         assert flag in result.stdout
 

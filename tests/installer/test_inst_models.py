@@ -250,15 +250,19 @@ def test_the_real_manifest_is_complete_and_consistent() -> None:
     manifest = load_manifest(REPO / "models" / "manifest.json")
     assert set(manifest.layout) == {"checkpoints", "loras", "controlnet", "vae", "taesd"}
     assert set(manifest.foreign_layouts) == {"comfyui", "a1111"}
-    kinds = {m.kind for m in manifest.models}
+    assert manifest.default_families == ["sd15"]
+    default = manifest.entries(manifest.default_families)
+    kinds = {m.kind for m in default}
     assert {"checkpoints", "loras", "controlnet", "taesd"} <= kinds
-    files = {m.file for m in manifest.models}
+    files = {m.name for m in default}
     assert {"lcm-lora-sdv1-5.safetensors", "taesd_encoder.pth", "taesd_decoder.pth"} <= files
     assert any("scribble" in f for f in files) and any("openpose" in f for f in files)
     for model in manifest.models:
-        assert model.url.startswith("https://") and model.licence and model.description
-        assert model.sha256 is None or len(model.sha256) == 64
-        assert model.size is not None or model.approx_size, model.id
+        assert model.licence and model.description and model.source, model.id
+        for part in model.files:
+            assert part.url.startswith("https://"), part.url
+            assert part.sha256 is None or len(part.sha256) == 64
+            assert part.size is not None or part.approx_size, (model.id, part.name)
 
 
 def test_files_in_subfolders_and_an_application_folder_are_found(
