@@ -9,10 +9,21 @@ first), as diffusers' SDXL pipelines build them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+
+from .loop import Guidance, make_guidance, repeat_for_batch
+from .modules import model_dtype
+
+if TYPE_CHECKING:
+    from protocol.messages import JobParams
+
+    from .prompts import PromptCache
+
+TIME_IDS_KEPT = 64  # generation sizes whose time ids stay on the device
 
 
 @dataclass(frozen=True)
@@ -100,3 +111,54 @@ CONDITIONINGS: dict[str, Conditioning] = {
 def conditioning_for(components: Any) -> Conditioning:
     family = getattr(components, "family", None)
     return CONDITIONINGS[family.conditioning if family is not None else "clip"]
+
+
+@dataclass
+class Conditioner:
+    """A job's prompt conditioning: embeddings from the cache, classifier-free guidance, the size inputs."""
+
+    prompts: PromptCache
+    device: torch.device
+    _time_ids: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict)
+
+    def guidance(self, components: Any, text_encoder_state: Hashable, params: JobParams) -> Guidance:
+        unet = components.unet
+        conditioning = conditioning_for(components)
+        model_key = (components.name, id(components.text_encoder), text_encoder_state)
+
+        def embed(text: str) -> PromptEmbedding:
+            return self.prompts.embed(
+                model_key, text, lambda: conditioning.encode(components, text, self.device), model_dtype(unet)
+            )
+
+        cond = embed(params.prompt)
+        distilled = getattr(unet.config, "time_cond_proj_dim", None)
+        uncond: PromptEmbedding | None = None
+        if params.cfg > 1.0 and distilled is None:
+            empty = conditioning.empty_negative(cond) if params.negative_prompt == "" else None
+            uncond = empty or embed(params.negative_prompt)
+        guidance = make_guidance(cond.hidden, uncond.hidden if uncond else None, params.cfg, distilled)
+        if cond.pooled is not None:
+            pooled = cond.pooled
+            if guidance.batched and uncond is not None and uncond.pooled is not None:
+                pooled = torch.cat([uncond.pooled, cond.pooled])
+            guidance.added = {"text_embeds": pooled}
+        return guidance
+
+    def condition_on_size(self, guidance: Guidance, components: Any, height: int, width: int) -> None:
+        """The generation's size where the family conditions on it (SDXL's time ids). Kept per size on the
+        device: a new tensor each live frame would be a blocking host-to-device copy."""
+        if guidance.added is None:
+            return
+        dtype = guidance.cond.dtype
+        conditioning = conditioning_for(components)
+        key = (id(conditioning), height, width, dtype, guidance.batched)
+        time_ids = self._time_ids.get(key)
+        if time_ids is None:
+            made = conditioning.time_ids(height, width)
+            if made is None:
+                return
+            if len(self._time_ids) >= TIME_IDS_KEPT:
+                self._time_ids.clear()
+            time_ids = self._time_ids[key] = repeat_for_batch(made.to(self.device, dtype), guidance.batched)
+        guidance.added["time_ids"] = time_ids

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from backend.model_errors import ModelError
+from backend.model_families import SD15
 from protocol.messages import JobParams
 from protocol.registry import MODES, SAMPLERS
 
@@ -21,13 +22,12 @@ from .accelerated.denoiser import AcceleratedPredictor
 from .accelerated.frame import FramePlan, LiveFrames, plan_frame
 from .accelerated.host import HostStaging
 from .accelerated.vae_calls import AcceleratedTaesd, is_tiny_autoencoder
-from .conditioning import PromptEmbedding, conditioning_for
+from .conditioning import Conditioner
 from .context import GenerationContext
 from .controlnet import build_controls
 from .img2img import img2img
 from .inpaint import InpaintInputs, inpaint
 from .jobs import EngineInputError, EngineJob, EngineResult, JobCancelled
-from .loop import Guidance, make_guidance, repeat_for_batch
 from .model_choice import Components, ModelChoice, ModelSource, choose_models, load_components
 from .modules import model_dtype
 from .prompts import PromptCache
@@ -77,7 +77,8 @@ class Engine:
         self.device = torch.device(device)
         self.dtype = dtype
         self.settings = settings or EngineSettings()
-        self.prompts = PromptCache(self.settings.prompt_cache_size)
+        self.conditioner = Conditioner(PromptCache(self.settings.prompt_cache_size), self.device)
+        self.prompts = self.conditioner.prompts
         self.samplers = SamplerFactory()
         self.selections = masks.SelectionPreparer()
         self.accelerator = Accelerator(self.settings.accelerated, self.device)
@@ -85,7 +86,8 @@ class Engine:
         self.frames = LiveFrames(self.accelerator, self.staging)
         # (checkpoint name, id of its UNet) that the accelerator's slots belong to
         self._accelerated_for: tuple[str, int] | None = None
-        self._taesd_error: str | None = None  # TAESD files that could not be loaded: live jobs use the VAE
+        # per family: TAESD files that could not be loaded (that family's live jobs use the VAE)
+        self._taesd_errors: dict[str, str] = {}
 
     def run(self, job: EngineJob, on_progress: ProgressCallback, is_cancelled: CancelCheck) -> EngineResult:
         """Run one job. Raises JobCancelled at a step boundary once is_cancelled() is True, EngineInputError
@@ -131,8 +133,8 @@ class Engine:
             return EngineResult(job.canvas.copy(), (0, 0, width, height), effective, timings)
         ctx, components = self._context(job, choice, timings, on_progress, is_cancelled, effective)
         region = self._bucketed(self._img2img_region(width, height, ctx.unet, params), ctx)
-        self._condition_on_size(ctx, components, region)
-        self._add_controls(ctx, job, choice, region, effective)
+        self.conditioner.condition_on_size(ctx.guidance, components, region.gen_height, region.gen_width)
+        self._add_controls(ctx, job, choice, region, effective, components)
         rgb = region.rgb_to_generation(images.flatten_on_white(job.canvas))  # the region is the whole canvas
         dedicated = _dedicated_inpaint(components)
         # An inpainting checkpoint needs its extra inputs even for img2img: a mask over everything.
@@ -187,8 +189,8 @@ class Engine:
 
         ctx, components = self._context(job, choice, timings, on_progress, is_cancelled, effective)
         region = self._bucketed(self._inpaint_region(bounds, ctx.unet, params), ctx)
-        self._condition_on_size(ctx, components, region)
-        self._add_controls(ctx, job, choice, region, effective)
+        self.conditioner.condition_on_size(ctx.guidance, components, region.gen_height, region.gen_width)
+        self._add_controls(ctx, job, choice, region, effective, components)
         rgb = region.rgb_to_generation(images.flatten_on_white(canvas_crop))
         gen_mask = region.gray_to_generation(soft_crop)
         dedicated = _dedicated_inpaint(components)
@@ -247,6 +249,7 @@ class Engine:
         choice: ModelChoice,
         region: Region,
         effective: dict[str, Any],
+        components: Components,
     ) -> None:
         if not job.params.controls:
             return
@@ -260,6 +263,7 @@ class Engine:
                 region,
                 len(ctx.schedule),
                 self.device,
+                getattr(components, "family", SD15),  # stand-in components (tests) are SD1.5 models
                 chosen=choice.controlnets,
             )
         ctx.controls = units
@@ -282,14 +286,15 @@ class Engine:
             self.accelerator.reset()
             self._accelerated_for = None
         components = load_components(self.models, choice)
-        vae = self._preview_vae(job) or components.vae
+        vae = self._preview_vae(job, components) or components.vae
         timings["load"] = time.perf_counter() - start
         effective["decoder"] = "taesd" if is_tiny_autoencoder(vae) else "vae"
+        effective["family"] = getattr(components, "family", SD15).name
         schedule = self.samplers.schedule(
             params.sampler, dict(components.scheduler_config), params.steps, params.strength, self.device
         )
         start = time.perf_counter()
-        guidance = self._guidance(components, choice, params)
+        guidance = self.conditioner.guidance(components, choice.text_encoder_state(), params)
         timings["prompt"] = time.perf_counter() - start
         ctx = GenerationContext(
             unet=components.unet,
@@ -303,8 +308,7 @@ class Engine:
             is_cancelled=is_cancelled,
             timings=timings,
         )
-        # The accelerated path's static inputs don't include SDXL's added conditioning yet: eager for those.
-        accelerated = job.live and self.accelerator.active and guidance.added is None
+        accelerated = job.live and self.accelerator.active
         effective["accelerated"] = accelerated
         if accelerated:
             self._accelerate(ctx, choice.checkpoint)
@@ -312,18 +316,19 @@ class Engine:
 
     # --- live jobs: the preview decoder (TAESD) and the accelerated path ------------------------------------
 
-    def _preview_vae(self, job: EngineJob) -> Any:
+    def _preview_vae(self, job: EngineJob, components: Components) -> Any:
         """TAESD for live jobs when the model source has its files; None = the checkpoint's VAE."""
         if not (job.live and self.settings.preview_taesd):
             return None
         taesd = getattr(self.models, "taesd", None)
-        if not callable(taesd) or self._taesd_error is not None:
+        family = getattr(components, "family", SD15)
+        if not callable(taesd) or family.name in self._taesd_errors:
             return None
         try:
-            return taesd()
+            return taesd(family)
         except ModelError as error:
             # An optional speed-up: damaged files must not fail every live frame (nor be re-read for each).
-            self._taesd_error = error.message
+            self._taesd_errors[family.name] = error.message
             log.warning("TAESD unavailable, live frames decode with the full VAE: %s", error.message)
             return None
 
@@ -378,38 +383,6 @@ class Engine:
         params = params or JobParams()
         self.run(EngineJob("img2img", params, canvas, live=True), lambda i, n: None, lambda: False)
         return self.accelerator.status()
-
-    def _guidance(self, components: Components, choice: ModelChoice, params: JobParams) -> Guidance:
-        unet = components.unet
-        conditioning = conditioning_for(components)
-        model_key = (components.name, id(components.text_encoder), choice.text_encoder_state())
-
-        def embed(text: str) -> PromptEmbedding:
-            return self.prompts.embed(
-                model_key, text, lambda: conditioning.encode(components, text, self.device), model_dtype(unet)
-            )
-
-        cond = embed(params.prompt)
-        distilled = getattr(unet.config, "time_cond_proj_dim", None)
-        uncond: PromptEmbedding | None = None
-        if params.cfg > 1.0 and distilled is None:
-            empty = conditioning.empty_negative(cond) if params.negative_prompt == "" else None
-            uncond = empty or embed(params.negative_prompt)
-        guidance = make_guidance(cond.hidden, uncond.hidden if uncond else None, params.cfg, distilled)
-        if cond.pooled is not None:
-            pooled = cond.pooled
-            if guidance.batched and uncond is not None and uncond.pooled is not None:
-                pooled = torch.cat([uncond.pooled, cond.pooled])
-            guidance.added = {"text_embeds": pooled}
-        return guidance
-
-    @staticmethod
-    def _condition_on_size(ctx: GenerationContext, components: Components, region: Region) -> None:
-        """The generation's size where the family conditions on it (SDXL's time ids)."""
-        time_ids = conditioning_for(components).time_ids(region.gen_height, region.gen_width)
-        if time_ids is not None and ctx.guidance.added is not None:
-            time_ids = time_ids.to(ctx.device, ctx.dtype)
-            ctx.guidance.added["time_ids"] = repeat_for_batch(time_ids, ctx.guidance.batched)
 
 
 def _dedicated_inpaint(components: Components) -> bool:

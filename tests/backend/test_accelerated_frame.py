@@ -134,8 +134,8 @@ def test_lcm_step_matches_diffusers_for_every_prediction_type() -> None:
         timesteps = [int(t) for t in scheduler.timesteps[4:]]
         lcm, _, _ = schedule_tables(scheduler, timesteps, torch.float32, torch.device("cpu"))
         plan = FramePlan(
-            steps=4, batched=False, has_timestep_cond=False, active=((),) * 4, controls=0, hold=False,
-            extra=False, from_noise=False, init_noise_sigma=1.0, prediction_type=prediction_type,
+            steps=4, batched=False, has_timestep_cond=False, added=False, active=((),) * 4, controls=0,
+            hold=False, extra=False, from_noise=False, init_noise_sigma=1.0, prediction_type=prediction_type,
             vae_dtype=torch.float32, latent_dtype=torch.float32,
         )  # fmt: skip
         sample = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))

@@ -65,8 +65,9 @@ def test_sdxl_img2img_matches_diffusers(
     engine: Engine, tiny_sdxl: TinySdxl, sampler: str, cfg: float, negative: str, steps: int, strength: float
 ) -> None:
     canvas = make_canvas(64, 48, seed=9)
+    # lcm_lora_strength 0: the base model alone, as the reference pipeline has no LCM-LoRA fused
     params = {"prompt": "a lighthouse at dusk", "negative_prompt": negative, "cfg": cfg, "steps": steps,
-              "strength": strength, "seed": 4321, "sampler": sampler}  # fmt: skip
+              "strength": strength, "seed": 4321, "sampler": sampler, "lcm_lora_strength": 0.0}  # fmt: skip
     result = run(engine, job(canvas, checkpoint=tiny_sdxl.checkpoint, **params))
     pipe = reference_pipeline(tiny_sdxl, tiny_sdxl.checkpoint, "StableDiffusionXLImg2ImgPipeline", sampler)
     reference = pipe(
@@ -76,4 +77,3 @@ def test_sdxl_img2img_matches_diffusers(
     ).images  # fmt: skip
     assert_agrees(result.image, reference)
     assert result.params["checkpoint"] == tiny_sdxl.checkpoint
-

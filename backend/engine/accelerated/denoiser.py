@@ -3,8 +3,8 @@
 Everything that varies between frames is a tensor argument (latents, timestep as a 0-dim tensor, prompt
 embedding, guidance embedding, hints, ControlNet scales as 0-dim tensors), so one compiled/captured version
 serves every frame of a shape: a Python number would be baked in and force a recompile whenever it changed.
-What selects the code path (which ControlNets act, whether there is a guidance embedding or inpaint channels)
-is part of the accelerator key instead.
+What selects the code path (which ControlNets act, whether there is a guidance embedding, inpaint channels or
+SDXL's added conditioning) is part of the accelerator key instead.
 """
 
 from __future__ import annotations
@@ -21,11 +21,16 @@ from .static_call import TensorFn
 
 
 def build_denoiser(
-    unet: Any, control_models: Sequence[Any], has_timestep_cond: bool, has_extra: bool
+    unet: Any,
+    control_models: Sequence[Any],
+    has_timestep_cond: bool,
+    has_extra: bool,
+    has_added: bool = False,
 ) -> TensorFn:
-    """fn(sample, timestep, embeddings, [timestep_cond], [extra], *hints, *scales) -> noise prediction: what
-    loop.EagerPredictor computes for the same step (ControlNet residuals summed by the same function, the
-    extra channels concatenated the same way), with the step's values as tensors."""
+    """fn(sample, timestep, embeddings, [timestep_cond], [extra], [text_embeds, time_ids], *hints, *scales)
+    -> noise prediction: what loop.EagerPredictor computes for the same step (ControlNet residuals summed by
+    the same function, the extra channels concatenated the same way, SDXL's added conditioning passed the
+    same way), with the step's values as tensors."""
     controls = tuple(control_models)
     count = len(controls)
 
@@ -37,6 +42,10 @@ def build_denoiser(
         extra = None
         if has_extra:
             extra, index = rest[index], index + 1
+        added: dict[str, Any] = {}
+        if has_added:
+            added = {"added_cond_kwargs": {"text_embeds": rest[index], "time_ids": rest[index + 1]}}
+            index += 2
         hints, scales = rest[index : index + count], rest[index + count : index + 2 * count]
         residuals = sum_control_residuals(
             [
@@ -47,6 +56,7 @@ def build_denoiser(
                     controlnet_cond=hint,
                     conditioning_scale=scale,
                     return_dict=False,
+                    **added,
                 )
                 for model, hint, scale in zip(controls, hints, scales, strict=True)
             ]
@@ -58,6 +68,7 @@ def build_denoiser(
             encoder_hidden_states=embeddings,
             timestep_cond=timestep_cond,
             return_dict=False,
+            **added,
             **residuals,
         )[0]
 
@@ -83,15 +94,21 @@ class AcceleratedPredictor:
             args.append(guidance.timestep_cond)
         if extra is not None:
             args.append(extra)
+        if guidance.added is not None:
+            args += added_inputs(guidance.added)
         args += [repeat_for_batch(c.image, guidance.batched) for c, _ in active]
         args += [self._scale(s, device) for _, s in active]
         models = tuple(c.model for c, _ in active)
         for model in (self.unet, *models):
             self.accelerator.prepare_module(model)
-        has_cond, has_extra = guidance.timestep_cond is not None, extra is not None
-        key = ("denoise", id(self.unet), tuple(id(m) for m in models), has_cond, has_extra)
+        has_cond, has_extra, has_added = (
+            guidance.timestep_cond is not None,
+            extra is not None,
+            guidance.added is not None,
+        )
+        key = ("denoise", id(self.unet), tuple(id(m) for m in models), has_cond, has_extra, has_added)
         return self.accelerator.call(
-            key, lambda: build_denoiser(self.unet, models, has_cond, has_extra), args
+            key, lambda: build_denoiser(self.unet, models, has_cond, has_extra, has_added), args
         )
 
     def _scale(self, value: float, device: torch.device) -> torch.Tensor:
@@ -100,6 +117,11 @@ class AcceleratedPredictor:
         if tensor is None:
             tensor = self._scales[key] = torch.tensor(value, dtype=torch.float32, device=device)
         return tensor
+
+
+def added_inputs(added: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """SDXL's added conditioning as the denoiser's positional inputs, in its order."""
+    return [added["text_embeds"], added["time_ids"]]
 
 
 def _as_0dim(timestep: torch.Tensor | float, device: torch.device) -> torch.Tensor:

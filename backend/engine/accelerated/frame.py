@@ -41,12 +41,12 @@ from ..jobs import JobCancelled
 from ..loop import cfg_combine, hold_blend, inpaint_input, repeat_for_batch
 from ..modules import model_dtype
 from .accelerator import Accelerator, Compiler
-from .denoiser import build_denoiser
+from .denoiser import added_inputs, build_denoiser
 from .host import HostStaging, model_to_pixels, pixels_to_model
 from .static_call import TensorFn
 from .vae_calls import is_tiny_autoencoder
 
-LATENT_CHANNELS = 4  # SD1.5's latents (a 9-channel UNet adds mask and masked-image latents)
+LATENT_CHANNELS = 4  # SD1.5's and SDXL's latents (a 9-channel UNet adds mask and masked-image latents)
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 NOISE_CACHE_SIZE = 8
 SCALE_CACHE_SIZE = 256
@@ -61,6 +61,7 @@ class FramePlan:
     steps: int
     batched: bool  # CFG: unconditional and conditional passes in one batch
     has_timestep_cond: bool  # an LCM-distilled UNet's guidance embedding
+    added: bool  # SDXL-class UNets' added conditioning (pooled text embeddings, size time ids)
     active: tuple[tuple[int, ...], ...]  # per step: indices of the ControlNets acting in it
     controls: int
     hold: bool  # inpaint: the unmasked area follows the noised original
@@ -96,6 +97,7 @@ def plan_frame(ctx: GenerationContext, masked: bool, dedicated: bool, from_noise
         steps=steps,
         batched=ctx.guidance.batched,
         has_timestep_cond=ctx.guidance.timestep_cond is not None,
+        added=ctx.guidance.added is not None,
         active=active,
         controls=len(ctx.controls),
         hold=masked and not dedicated,
@@ -113,9 +115,9 @@ Part = Callable[..., torch.Tensor]
 
 def build_frame(plan: FramePlan, encode: Part, decode: Part, steps: Sequence[Part]) -> TensorFn:
     """frame(pixels, noise, embeddings, lcm, noising, timesteps, [guidance_scale], [timestep_cond],
-    [latent_mask], [pixel_mask], *hints, [control_scales]) -> H x W x 3 uint8. `steps[i]` is the denoiser for
-    step i's acting ControlNets. latent_mask (1 = redraw, latent dtype) comes with hold or extra; pixel_mask
-    (1 = redraw, VAE dtype) with extra.
+    [text_embeds, time_ids], [latent_mask], [pixel_mask], *hints, [control_scales]) -> H x W x 3 uint8.
+    `steps[i]` is the denoiser for step i's acting ControlNets. latent_mask (1 = redraw, latent dtype) comes
+    with hold or extra; pixel_mask (1 = redraw, VAE dtype) with extra.
 
     noise: steps x latent shape; noise[0] starts the run, noise[i] is injected after step i - 1.
     lcm: steps x 6 float32 (the SQRT_ALPHA.. columns); noising: steps x 2 in the latent dtype, row i the
@@ -134,6 +136,7 @@ def build_frame(plan: FramePlan, encode: Part, decode: Part, steps: Sequence[Par
         optional = list(rest)
         guidance_scale = optional.pop(0) if plan.batched else None
         timestep_cond = optional.pop(0) if plan.has_timestep_cond else None
+        added = [optional.pop(0), optional.pop(0)] if plan.added else []
         mask = optional.pop(0) if plan.hold or plan.extra else None
         pixel_mask = optional.pop(0) if plan.extra else None
         hints, optional = optional[: plan.controls], optional[plan.controls :]
@@ -169,6 +172,7 @@ def build_frame(plan: FramePlan, encode: Part, decode: Part, steps: Sequence[Par
                 args.append(timestep_cond)
             if extra is not None:
                 args.append(extra)
+            args += added
             args += [hints[c] for c in plan.active[i]]
             if control_scales is not None:
                 args += [control_scales[i, c] for c in plan.active[i]]
@@ -294,6 +298,8 @@ class LiveFrames:
             args.append(self._scalar(("guidance", ctx.guidance.scale), ctx.guidance.scale, ctx.device))
         if ctx.guidance.timestep_cond is not None:
             args.append(ctx.guidance.timestep_cond)
+        if ctx.guidance.added is not None:
+            args += added_inputs(ctx.guidance.added)
         if plan.hold or plan.extra:
             if mask is None:
                 raise ValueError("an inpaint frame needs its mask")
@@ -393,6 +399,7 @@ def frame_parts(
     active_sets: Sequence[tuple[int, ...]],
     has_timestep_cond: bool = False,
     extra: bool = False,
+    added: bool = False,
 ) -> dict[Hashable, tuple[Hashable, Part]]:
     """role -> (accelerator part key, eager function): "encode" and "decode" (TAESD), and ("step", active)
     for each set of acting ControlNets (indices into models.controls; a step where a ControlNet is inactive
@@ -404,13 +411,13 @@ def frame_parts(
     }
     for active in sorted(set(active_sets)):
         controls = tuple(models.controls[c] for c in active)
-        key = ("denoise", id(unet), tuple(id(m) for m in controls), has_timestep_cond, extra)
-        parts[("step", active)] = (key, build_denoiser(unet, controls, has_timestep_cond, extra))
+        key = ("denoise", id(unet), tuple(id(m) for m in controls), has_timestep_cond, extra, added)
+        parts[("step", active)] = (key, build_denoiser(unet, controls, has_timestep_cond, extra, added))
     return parts
 
 
 def plan_parts(models: FrameModels, plan: FramePlan) -> dict[Hashable, tuple[Hashable, Part]]:
-    return frame_parts(models, plan.active, plan.has_timestep_cond, plan.extra)
+    return frame_parts(models, plan.active, plan.has_timestep_cond, plan.extra, plan.added)
 
 
 def assemble(plan: FramePlan, fns: dict[Hashable, Part]) -> TensorFn:
