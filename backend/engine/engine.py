@@ -132,8 +132,9 @@ class Engine:
             # Strength 0: the canvas itself, alpha included, without loading or running anything.
             return EngineResult(job.canvas.copy(), (0, 0, width, height), effective, timings)
         ctx, components = self._context(job, choice, timings, on_progress, is_cancelled, effective)
-        region = self._bucketed(self._img2img_region(width, height, ctx.unet, params), ctx)
-        self.conditioner.condition_on_size(ctx.guidance, components, region.gen_height, region.gen_width)
+        unpadded = self._img2img_region(width, height, ctx.unet, params)
+        self._condition_on_size(ctx, components, unpadded)
+        region = self._bucketed(unpadded, ctx)
         self._add_controls(ctx, job, choice, region, effective, components)
         rgb = region.rgb_to_generation(images.flatten_on_white(job.canvas))  # the region is the whole canvas
         dedicated = _dedicated_inpaint(components)
@@ -188,8 +189,9 @@ class Engine:
             return EngineResult(layer, bounds, effective, timings)
 
         ctx, components = self._context(job, choice, timings, on_progress, is_cancelled, effective)
-        region = self._bucketed(self._inpaint_region(bounds, ctx.unet, params), ctx)
-        self.conditioner.condition_on_size(ctx.guidance, components, region.gen_height, region.gen_width)
+        unpadded = self._inpaint_region(bounds, ctx.unet, params)
+        self._condition_on_size(ctx, components, unpadded)
+        region = self._bucketed(unpadded, ctx)
         self._add_controls(ctx, job, choice, region, effective, components)
         rgb = region.rgb_to_generation(images.flatten_on_white(canvas_crop))
         gen_mask = region.gray_to_generation(soft_crop)
@@ -350,6 +352,10 @@ class Engine:
         if ctx.predict is None or not self.accelerator.settings.whole_frame:
             return None
         return plan_frame(ctx, masked=masked, dedicated=dedicated, from_noise=from_noise)
+
+    def _condition_on_size(self, ctx: GenerationContext, components: Components, unpadded: Region) -> None:
+        """The size the image is, not the bucket it is padded to (the padding is cropped off again)."""
+        self.conditioner.condition_on_size(ctx.guidance, components, unpadded.gen_height, unpadded.gen_width)
 
     def _bucketed(self, region: Region, ctx: GenerationContext) -> Region:
         """Accelerated jobs generate at the bucket size (edge-padded, cropped back) so that small size
