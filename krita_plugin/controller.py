@@ -29,6 +29,7 @@ from .input_watch import InputWatch
 from .job_records import JobRecord, JobRecords, Purpose
 from .job_tracking import JobIds, JobTracker
 from .live_state import LiveState
+from .model_lists import ModelListing
 from .network import Connected, NetworkClient, ResultReady, ServerMessage, Status, StatusChanged
 from .nodes import node_id
 from .painter_words import TRANSIENT_CODES, describe_error
@@ -329,8 +330,9 @@ class Controller(QObject):
 
     def _on_connected(self, welcome: protocol.Welcome) -> None:
         self.welcome = welcome
-        self.models = {k: list(v) for k, v in welcome.models.items() if isinstance(v, list)}
-        self.panel.set_models(self.models, list(welcome.samplers))
+        listing = ModelListing.of(welcome)
+        self.models = listing.models
+        self.panel.set_models(listing, list(welcome.samplers))
         self.panel.offer_control_kinds([k for k in welcome.control_kinds if isinstance(k, str)])
         if not (self.models.get("checkpoints") or []):
             self.panel.set_message(describe_error("no_model", ""), error=True)
@@ -350,8 +352,9 @@ class Controller(QObject):
         elif isinstance(message, protocol.Error):
             self._on_error(message)
         elif isinstance(message, protocol.ModelList):
-            self.models = {k: list(v) for k, v in message.models.items() if isinstance(v, list)}
-            self.panel.set_models(self.models, [])
+            listing = ModelListing.of(message)
+            self.models = listing.models
+            self.panel.set_models(listing, [])
             if message.loaded:  # the backend lists what it has loaded only once it is ready
                 self._mark_ready(message.loaded.get("device"))
 

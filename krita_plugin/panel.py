@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from ._compat import protocol
+from .model_lists import Choice, ModelListing, checkpoint_choices, lora_choices
 from .qt import (
     QCheckBox,
     QComboBox,
@@ -30,6 +31,7 @@ from .qt import (
     QSizePolicy,
     QSlider,
     QSpinBox,
+    QStandardItemModel,
     QStyle,
     Qt,
     QToolButton,
@@ -266,6 +268,8 @@ class Panel(QScrollArea):
         self.lora.addItem("None", DEFAULT_CHOICE)
         self.lora_strength = _strength_spin("kld_lora_strength")
         form.addRow("LoRA", _row(self.lora, self.lora_strength))
+        self.listing = ModelListing()
+        self.checkpoint.currentIndexChanged.connect(lambda _: self._offer_loras())
         return section
 
     def _build_connection(self) -> Section:
@@ -382,14 +386,17 @@ class Panel(QScrollArea):
         self.apply.setEnabled(can)
         self.apply_onto.setEnabled(can)
 
-    def set_models(self, models: dict[str, list[str]], samplers: list[str]) -> None:
-        _fill(self.checkpoint, "Backend default", models.get("checkpoints") or [])
-        # The LCM LoRA is the backend's business (it speeds up every model); list the painter's style LoRAs.
-        _fill(self.lora, "None", [n for n in models.get("loras") or [] if "lcm" not in n.lower()])
+    def set_models(self, listing: ModelListing, samplers: list[str]) -> None:
+        self.listing = listing
+        _fill_choices(self.checkpoint, checkpoint_choices(listing))
+        self._offer_loras()
         if samplers:
             _fill_pairs(
                 self.sampler, None, [(s, protocol.sampler_label(s)) for s in samplers if isinstance(s, str)]
             )
+
+    def _offer_loras(self) -> None:
+        _fill_choices(self.lora, lora_choices(self.listing, self.checkpoint.currentData() or ""))
 
     def offer_control_kinds(self, names: list[str]) -> None:
         """Shows the guidance rows of the kinds the backend can run (an older backend that lists none: all);
@@ -502,9 +509,15 @@ def _select(combo: QComboBox, data: str, add: bool = False) -> None:
     combo.setCurrentIndex(max(0, index))
 
 
-def _fill(combo: QComboBox, default_label: str | None, names: list[str]) -> None:
-    pairs = [(name, name) for name in names]
-    _fill_pairs(combo, default_label, pairs)
+def _fill_choices(combo: QComboBox, choices: list[Choice]) -> None:
+    """The choices as items; a file the backend can't use stays listed, greyed out, saying why."""
+    _fill_pairs(combo, None, [(choice.name, choice.label) for choice in choices])
+    items = combo.model()
+    for index, choice in enumerate(choices):
+        item = items.item(index) if isinstance(items, QStandardItemModel) else None
+        if item is not None:
+            item.setEnabled(choice.why_not is None)
+        combo.setItemData(index, choice.why_not, Qt.ItemDataRole.ToolTipRole)
 
 
 def _fill_pairs(combo: QComboBox, default_label: str | None, pairs: list[tuple[str, str]]) -> None:

@@ -80,6 +80,7 @@ QKeyEvent = QtGui.QKeyEvent
 QMouseEvent = QtGui.QMouseEvent
 QPainter = QtGui.QPainter
 QPixmap = QtGui.QPixmap
+QStandardItemModel = QtGui.QStandardItemModel
 QTransform = QtGui.QTransform
 
 # QtWidgets

@@ -41,20 +41,22 @@ from .registry import (
     CONTROL_KINDS,
     IMAGE,
     KEYPOINTS,
+    MODEL_FAMILIES,
     MODES,
     SAMPLERS,
     ControlKind,
     Sampler,
+    family_label,
     pick_controlnet,
     sampler_label,
 )
 
 __all__ = [
     "CLIENT_MESSAGES", "CONTROL_KINDS", "DEFAULT_PORT", "IMAGE", "KEYPOINTS", "MAX_BATCH", "MAX_CONTROLS",
-    "MODES", "PROTOCOL_VERSION", "SAMPLERS", "SERVER_MESSAGES",
+    "MODEL_FAMILIES", "MODES", "PROTOCOL_VERSION", "SAMPLERS", "SERVER_MESSAGES",
     "Accepted", "Bounds", "Cancel", "Cancelled", "ControlKind", "ControlParam", "Error", "ErrorCode", "Hello",
     "ImageEncoding", "ImageFrame", "ImageSpec", "InpaintParam", "JobParams", "JobRequest", "Limits",
     "ListModels", "LoraParam", "Message", "ModelList", "Progress", "ProtocolError", "Result", "Sampler",
     "Welcome", "bgra_to_rgba", "decode_frame", "decode_message", "encode_frame", "encode_message",
-    "encode_png", "pick_controlnet", "result_slot", "sampler_label",
+    "encode_png", "family_label", "pick_controlnet", "result_slot", "sampler_label",
 ]  # fmt: skip

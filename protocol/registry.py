@@ -61,6 +61,14 @@ SAMPLERS: dict[str, Sampler] = {
 
 MODES = ("img2img", "inpaint")
 
+# Model families as the model lists name them (Welcome/ModelList `families`), with their labels for painters.
+# The backend's rows (backend/model_families.py) take their labels from here.
+MODEL_FAMILIES = {"sd15": "SD 1.5", "sdxl": "SDXL"}
+
+
+def family_label(name: str) -> str:
+    return MODEL_FAMILIES.get(name, name.upper())
+
 
 def pick_controlnet(names: Iterable[str], kind: str) -> str | None:
     """The ControlNet (out of `names`, in their order) that a control of `kind` uses when it names none:

@@ -124,3 +124,11 @@ def test_a_kind_and_a_sampler_added_to_the_registry_reach_the_welcome_validation
     layer = doc.createNode("Depth sketch", "paintlayer")
     doc.rootNode().addChildNode(layer, None)
     assert "Depth sketch" in [label for _, label in layer_choices(doc).of("test_depth")]
+
+
+def test_every_model_family_of_the_protocol_has_a_backend_row() -> None:
+    from backend.model_families import FAMILIES
+    from protocol.registry import MODEL_FAMILIES
+
+    assert set(FAMILIES) == set(MODEL_FAMILIES)
+    assert all(FAMILIES[name].label == label for name, label in MODEL_FAMILIES.items())

@@ -2,14 +2,17 @@ from __future__ import annotations
 
 from typing import TypeVar
 
+from krita_plugin.model_lists import ModelListing
 from krita_plugin.panel import Panel
+from krita_plugin.qt import Qt
 from krita_plugin.settings import ControlLayerChoice, GenerationSettings
 
 
 def test_settings_round_trip_through_the_widgets(qapp) -> None:
     panel = Panel()
     panel.set_models(
-        {"checkpoints": ["a.safetensors", "b.safetensors"], "loras": ["s.safetensors"]}, ["lcm", "euler"]
+        ModelListing({"checkpoints": ["a.safetensors", "b.safetensors"], "loras": ["s.safetensors"]}),
+        ["lcm", "euler"],
     )
     wanted = GenerationSettings(
         prompt="a cat", negative_prompt="dog", strength=0.35, seed=99, seed_locked=True,
@@ -46,7 +49,7 @@ def test_the_panel_fits_the_default_docker_width_whatever_it_shows(qapp) -> None
     for section in panel.sections.values():
         section.set_expanded(True)
     long_name = "a very long checkpoint name that painters really do have v2 final final.safetensors"
-    panel.set_models({"checkpoints": [long_name], "loras": [long_name]}, ["lcm"])
+    panel.set_models(ModelListing({"checkpoints": [long_name], "loras": [long_name]}), ["lcm"])
     panel.set_layer_choices(
         {"scribble": [("{1}", "Scribble layer with a long long name " * 3)], "pose": [("{2}", "Pose " * 20)]}
     )
@@ -94,14 +97,17 @@ def test_prompt_and_actions_come_first(qapp) -> None:
 def test_model_lists_keep_the_choice_and_hide_the_lcm_lora(qapp) -> None:
     panel = Panel()
     panel.set_models(
-        {"checkpoints": ["a", "b"], "loras": ["lcm-lora-sd15.safetensors", "ink.safetensors"]}, []
+        ModelListing({"checkpoints": ["a", "b"], "loras": ["lcm-lora-sd15.safetensors", "ink.safetensors"]}),
+        [],
     )
     panel.checkpoint.setCurrentIndex(panel.checkpoint.findData("b"))
-    panel.set_models({"checkpoints": ["b", "c"], "loras": []}, [])
+    panel.set_models(ModelListing({"checkpoints": ["b", "c"], "loras": []}), [])
     assert panel.checkpoint.currentData() == "b"
-    panel.set_models({"checkpoints": ["c"], "loras": []}, [])
+    panel.set_models(ModelListing({"checkpoints": ["c"], "loras": []}), [])
     assert panel.checkpoint.currentData() == ""  # gone: back to the backend's default
-    panel.set_models({"checkpoints": [], "loras": ["lcm-lora-sd15.safetensors", "ink.safetensors"]}, [])
+    panel.set_models(
+        ModelListing({"checkpoints": [], "loras": ["lcm-lora-sd15.safetensors", "ink.safetensors"]}), []
+    )
     assert [panel.lora.itemData(i) for i in range(panel.lora.count())] == ["", "ink.safetensors"]
 
 
@@ -123,3 +129,35 @@ def test_messages_are_escaped(qapp) -> None:
     panel.set_message("<b>not bold</b>", error=True)
     assert "&lt;b&gt;" in panel.message.text()
     assert panel.message.property("plain") == "<b>not bold</b>"
+
+
+def test_model_pickers_show_families_grey_out_unusable_files_and_fit_loras_to_the_checkpoint(qapp) -> None:
+    panel = Panel()
+    listing = ModelListing(
+        models={"checkpoints": ["base15.safetensors", "refiner.safetensors", "xl.safetensors"],
+                "loras": ["ink15.safetensors", "inkxl.safetensors", "lcm-lora-sdxl.safetensors",
+                          "odd.safetensors"]},
+        families={"checkpoints": {"base15.safetensors": "sd15", "xl.safetensors": "sdxl"},
+                  "loras": {"ink15.safetensors": "sd15", "inkxl.safetensors": "sdxl"}},
+        unusable={"checkpoints": {"refiner.safetensors": "the SDXL refiner: not supported"}},
+        default_checkpoint="xl.safetensors",
+    )  # fmt: skip
+    panel.set_models(listing, [])
+    texts = [panel.checkpoint.itemText(i) for i in range(panel.checkpoint.count())]
+    assert texts == [
+        "Backend default (xl.safetensors · SDXL)", "base15.safetensors · SD 1.5", "refiner.safetensors",
+        "xl.safetensors · SDXL",
+    ]  # fmt: skip
+    refiner = panel.checkpoint.findData("refiner.safetensors")
+    items = not_none(panel.checkpoint.model())
+    assert not bool(items.flags(items.index(refiner, 0)) & Qt.ItemFlag.ItemIsEnabled)
+    assert (
+        panel.checkpoint.itemData(refiner, Qt.ItemDataRole.ToolTipRole) == "the SDXL refiner: not supported"
+    )
+
+    def loras() -> list[str]:
+        return [panel.lora.itemData(i) for i in range(panel.lora.count())]
+
+    assert loras() == ["", "inkxl.safetensors", "odd.safetensors"]  # the default is SDXL; odd may fit
+    panel.checkpoint.setCurrentIndex(panel.checkpoint.findData("base15.safetensors"))
+    assert loras() == ["", "ink15.safetensors", "odd.safetensors"]
