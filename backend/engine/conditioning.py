@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from protocol.messages import JobParams
 
     from .prompts import PromptCache
+    from .residency import Residency
 
 TIME_IDS_KEPT = 64  # generation sizes whose time ids stay on the device
 
@@ -119,6 +120,7 @@ class Conditioner:
 
     prompts: PromptCache
     device: torch.device
+    residency: Residency | None = None  # low-VRAM mode: the text encoders come to the device to encode
     _time_ids: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict)
 
     def guidance(self, components: Any, text_encoder_state: Hashable, params: JobParams) -> Guidance:
@@ -126,10 +128,14 @@ class Conditioner:
         conditioning = conditioning_for(components)
         model_key = (components.name, id(components.text_encoder), text_encoder_state)
 
+        def encode(text: str) -> PromptEmbedding:
+            if self.residency is None:
+                return conditioning.encode(components, text, self.device)
+            with self.residency.using(components.text_encoder, getattr(components, "text_encoder_2", None)):
+                return conditioning.encode(components, text, self.device)
+
         def embed(text: str) -> PromptEmbedding:
-            return self.prompts.embed(
-                model_key, text, lambda: conditioning.encode(components, text, self.device), model_dtype(unet)
-            )
+            return self.prompts.embed(model_key, text, lambda: encode(text), model_dtype(unet))
 
         cond = embed(params.prompt)
         distilled = getattr(unet.config, "time_cond_proj_dim", None)

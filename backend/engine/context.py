@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -12,6 +12,7 @@ import torch
 
 from . import vae as vae_codec
 from .loop import CancelCheck, ControlUnit, Guidance, Predictor, ProgressCallback, denoise
+from .residency import Residency
 from .samplers import Schedule
 
 
@@ -38,17 +39,23 @@ class GenerationContext:
     timings: dict[str, float] = field(default_factory=dict)
     predict: Predictor | None = None  # None: the plain UNet call (loop.EagerPredictor)
     vae_calls: VaeCalls | None = None  # None: vae.encode / vae.decode on `vae`
+    residency: Residency = field(default_factory=lambda: Residency(torch.device("cpu")))  # low-VRAM moves
+
+    def _vae_resident(self) -> AbstractContextManager[None]:
+        return self.residency.using(self.vae)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """Image in [-1, 1] -> latents in the UNet's scale and dtype."""
         if self.vae_calls is not None:
             return self.vae_calls.encode(image).to(self.dtype)
-        return vae_codec.encode(self.vae, image, self.generator).to(self.dtype)
+        with self._vae_resident():
+            return vae_codec.encode(self.vae, image, self.generator).to(self.dtype)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         if self.vae_calls is not None:
             return self.vae_calls.decode(latents)
-        return vae_codec.decode(self.vae, latents)
+        with self._vae_resident():
+            return vae_codec.decode(self.vae, latents)
 
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:
@@ -65,7 +72,7 @@ class GenerationContext:
     def denoise(self, latents: torch.Tensor, **mode_inputs: Any) -> torch.Tensor:
         """The few-step loop with this job's schedule, guidance, controls and callbacks (see loop.denoise);
         `mode_inputs` are what a mode adds: `hold` (inpaint) or `inpaint_channels` (9-channel UNets)."""
-        with self.timed("denoise"):
+        with self.timed("denoise"), self.residency.using(self.unet, *(c.model for c in self.controls)):
             return denoise(
                 self.unet,
                 self.schedule,

@@ -109,12 +109,13 @@ def test_a_kind_and_a_sampler_added_to_the_registry_reach_the_welcome_validation
     assert reply["type"] == "error" and reply["code"] == "no_model", reply
 
     from krita_plugin.guidance import layer_choices
+    from krita_plugin.model_lists import ModelListing
     from krita_plugin.panel import Panel
     from krita_plugin.request_builder import control_model
     from tests.plugin import fake_krita
 
     panel = Panel()
-    panel.set_models(welcome["models"], welcome["samplers"])
+    panel.set_models(ModelListing(welcome["models"]), welcome["samplers"])
     app.processEvents()
     offered = [(panel.sampler.itemData(i), panel.sampler.itemText(i)) for i in range(panel.sampler.count())]
     assert ("test_dpm", "DPM (test)") in offered
