@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from backend.model_errors import ModelError, ModelNotFoundError
+from backend.model_families import SD15, SDXL, ModelFamily, describe_mismatch
 from protocol.messages import ControlParam
 from protocol.registry import CONTROL_KINDS, KEYPOINTS, pick_controlnet
 
@@ -20,21 +22,54 @@ from .pose import parse_people, render_pose
 from .region import Region
 
 
-def choose_controlnet(store: Any, control: ControlParam) -> str:
-    """The job's ControlNet, or the store's first one whose name holds the kind's model-name words."""
+def choose_controlnet(store: Any, control: ControlParam, family: ModelFamily | None = None) -> str:
+    """The job's ControlNet, or the store's first one whose name holds the kind's model-name words, out of
+    those that may fit a checkpoint of `family` (None: any)."""
     if control.model is not None:
         return control.model
-    chosen = pick_controlnet(store.list_kind("controlnet"), control.kind)
+    installed = store.list_kind("controlnet")
+    fitting = installed if family is None else fitting_controlnets(store, installed, family)
+    chosen = pick_controlnet(fitting, control.kind)
     if chosen is not None:
         return chosen
-    from backend.model_errors import ModelNotFoundError
-
     folder = store.folder("controlnet") if hasattr(store, "folder") else "models/controlnet"
     word = CONTROL_KINDS[control.kind].model_hints[0]
+    wanted = SD15 if family is None else family
+    other = pick_controlnet(installed, control.kind) if family is not None else None
+    found = f" ({other} is made for another model family)" if other is not None else ""
+    what = f"a ControlNet 1.1 {word}" if wanted is SD15 else f"an {wanted.label} {word} ControlNet"
     raise ModelNotFoundError(
-        f"No {control.kind} ControlNet found. Put a ControlNet 1.1 {word} .safetensors file for SD1.5 in "
-        f"{folder}, or name one in the control's 'model'."
+        f"No {control.kind} ControlNet for {wanted.label} found{found}. Put {what} .safetensors file "
+        f"(or its diffusers folder) in {folder}, or name one in the control's 'model'."
     )
+
+
+def fitting_controlnets(store: Any, names: Sequence[str], family: ModelFamily) -> list[str]:
+    """`names` without the ControlNets whose header says they are made for another family than `family` (as
+    the model lists mark them, backend/model_check.py); one whose header names no family may fit. A store
+    that judges no headers (tests' stand-ins) keeps them all."""
+    verdict = getattr(store, "verdict", None)
+    if verdict is None:
+        return list(names)
+    return [name for name in names if verdict("controlnet", name).family in (None, family.name)]
+
+
+def controlnet_model_family(model: Any) -> ModelFamily:
+    """The family a loaded ControlNet serves: SDXL's embed the pooled text and size numbers as its UNet does
+    (the `text_time` addition embedding); the loader serves no other family with one."""
+    config = getattr(model, "config", None)
+    added = config.get("addition_embed_type") if config is not None else None
+    return SDXL if added == "text_time" else SD15
+
+
+def check_family(name: str, model: Any, family: ModelFamily) -> None:
+    """A ControlNet made for another family than the checkpoint's would fail inside the UNet call (its
+    residuals and text features are of another size): refused here, naming both."""
+    found = controlnet_model_family(model)
+    if found is not family:
+        raise ModelError(
+            f"{describe_mismatch(f'ControlNet {name!r}', found, family)} Use an {family.label} ControlNet."
+        )
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:
@@ -142,9 +177,11 @@ def build_controls(
     region: Region,
     steps: int,
     device: torch.device,
+    family: ModelFamily,
     chosen: Sequence[str | None] = (),
 ) -> tuple[list[ControlUnit], list[str | None]]:
-    """ControlUnits for the controls that act, and the ControlNet names used (in order).
+    """ControlUnits for the controls that act, and the ControlNet names used (in order); `family` is the
+    checkpoint's, which every ControlNet must be made for (ModelError otherwise).
 
     `chosen` holds each control's ControlNet as resolved when the job arrived (None: none fits; asked
     again here, which says what to install). A skipped control is never loaded, so its name is the one the
@@ -159,8 +196,9 @@ def build_controls(
             names.append(control.model)  # skipped, never loaded: it would only add zeros
             continue
         resolved = chosen[index] if index < len(chosen) else None
-        name = resolved if resolved is not None else choose_controlnet(models.store, control)
+        name = resolved if resolved is not None else choose_controlnet(models.store, control, family)
         model = models.controlnet(name)
+        check_family(name, model, family)
         hint = control_to_tensor(hint_image(control, images, canvas_size, region), device, model_dtype(model))
         units.append(ControlUnit(model, hint, control.strength, control.start, control.end))
         names.append(name)

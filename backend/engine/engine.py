@@ -40,6 +40,7 @@ from .region import (
     unet_min_side,
     working_size,
 )
+from .residency import Residency
 from .samplers import SamplerFactory, denoise_steps, starts_from_noise
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,9 @@ class EngineSettings:
     # eager UNet: no compile wait). Final renders always run the plain path.
     accelerated: AcceleratorSettings = field(default_factory=AcceleratorSettings)
     preview_taesd: bool = True  # live jobs decode with the preview decoder (TAESD) when its files are present
+    # Models stay in host memory and come to the device per phase (engine/residency.py); for 6-8 GB cards.
+    # The model source must then keep them on the CPU (ModelCache's device), and the accelerated path is off.
+    low_vram: bool = False
 
 
 class Engine:
@@ -77,7 +81,11 @@ class Engine:
         self.device = torch.device(device)
         self.dtype = dtype
         self.settings = settings or EngineSettings()
-        self.conditioner = Conditioner(PromptCache(self.settings.prompt_cache_size), self.device)
+        self.residency = Residency(self.device, enabled=self.settings.low_vram)
+        self._resident_for: int | None = None  # id of the components whose models the residency moves
+        self.conditioner = Conditioner(
+            PromptCache(self.settings.prompt_cache_size), self.device, self.residency
+        )
         self.prompts = self.conditioner.prompts
         self.samplers = SamplerFactory()
         self.selections = masks.SelectionPreparer()
@@ -288,6 +296,9 @@ class Engine:
             self.accelerator.reset()
             self._accelerated_for = None
         components = load_components(self.models, choice)
+        if self._resident_for != id(components):
+            self.residency.release()  # the previous models go home before the cache lets them go
+            self._resident_for = id(components)
         vae = self._preview_vae(job, components) or components.vae
         timings["load"] = time.perf_counter() - start
         effective["decoder"] = "taesd" if is_tiny_autoencoder(vae) else "vae"
@@ -309,8 +320,9 @@ class Engine:
             on_progress=on_progress,
             is_cancelled=is_cancelled,
             timings=timings,
+            residency=self.residency,
         )
-        accelerated = job.live and self.accelerator.active
+        accelerated = job.live and self.accelerator.active and not self.residency.enabled
         effective["accelerated"] = accelerated
         if accelerated:
             self._accelerate(ctx, choice.checkpoint)
