@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,6 @@ from protocol.errors import clip_message
 from .config import ServerConfig
 from .engine.jobs import EngineJob, EngineResult
 from .engine.model_choice import ModelChoice, choose_models
-from .model_check import UnusableCache
 from .model_errors import ModelError
 from .model_files import ModelStore
 
@@ -39,6 +38,9 @@ log = logging.getLogger("backend.engine_worker")
 class ModelListing:
     models: dict[str, list[str]]  # kind -> names
     unusable: dict[str, dict[str, str]]  # kind -> name -> why it can't be used
+    # kind -> name -> family (backend/model_families.py), for the files whose header says
+    families: dict[str, dict[str, str]] = field(default_factory=dict[str, dict[str, str]])
+    default_checkpoint: str | None = None  # what a job naming no checkpoint gets
 
 
 class EngineWorker:
@@ -50,7 +52,6 @@ class EngineWorker:
         self._models: ModelCache | None = None
         self._load_error: BaseException | None = None
         self._loaded = threading.Event()
-        self._checked = UnusableCache()
 
     @property
     def ready(self) -> bool:
@@ -68,14 +69,20 @@ class EngineWorker:
     def _load(self) -> None:
         started = time.perf_counter()
         try:
+            import torch
+
             from .engine import AcceleratorSettings, Engine, EngineSettings, select_device
             from .loading.model_cache import ModelCache
 
             choice = select_device(self.config.device)
             device, dtype = choice
             self.device_name = choice.label
-            models = ModelCache(self.store, device, dtype, config_dir=self.config.model_config_dir)
-            settings = EngineSettings(accelerated=AcceleratorSettings(mode=self.config.accelerate))
+            # Low-VRAM: the cache keeps the models in host memory; the engine brings them per phase.
+            home = torch.device("cpu") if self.config.low_vram else device
+            models = ModelCache(self.store, home, dtype, config_dir=self.config.model_config_dir)
+            settings = EngineSettings(
+                accelerated=AcceleratorSettings(mode=self.config.accelerate), low_vram=self.config.low_vram
+            )
             engine = Engine(models, device, dtype, settings)
             self._models, self._engine = models, engine
             checkpoint = self.store.default_checkpoint()
@@ -100,7 +107,7 @@ class EngineWorker:
     def status_message(self) -> str:
         if self._load_error is not None:
             return f"The engine failed to start: {self._load_error}"
-        if not self.store.list_kind("checkpoints"):
+        if self.store.default_checkpoint() is None:
             return self.store.no_checkpoint_error().message
         if not self._loaded.is_set():
             return "Loading the engine; jobs sent now start when it is ready."
@@ -115,22 +122,27 @@ class EngineWorker:
             return None
 
     def model_listing(self) -> ModelListing:
-        """The model lists and, beside them, the listed files known to be unusable with why. Reads file
-        headers the first time it sees a file version: call it off the event loop."""
+        """The model lists and, beside them, the listed files known to be unusable with why, each file's
+        family where its header says, and the default checkpoint. Reads file headers the first time it sees
+        a file version: call it off the event loop."""
         models = self.store.list_models()
-        unusable: dict[str, dict[str, str]] = {}
+        listing = ModelListing(models, {})
         for kind, names in models.items():
             for name in names:
                 try:
-                    reason = self._checked.reason(kind, self.store.resolve(kind, name))
-                except ModelError as error:
-                    reason = error.message
+                    verdict = self.store.verdict(kind, name)
                 except Exception:  # a mark is advice: a bug in it must not fail the handshake
                     log.exception("could not check %s %s", kind, name)
-                    reason = None
-                if reason is not None:
-                    unusable.setdefault(kind, {})[name] = reason
-        return ModelListing(models, unusable)
+                    continue
+                if verdict.reason is not None:
+                    listing.unusable.setdefault(kind, {})[name] = verdict.reason
+                if verdict.family is not None:
+                    listing.families.setdefault(kind, {})[name] = verdict.family
+        try:
+            listing.default_checkpoint = self.store.default_checkpoint()
+        except Exception:  # as above: the lists still go out
+            log.exception("could not choose the default checkpoint")
+        return listing
 
     def loaded(self) -> dict[str, Any]:
         """What is loaded, and the device (a welcome sent while loading could only say "starting")."""
@@ -139,25 +151,29 @@ class EngineWorker:
         return {**self._models.loaded(), "device": self.device_name}
 
     def resolve_models(self, request: JobRequest) -> ModelChoice:
-        """The job's models with their defaults applied (the store's first checkpoint, the automatic
+        """The job's models with their defaults applied (the store's default checkpoint, the automatic
         LCM-LoRA), resolved once, when the job arrives: the choice rides on its EngineJob to the engine and
         keys the live cache, so the model folders are walked once per job. Fails fast, before any pixels are
-        sent to the GPU, on model names that can't be used."""
+        sent to the GPU, on model names that can't be used, and on files whose header already shows that
+        the loader would refuse them (their marks in the model lists): such a job never reaches the engine,
+        so the loaded checkpoint stays as it is."""
         params = request.params
         try:
             choice = choose_models(self.store, params)
-            self.store.resolve("checkpoints", choice.checkpoint)
+            self.store.resolve_usable("checkpoints", choice.checkpoint)
             # Every LoRA named, strength 0 or not: a typo is reported even while its slider is at 0.
-            named_loras = [lora.name for lora in params.loras]
+            loras = {lora.name for lora in params.loras}
+            if choice.lcm_lora is not None:
+                loras.add(choice.lcm_lora.name)
             if params.lcm_lora is not None:
-                named_loras.append(params.lcm_lora)
-            for name in named_loras:
-                self.store.resolve("loras", name)
+                loras.add(params.lcm_lora)
+            for name in sorted(loras):
+                self.store.resolve_usable("loras", name)
             if params.vae is not None:
-                self.store.resolve("vae", params.vae)
-            for control in params.controls:
-                if control.model is not None:
-                    self.store.resolve("controlnet", control.model)
+                self.store.resolve_usable("vae", params.vae)
+            for name in choice.controlnets:  # those named and those picked by their kind's words
+                if name is not None:
+                    self.store.resolve_usable("controlnet", name)
         except ModelError as error:
             code, message = describe_failure(error)
             # With the full paths that the client's copy of the message won't show (see backend/redact.py).
@@ -172,7 +188,21 @@ class EngineWorker:
         engine's JobCancelled, which the scheduler reports as cancelled."""
         if self._engine is None:
             raise ProtocolError(ErrorCode.INTERNAL, f"The engine failed to start: {self._load_error}")
-        return self._engine.run(job, on_progress, is_cancelled)
+        try:
+            return self._engine.run(job, on_progress, is_cancelled)
+        finally:
+            self._note_checkpoint_used(job)
+
+    def _note_checkpoint_used(self, job: EngineJob) -> None:
+        """A checkpoint a job named and that is now loaded becomes the default: the painter's working model,
+        also for jobs (and plugins) that name none. Noted even if the job failed after the load."""
+        named = job.params.checkpoint
+        if (
+            named is not None
+            and self._models is not None
+            and self._models.loaded().get("checkpoint") == named
+        ):
+            self.store.last_used_checkpoint = named
 
 
 def describe_failure(error: BaseException) -> tuple[ErrorCode, str]:

@@ -19,13 +19,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from protocol.registry import family_label
+
 Shapes = Mapping[str, Sequence[int]]
 
 
 @dataclass(frozen=True)
 class ModelFamily:
     name: str  # on the wire (model lists, results) and in file names of configs
-    label: str  # for painters
+    label: str  # for painters (protocol/registry.py MODEL_FAMILIES)
     configs: str  # backend/configs/<configs>/ holds unet/, vae/, text_encoder*/, scheduler/
     inpaint_configs: str
     controlnet_configs: str
@@ -33,13 +35,15 @@ class ModelFamily:
     conditioning: str  # how the UNet is conditioned: a key of backend/engine/conditioning.py's table
     cross_attention_width: int  # the text features' width the UNet's cross-attention reads
     native_side: int  # pixels per side the base model was trained at
+    # The preview decoder's files (TAESD's latent space is per family): <stem>_encoder / <stem>_decoder
+    preview_decoder: str
     # Tensor names whose presence marks a single-file checkpoint of this family (original layout).
     checkpoint_markers: tuple[str, ...]
 
 
 SD15 = ModelFamily(
     name="sd15",
-    label="SD 1.5",
+    label=family_label("sd15"),
     configs="sd15",
     inpaint_configs="sd15_inpaint",
     controlnet_configs="controlnet_sd15",
@@ -47,11 +51,12 @@ SD15 = ModelFamily(
     conditioning="clip",
     cross_attention_width=768,
     native_side=512,
+    preview_decoder="taesd",
     checkpoint_markers=("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",),
 )
 SDXL = ModelFamily(
     name="sdxl",
-    label="SDXL",
+    label=family_label("sdxl"),
     configs="sdxl",
     inpaint_configs="sdxl_inpaint",
     controlnet_configs="controlnet_sdxl",
@@ -59,6 +64,7 @@ SDXL = ModelFamily(
     conditioning="clip_pooled_time_ids",
     cross_attention_width=2048,
     native_side=1024,
+    preview_decoder="taesdxl",
     checkpoint_markers=(
         "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight",
         "conditioner.embedders.1.model.token_embedding.weight",
@@ -83,6 +89,13 @@ CROSS_ATTENTION_SUFFIXES = (
     "attn2.to_k.lora.down.weight",  # older diffusers LoRAs
     "attn2.to_k_lora.down.weight",  # diffusers attention-processor LoRAs
 )
+
+
+# Names only SDXL-class files have: the second text encoder's LoRA weights, the added (pooled text + time ids)
+# embedding of SDXL ControlNets in diffusers' and the original layout.
+SDXL_ONLY_PREFIXES = (
+    "lora_te2_", "text_encoder_2.", "add_embedding.", "control_model.label_emb.", "label_emb.",
+)  # fmt: skip
 
 
 class UnservedFamily(ValueError):
@@ -128,9 +141,10 @@ def adapter_family(shapes: Shapes) -> ModelFamily | None:
     """The family a LoRA or ControlNet file was trained for; None when its names don't say (e.g. a LoRA of
     the text encoder only, or of convolutions only).
 
-    A second text encoder's weights (`lora_te2_`, `text_encoder_2.`) mean SDXL even without cross-attention.
+    A second text encoder's weights (`lora_te2_`, `text_encoder_2.`) or the pooled-text/size embedding
+    (`add_embedding`, `label_emb`: SDXL ControlNets) mean SDXL whatever the cross-attention says.
     """
-    if any(name.startswith(("lora_te2_", "text_encoder_2.")) for name in shapes):
+    if any(name.startswith(SDXL_ONLY_PREFIXES) for name in shapes):
         return SDXL
     width = cross_attention_width(shapes)
     return None if width is None else family_by_width(width)

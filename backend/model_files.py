@@ -3,7 +3,13 @@
 The project's own folder (`models/`, layout from `models/manifest.json`) comes first; existing ComfyUI or
 A1111 `models` folders can be added as extra roots so painters need not copy gigabytes. Names are posix paths
 relative to a kind's folder (`sd15/dreamshaper.safetensors`); they arrive from the network, so every name is
-checked before it touches the file system.
+checked before it touches the file system (no `..`, no absolute names). Symlinks inside the folders are
+followed, to files and folders alike, wherever they point: only the machine's owner can place them, and
+painters link models they keep elsewhere (as ComfyUI and A1111 let them).
+
+The default checkpoint (a job's `checkpoint: null`) is never a file that can't work: the one a job last named
+and loaded, while it stays usable, else the first listed checkpoint that is usable, of a family the backend
+runs and not an inpainting one (backend/model_check.py judges each from its header).
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from backend.model_check import Verdict, VerdictCache
 from backend.model_errors import ModelError, ModelNotFoundError, NoCheckpointError, UnsafeModelNameError
+from backend.model_families import FAMILIES
 from backend.model_layouts import Layouts, detect_layout, models_folder, parse_layouts
 
 log = logging.getLogger(__name__)
@@ -53,11 +61,12 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 TAESD_SUFFIXES = (".safetensors", ".pth", ".pt")
 SAFETENSORS_ONLY = (".safetensors",)
 
+SERVED = " or ".join(family.label for family in FAMILIES.values())  # "SD 1.5 or SDXL"
 HINTS = {
-    "checkpoints": "SD1.5 .safetensors checkpoints (or diffusers folders)",
-    "loras": "SD1.5 LoRA .safetensors files",
-    "controlnet": "SD1.5 ControlNet .safetensors files",
-    "vae": "SD1.5 VAE .safetensors files",
+    "checkpoints": f"{SERVED} .safetensors checkpoints (or diffusers folders)",
+    "loras": f"{SERVED} LoRA .safetensors files",
+    "controlnet": f"{SERVED} ControlNet .safetensors files",
+    "vae": f"{SERVED} VAE .safetensors files",
     "taesd": "taesd_encoder.pth and taesd_decoder.pth",
 }
 SINGULAR = {
@@ -128,7 +137,7 @@ def is_diffusers_folder(path: Path) -> bool:
 
 
 def _inside(path: Path, folder: Path) -> bool:
-    """True if `path`, with every symlink resolved, is still inside `folder`."""
+    """True if `path`, with every symlink resolved, is inside `folder` (resolved too)."""
     try:
         path.resolve(strict=True).relative_to(folder.resolve(strict=True))
     except (OSError, ValueError):
@@ -164,6 +173,9 @@ class ModelStore:
                 log.warning("extra model folder %s has no ComfyUI or A1111 model subfolders; ignored", extra)
             elif all(found.path.resolve() != r.path.resolve() for r in self.roots):
                 self.roots.append(found)
+        self.checked = VerdictCache()
+        # The checkpoint a job last named and loaded (EngineWorker notes it): the default while usable.
+        self.last_used_checkpoint: str | None = None
 
     def _extra_paths_file(self) -> list[Path]:
         path = self.root / "extra_paths.json"
@@ -216,8 +228,7 @@ class ModelStore:
         try:
             if not candidate.exists():  # a dangling symlink counts as absent
                 return None
-            if not _inside(candidate, folder):
-                raise UnsafeModelNameError(f"{SINGULAR[kind]} {shown(name)} points outside {folder}.")
+            # No check of where symlinks lead: `name` was checked (check_name), and links are the owner's.
             if candidate.is_file():
                 if self._accepts(kind, candidate.name):
                     return candidate
@@ -235,16 +246,60 @@ class ModelStore:
             ) from None
         return None
 
+    def verdict(self, kind: str, name: str) -> Verdict:
+        """What the file's header says (backend/model_check.py), read once per file version; a name that
+        can't be resolved gets its error as the reason."""
+        try:
+            return self.checked.verdict(kind, self.resolve(kind, name))
+        except ModelError as error:
+            return Verdict(error.message)
+
+    def resolve_usable(self, kind: str, name: str) -> Path:
+        """resolve(), refusing a file whose header already shows that the loader would (its mark in the
+        model lists): a job naming it fails when it arrives, and never reaches the loaded model."""
+        path = self.resolve(kind, name)
+        reason = self.checked.verdict(kind, path).reason
+        if reason is not None:
+            what = SINGULAR[kind]
+            raise ModelError(f"{what[:1].upper()}{what[1:]} {shown(name)} can't be used: {reason}.")
+        return path
+
     def no_checkpoint_error(self) -> NoCheckpointError:
+        """No checkpoint can be used: none is there, or none of those there works (the first one's reason)."""
         checkpoints, loras = self.shown_folder("checkpoints"), self.shown_folder("loras")
+        verdicts = ((name, self.verdict("checkpoints", name)) for name in self.list_kind("checkpoints"))
+        unusable = [(name, verdict.reason) for name, verdict in verdicts if verdict.reason is not None]
+        if unusable:
+            name, reason = unusable[0]
+            more = f"; {len(unusable) - 1} more can't be used either" if len(unusable) > 1 else ""
+            return NoCheckpointError(
+                f"No checkpoint can be used ({shown(name)}: {reason}{more}). "
+                f"Put an {SERVED} .safetensors checkpoint in {checkpoints}."
+            )
         return NoCheckpointError(
-            f"No checkpoint found. Put an SD1.5 .safetensors checkpoint in {checkpoints} (and the LCM-LoRA "
-            f"for SD1.5 in {loras}), or run `python install.py` to fetch the default models."
+            f"No checkpoint found. Put an {SERVED} .safetensors checkpoint in {checkpoints} (and the "
+            f"LCM-LoRA for it in {loras}), or run `python install.py` to fetch the default models."
         )
 
     def default_checkpoint(self) -> str | None:
+        """The checkpoint of a job that names none; None when no listed one can be used.
+
+        The one a job last named and loaded, while it is listed and usable; else the first listed usable
+        checkpoint, an inpainting one (it would serve plain img2img) only when there is nothing else. Files
+        are judged in list order until a fit one is found, each header read once per file version."""
         names = self.list_kind("checkpoints")
-        return names[0] if names else None
+        last = self.last_used_checkpoint
+        if last is not None and last in names and self.verdict("checkpoints", last).reason is None:
+            return last
+        inpainting: str | None = None
+        for name in names:
+            verdict = self.verdict("checkpoints", name)
+            if verdict.reason is not None:
+                continue
+            if not verdict.inpaint:
+                return name
+            inpainting = inpainting or name
+        return inpainting
 
     def _check_kind(self, kind: str) -> None:
         if kind not in KINDS:
@@ -258,21 +313,34 @@ class ModelStore:
         return filename.lower().endswith(suffixes)
 
     def _scan(self, kind: str, folder: Path) -> Iterator[str]:
+        """Names of the files (and diffusers folders) under `folder`, symlinks followed. A symlinked folder
+        that leads back inside `folder` is not entered (its files are listed under their own names), nor one
+        already walked (a link loop)."""
         if not folder.is_dir():
             return
-        for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        walked: set[Path] = set()
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
             here = Path(dirpath)
+            try:
+                real = here.resolve(strict=True)
+            except (OSError, RuntimeError):  # RuntimeError: a symlink loop on older Pythons
+                dirnames[:] = []
+                continue
+            if real in walked:
+                dirnames[:] = []
+                continue
+            walked.add(real)
             keep = []
             for d in sorted(dirnames):
                 sub = here / d
-                if d.startswith(".") or not _inside(sub, folder):
+                if d.startswith("."):
                     continue
                 if kind == "checkpoints" and is_diffusers_folder(sub):
                     yield sub.relative_to(folder).as_posix()
-                elif not sub.is_symlink():
+                elif not (sub.is_symlink() and _inside(sub, folder)):
                     keep.append(d)
-            dirnames[:] = keep  # don't descend into diffusers folders or symlinked directories
+            dirnames[:] = keep  # diffusers folders are models, not folders of models
             for f in filenames:
                 path = here / f
-                if self._accepts(kind, f) and path.is_file() and _inside(path, folder):
+                if self._accepts(kind, f) and path.is_file():
                     yield path.relative_to(folder).as_posix()

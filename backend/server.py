@@ -252,7 +252,12 @@ class Connection:
             self.cancel(message.job_id)
         elif isinstance(message, ListModels):
             listing = await asyncio.to_thread(self.server.engine.model_listing)  # reads file headers
-            self.send(ModelList(listing.models, self.server.engine.loaded(), listing.unusable))
+            loaded = self.server.engine.loaded()
+            self.send(
+                ModelList(
+                    listing.models, loaded, listing.unusable, listing.families, listing.default_checkpoint
+                )
+            )
         elif isinstance(message, Hello):
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "Hello was already received on this connection.")
 
@@ -705,4 +710,6 @@ class Server:
             ready=engine.ready,
             message=engine.status_message(),
             unusable=listing.unusable,
+            families=listing.families,
+            default_checkpoint=listing.default_checkpoint,
         )

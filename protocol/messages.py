@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Protocol, TypeGuard
 
@@ -37,6 +39,9 @@ MIN_RESOLUTION, MAX_RESOLUTION = 0.25, 2.0
 # compares at a glance, and bounds what one result message carries.
 MAX_BATCH = 8
 MAX_CONTROLS = 4  # controls (ControlNets) guiding one job
+MAX_MODEL_NAME = 500  # characters of a model file's name (relative to its kind's folder)
+# A model family's name in the model lists' `families` ("sd15", "sdxl"): short, plain, comparable.
+FAMILY_PATTERN = re.compile(r"^[a-z0-9_]{1,32}$")
 RESULT_SLOT = "result"
 
 
@@ -339,6 +344,10 @@ class Welcome:
     # The control kinds the server takes: the registry's (added later: older servers send none, and take
     # "scribble" and "pose").
     control_kinds: list[str] = field(default_factory=lambda: list(CONTROL_KINDS))
+    # Listed files' model families where their headers say, {kind: {name: family}} ("sd15", "sdxl"), and the
+    # checkpoint a job naming none gets (None: none usable). Added later: older servers send neither.
+    families: dict[str, dict[str, str]] = field(default_factory=dict[str, dict[str, str]])
+    default_checkpoint: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], limits: Limits) -> Welcome:
@@ -354,6 +363,8 @@ class Welcome:
             message=read_str(data, "message", ""),
             unusable=read_unusable(data),
             control_kinds=read_list(data, "control_kinds", 100, []),
+            families=read_families(data),
+            default_checkpoint=read_str(data, "default_checkpoint", None, MAX_MODEL_NAME),
         )
 
 
@@ -372,7 +383,10 @@ class ModelList:
     TYPE: ClassVar[str] = "models"
     models: dict[str, list[str]]
     loaded: dict[str, Any]
-    unusable: dict[str, dict[str, str]] = field(default_factory=dict[str, dict[str, str]])  # as in Welcome
+    # As in Welcome:
+    unusable: dict[str, dict[str, str]] = field(default_factory=dict[str, dict[str, str]])
+    families: dict[str, dict[str, str]] = field(default_factory=dict[str, dict[str, str]])
+    default_checkpoint: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], limits: Limits) -> ModelList:
@@ -380,17 +394,31 @@ class ModelList:
             require_object(data.get("models", {}), "models"),
             require_object(data.get("loaded", {}), "loaded"),
             read_unusable(data),
+            read_families(data),
+            read_str(data, "default_checkpoint", None, MAX_MODEL_NAME),
         )
 
 
 def read_unusable(data: dict[str, Any]) -> dict[str, dict[str, str]]:
     """`unusable` is advice beside the lists: entries that aren't {kind: {name: reason}} strings are skipped
     rather than failing the whole message (the lists themselves still work)."""
-    value = data.get("unusable")
+    return _read_name_table(data, "unusable", lambda why: True)
+
+
+def read_families(data: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """`families`, advice as `unusable` is: entries that aren't {kind: {name: family}} with a family name of
+    lowercase letters, digits and `_` are skipped (a family the client doesn't know is kept: it compares)."""
+    return _read_name_table(data, "families", lambda family: FAMILY_PATTERN.match(family) is not None)
+
+
+def _read_name_table(
+    data: dict[str, Any], key: str, accept: Callable[[str], bool]
+) -> dict[str, dict[str, str]]:
+    value = data.get(key)
     if not _is_json_object(value):
         return {}
     return {
-        kind: {name: why for name, why in entries.items() if isinstance(why, str)}
+        kind: {name: text for name, text in entries.items() if isinstance(text, str) and accept(text)}
         for kind, entries in value.items()
         if _is_json_object(entries)
     }

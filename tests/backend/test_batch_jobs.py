@@ -25,6 +25,7 @@ from protocol import (
     Progress,
     Result,
 )
+from tests.backend.fake_headers import sd15_checkpoint, write_safetensors
 from tests.backend.server_harness import random_canvas as painting
 from tests.backend.server_harness import run, running_server
 from tests.backend.test_server_jobs import SlowStepsWorker as ServerJobsSlowWorker
@@ -241,8 +242,7 @@ def test_cancelling_a_batch_between_images_ends_it_once(tiny_models: TinyModels)
 def named_models(tmp_path: Path) -> Path:
     """A checkpoint name that resolves; the engine below never opens it."""
     root = tmp_path / "models"
-    (root / "checkpoints").mkdir(parents=True)
-    (root / "checkpoints" / "model.safetensors").write_bytes(b"")
+    write_safetensors(root / "checkpoints" / "model.safetensors", sd15_checkpoint())  # a header, no weights
     return root
 
 

@@ -20,9 +20,9 @@ pytestmark = pytest.mark.slow
 def test_a_broken_default_checkpoint_does_not_mark_the_engine_failed(
     tiny_models: TinyModels, tmp_path: Path
 ) -> None:
-    """Preloading the default checkpoint is a convenience: when that file is damaged the engine still works
-    (other checkpoints load, jobs get a model error naming the file), so the handshake must not say the
-    engine failed to start."""
+    """Preloading the default checkpoint is a convenience: a damaged file that sorts first must not make the
+    engine look failed. It is not the default either (the first usable checkpoint is: jobs naming none
+    work); a job naming it gets a model error naming the file."""
     root = tmp_path / "models"
     shutil.copytree(tiny_models.root, root)
     (root / "checkpoints" / "aaa-broken.safetensors").write_bytes(b"not a safetensors file")
@@ -32,7 +32,11 @@ def test_a_broken_default_checkpoint_does_not_mark_the_engine_failed(
         client = await Client.connect(url)
         assert client.welcome is not None and client.welcome.ready, client.welcome
         assert "failed to start" not in client.welcome.message
-        broken = await client.run(random_canvas(16, 16), JobParams(steps=1))
+        default = await client.run(random_canvas(16, 16), JobParams(steps=1))
+        assert isinstance(default.final, Result), default.messages
+        assert default.final.params["checkpoint"] != "aaa-broken.safetensors"
+        named = JobParams(checkpoint="aaa-broken.safetensors", steps=1)
+        broken = await client.run(random_canvas(16, 16), named)
         assert isinstance(broken.final, Error) and broken.final.code == "model_error"
         assert "aaa-broken.safetensors" in broken.final.message
         good = await client.run(random_canvas(16, 16), JobParams(checkpoint=tiny_models.checkpoint, steps=1))

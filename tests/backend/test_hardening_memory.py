@@ -24,6 +24,7 @@ from backend.config import ServerConfig
 from backend.engine import EngineJob, EngineResult
 from backend.engine_worker import EngineWorker
 from protocol import PROTOCOL_VERSION, Limits
+from tests.backend.fake_headers import sd15_checkpoint, write_safetensors
 from tests.backend.hardening_client import RawClient, canvas_frame, job_message
 from tests.backend.server_harness import RunningServer, run, running_server
 
@@ -36,8 +37,7 @@ MIB = 1024 * 1024
 def named_models(tmp_path: Path) -> Path:
     """A checkpoint name that resolves; these engines never open it."""
     root = tmp_path / "models"
-    (root / "checkpoints").mkdir(parents=True)
-    (root / "checkpoints" / "model.safetensors").write_bytes(b"")
+    write_safetensors(root / "checkpoints" / "model.safetensors", sd15_checkpoint())  # a header, no weights
     return root
 
 

@@ -36,7 +36,10 @@ def models(tmp_path: Path, tiny_models: TinyModels) -> Path:
         tiny_models.path("checkpoints", tiny_models.checkpoint), root / "checkpoints" / "good.safetensors"
     )
     broken = root / "checkpoints" / "zz-broken-diffusers"
-    (broken / "unet").mkdir(parents=True)
+    for part in ("unet", "vae", "text_encoder"):  # complete as far as the model lists can tell
+        (broken / part).mkdir(parents=True)
+        (broken / part / "config.json").write_text("{}")
+        (broken / part / "model.safetensors").write_bytes(b"")
     (broken / "model_index.json").write_text("{}")
     (broken / "unet" / "config.json").write_text("{ not json")
     (root / "checkpoints" / "outside.safetensors").symlink_to(tmp_path / "elsewhere.safetensors")
@@ -55,7 +58,7 @@ def test_errors_name_files_relative_to_the_models_folder(
         errors = {}
         for job_id, checkpoint in (
             ("missing", "missing.safetensors"),  # model_not_found: "put checkpoints in <folder>"
-            ("outside", "outside.safetensors"),  # unsafe_name: "points outside <folder>"
+            ("outside", "../elsewhere.safetensors"),  # unsafe_name: a name that leaves the folder
             ("broken", "zz-broken-diffusers"),  # model_error from the loader, quoting a config file
         ):
             await client.send_job(job_id, params={"checkpoint": checkpoint, "steps": 1, "strength": 0.5})

@@ -35,6 +35,7 @@ from protocol import (
     Welcome,
     encode_frame,
 )
+from tests.backend.fake_headers import sd15_checkpoint, write_safetensors
 from tests.backend.server_harness import RunningServer, random_canvas, run, running_server
 from tests.fixtures.tiny_models import TinyModels
 from tests.protocol_client import Client
@@ -49,10 +50,10 @@ def empty_models(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def named_models(tmp_path: Path) -> Path:
-    """A models folder with names in place; nothing here is ever loaded by these tests."""
+    """A models folder with names in place; nothing here is ever loaded by these tests. The checkpoint's
+    header is a real one's (the default checkpoint must look usable), its weights are not."""
     root = tmp_path / "models"
-    (root / "checkpoints").mkdir(parents=True)
-    (root / "checkpoints" / "model.safetensors").write_bytes(b"")
+    write_safetensors(root / "checkpoints" / "model.safetensors", sd15_checkpoint())
     (root / "loras").mkdir()
     (tmp_path / "secret.safetensors").write_bytes(b"")
     return root
@@ -224,7 +225,7 @@ def job_json(**params: object) -> str:
         ({"checkpoint": "../secret.safetensors"}, "unsafe_name", ""),
         ({"checkpoint": "/etc/passwd"}, "unsafe_name", ""),
         ({"loras": [{"name": "..\\..\\x.safetensors"}]}, "unsafe_name", ""),
-        ({"loras": [{"name": "nope.safetensors"}]}, "model_not_found", "Put SD1.5 LoRA"),
+        ({"loras": [{"name": "nope.safetensors"}]}, "model_not_found", "Put SD 1.5 or SDXL LoRA"),
         ({"vae": "nope.safetensors"}, "model_not_found", "No VAE named"),
     ],
 )
@@ -414,8 +415,7 @@ def test_an_unreadable_frame_ends_the_job_it_was_sent_for(tmp_path: Path) -> Non
     """A frame that fails its own checks (truncated, wrong magic) arrives while its job waits for it: the
     error must name that job, or the client waits forever for a job the server silently keeps pending."""
     root = tmp_path / "models"
-    (root / "checkpoints").mkdir(parents=True)
-    (root / "checkpoints" / "model.safetensors").write_bytes(b"")
+    write_safetensors(root / "checkpoints" / "model.safetensors", sd15_checkpoint())  # a header, no weights
     job = {
         "type": "job",
         "job_id": "j",
