@@ -131,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="live path speed-ups: auto = torch.compile + CUDA graphs on CUDA (an eager path serves while it "
         "compiles), off = plain eager (default: auto)",
     )
+    parser.add_argument(
+        "--low-vram",
+        action="store_true",
+        help="for 6-8 GB GPUs: keep the models in system memory and bring each to the GPU only while it runs "
+        "(the same images, slower; turns the live speed-ups off)",
+    )
     parser.add_argument("--no-preload", action="store_true", help="load the checkpoint on the first job")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
@@ -162,6 +168,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_connections_per_address=args.max_connections_per_address,
         preload=not args.no_preload,
         accelerate=args.accelerate,
+        low_vram=args.low_vram,
     )
 
 

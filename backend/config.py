@@ -30,6 +30,8 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     preload: bool = True
     accelerate: str = "auto"  # live path: auto (compile + CUDA graphs on CUDA), off, compile, cuda_graphs
+    # Models wait in host memory and come to the GPU one phase at a time (6-8 GB cards; same images, slower).
+    low_vram: bool = False
     # Open WebSocket connections, in all and per client address (loopback clients share one address).
     max_connections: int = 32
     max_connections_per_address: int = 8
