@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from protocol.registry import family_label
+from protocol.registry import MODEL_FAMILIES, family_label
 
 Shapes = Mapping[str, Sequence[int]]
 
@@ -50,7 +50,7 @@ SD15 = ModelFamily(
     text_encoders=("text_encoder",),
     conditioning="clip",
     cross_attention_width=768,
-    native_side=512,
+    native_side=MODEL_FAMILIES["sd15"].native_side,
     preview_decoder="taesd",
     checkpoint_markers=("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",),
 )
@@ -63,7 +63,7 @@ SDXL = ModelFamily(
     text_encoders=("text_encoder", "text_encoder_2"),
     conditioning="clip_pooled_time_ids",
     cross_attention_width=2048,
-    native_side=1024,
+    native_side=MODEL_FAMILIES["sdxl"].native_side,
     preview_decoder="taesdxl",
     checkpoint_markers=(
         "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight",

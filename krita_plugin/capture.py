@@ -22,9 +22,17 @@ from .placement import Rect
 from .pose_layer import read_pose
 from .request_builder import CanvasCapture, Keypoint
 
-# At resolution 1: 1.5 times SD1.5's native side, so the backend still scales down (no detail the model can
-# use is lost) while the transfer stays small (every byte is copied, masked and sent on Krita's machine).
-SEND_PIXELS = 768 * 768
+# At resolution 1: 1.5 times the model's native side, so the backend still scales down (no detail the model
+# can use is lost) while the transfer stays small (every byte is copied, masked and sent on Krita's machine).
+SEND_SIDE_FACTOR = 1.5
+SEND_PIXELS = 768 * 768  # SD1.5's (native side 512)
+
+
+def send_pixels(native_side: int, resolution: float) -> int:
+    """The most pixels a capture sends for a model of this native side at this working resolution."""
+    return round((SEND_SIDE_FACTOR * native_side * max(1.0, resolution)) ** 2)
+
+
 SUPPORTED_TYPES = {"paintlayer", "grouplayer", "vectorlayer", "filelayer", "filllayer", "clonelayer"}
 
 

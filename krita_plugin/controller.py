@@ -441,7 +441,11 @@ class Controller(QObject):
     def _capture(self, doc: Any, settings: GenerationSettings) -> CanvasCapture | None:
         """What a job would carry now; None when the document can't be sent (the panel says why)."""
         try:
-            return self.job_sender.capture(doc, settings, refresh_allowed=_no_buttons_down)
+            family = self.panel.listing.checkpoint_family(settings.checkpoint)
+            native_side = protocol.family_native_side(family)
+            return self.job_sender.capture(
+                doc, settings, refresh_allowed=_no_buttons_down, native_side=native_side
+            )
         except CaptureError as problem:
             if str(problem) != "busy":
                 self.panel.set_message(str(problem), error=True)

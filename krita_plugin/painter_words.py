@@ -30,7 +30,9 @@ _ERROR_CODES = {
     "unauthorized": "The backend refused the access token. Check the token field (or the backend's --token).",
     "not_ready": "The backend is still loading its model. Live will start as soon as it is ready.",
     "busy": "The backend is busy with other work. Trying again shortly.",
-    "no_model": "The backend has no checkpoint to paint with. Put an SD1.5 checkpoint in its models folder.",
+    "no_model": (
+        "The backend has no checkpoint to paint with. Put an SD 1.5 or SDXL checkpoint in its models folder."
+    ),
     "model_not_found": "The chosen model is not on the backend any more. Pick another one.",
     "model_error": "The backend could not use the chosen model.",
     "too_large": "The image is too large for the backend. Work on a smaller canvas or crop first.",

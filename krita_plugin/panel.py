@@ -214,8 +214,9 @@ class Panel(QScrollArea):
             self.resolution.addItem(f"{value:g}x", value)
         self.resolution.setCurrentIndex(RESOLUTIONS.index(1.0))
         self.resolution.setToolTip(
-            "Working resolution: 1x renders at the model's native size (about 512x512 for SD1.5), whatever "
-            "the canvas size; the result is scaled to the canvas. Higher is sharper and slower."
+            "Working resolution: 1x renders at the model's native size (about 512x512 for SD 1.5, 1024x1024 "
+            "for SDXL), whatever the canvas size; the result is scaled to the canvas. Higher is sharper and "
+            "slower."
         )
         self.batch = _named(QSpinBox(), "kld_batch")
         self.batch.setRange(1, MAX_BATCH)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._compat import protocol
-from .capture import SEND_PIXELS, CaptureError, CaptureRequest, capture
+from .capture import CaptureError, CaptureRequest, capture, send_pixels
 from .fingerprint import content_hash
 from .job_records import JobRecord, JobRecords
 from .job_tracking import JobIds
@@ -49,10 +49,14 @@ class Sender:
         self.left_at = 0.0  # time.perf_counter() when the last job was handed to the network thread
 
     def capture(
-        self, doc: Any, settings: GenerationSettings, refresh_allowed: Callable[[], bool]
+        self,
+        doc: Any,
+        settings: GenerationSettings,
+        refresh_allowed: Callable[[], bool],
+        native_side: int = 512,
     ) -> CanvasCapture:
-        """What a job would carry now. Raises CaptureError when the document can't be sent as it is (the
-        message says why)."""
+        """What a job would carry now, scaled for a model of `native_side` (the checkpoint's family). Raises
+        CaptureError when the document can't be sent as it is (the message says why)."""
         started = time.perf_counter()
         chosen = settings.chosen_guidance()
         if len(chosen) > MAX_CONTROLS:
@@ -63,7 +67,7 @@ class Sender:
         request = CaptureRequest(
             exclude=guidance_ids(settings),
             controls={kind: choice.node_id for kind, choice in chosen.items()},
-            max_pixels=round(SEND_PIXELS * max(1.0, settings.resolution) ** 2),
+            max_pixels=send_pixels(native_side, settings.resolution),
         )
         snapshot = capture(doc, request, refresh_allowed=refresh_allowed)
         self.timings = {"capture": time.perf_counter() - started}

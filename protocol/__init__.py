@@ -47,6 +47,7 @@ from .registry import (
     ControlKind,
     Sampler,
     family_label,
+    family_native_side,
     pick_controlnet,
     sampler_label,
 )
@@ -58,5 +59,5 @@ __all__ = [
     "ImageEncoding", "ImageFrame", "ImageSpec", "InpaintParam", "JobParams", "JobRequest", "Limits",
     "ListModels", "LoraParam", "Message", "ModelList", "Progress", "ProtocolError", "Result", "Sampler",
     "Welcome", "bgra_to_rgba", "decode_frame", "decode_message", "encode_frame", "encode_message",
-    "encode_png", "family_label", "pick_controlnet", "result_slot", "sampler_label",
+    "encode_png", "family_label", "family_native_side", "pick_controlnet", "result_slot", "sampler_label",
 ]  # fmt: skip

@@ -61,13 +61,29 @@ SAMPLERS: dict[str, Sampler] = {
 
 MODES = ("img2img", "inpaint")
 
-# Model families as the model lists name them (Welcome/ModelList `families`), with their labels for painters.
-# The backend's rows (backend/model_families.py) take their labels from here.
-MODEL_FAMILIES = {"sd15": "SD 1.5", "sdxl": "SDXL"}
+
+@dataclass(frozen=True)
+class FamilyInfo:
+    """What a client needs to know of a model family (the backend's rows: backend/model_families.py)."""
+
+    name: str  # as the model lists' `families` name it
+    label: str  # for painters
+    native_side: int  # pixels per side the base model was trained at: the working size at resolution 1
+
+
+MODEL_FAMILIES: dict[str, FamilyInfo] = {
+    info.name: info for info in (FamilyInfo("sd15", "SD 1.5", 512), FamilyInfo("sdxl", "SDXL", 1024))
+}
 
 
 def family_label(name: str) -> str:
-    return MODEL_FAMILIES.get(name, name.upper())
+    info = MODEL_FAMILIES.get(name)
+    return info.label if info else name.upper()
+
+
+def family_native_side(name: str | None, default: int = 512) -> int:
+    info = MODEL_FAMILIES.get(name or "")
+    return info.native_side if info else default
 
 
 def pick_controlnet(names: Iterable[str], kind: str) -> str | None:

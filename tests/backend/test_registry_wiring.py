@@ -132,4 +132,5 @@ def test_every_model_family_of_the_protocol_has_a_backend_row() -> None:
     from protocol.registry import MODEL_FAMILIES
 
     assert set(FAMILIES) == set(MODEL_FAMILIES)
-    assert all(FAMILIES[name].label == label for name, label in MODEL_FAMILIES.items())
+    for name, info in MODEL_FAMILIES.items():
+        assert (FAMILIES[name].label, FAMILIES[name].native_side) == (info.label, info.native_side)

@@ -701,3 +701,30 @@ def test_closing_a_window_stops_its_dockers_connection(krita_app) -> None:
     sip.delete(window)
     assert network.stopped  # no network thread reconnecting forever for a docker that is gone
     assert sink not in safe._sinks
+
+
+def test_the_canvas_is_sent_at_the_chosen_checkpoints_working_size(qapp, krita_app) -> None:
+    """An SD 1.5 checkpoint works at 512 px: a 1600 px canvas is sent at 768 px (1.5x). An SDXL one works
+    at 1024 px: the same canvas is sent at 1536 px, so no detail the model can use is lost on the way."""
+    doc = krita_app.createDocument(1600, 1600, "large", "RGBA", "U8", "", 72.0)
+    krita_app.setActiveDocument(doc)
+    controller = Controller(Panel(), krita_app, network_factory=FakeNetwork)
+    network: FakeNetwork = controller.network
+    controller.start()
+    try:
+        network.connected = True
+        families = {"checkpoints": {"base.safetensors": "sd15", "xl.safetensors": "sdxl"}}
+        models = {"checkpoints": ["base.safetensors", "xl.safetensors"], "loras": []}
+        welcome = replace(WELCOME, models=models, families=families, default_checkpoint="base.safetensors")
+        controller.handle_event(Connected(welcome))
+        controller.handle_event(StatusChanged(Status.CONNECTED, "Connected."))
+        controller.on_generate()
+        sent = network.frames(network.jobs()[-1])["canvas"]
+        assert (sent.width, sent.height) == (768, 768)
+        panel = controller.panel
+        panel.checkpoint.setCurrentIndex(panel.checkpoint.findData("xl.safetensors"))
+        controller.on_generate()
+        sent = network.frames(network.jobs()[-1])["canvas"]
+        assert (sent.width, sent.height) == (1536, 1536)
+    finally:
+        controller.shutdown()
