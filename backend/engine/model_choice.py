@@ -1,16 +1,19 @@
 """The job's model choice (`ModelChoice`, `LoraSpec`) and how it is resolved from the job's parameters
-(`choose_models`: default checkpoint, automatic LCM-LoRA), plus what the engine needs from a model source
-(`ModelSource`, `Components`: protocols, so tests and other loaders can stand in for the loader's ModelCache).
+(`choose_models`: default checkpoint, the automatic LCM-LoRA of the checkpoint's family), plus what the engine
+needs from a model source (`ModelSource`, `Components`: protocols, so tests and other loaders can stand in for
+the loader's ModelCache).
 
 The server resolves a job's choice once, when the job arrives (`EngineWorker.resolve_models`), and it rides on
 the job (`EngineJob.models`); the engine resolves only jobs that come without one."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from backend.model_families import SD15, SDXL
 from protocol.messages import JobParams
 from protocol.registry import pick_controlnet
 
@@ -79,18 +82,59 @@ class ModelChoice:
         return tuple((lora.name, lora.clip_strength) for lora in fused if lora.clip_strength != 0)
 
 
-def find_lcm_lora(store: Any) -> str | None:
-    """The first LoRA whose name mentions LCM, for LCM sampling when the job names none."""
+# Words in a LoRA's file name that say its family, for files whose header doesn't (their cross-attention
+# width is no family's): the published LCM-LoRAs are `lcm-lora-sdxl` and `lcm-lora-sdv1-5`.
+FAMILY_NAME_WORDS = {
+    SDXL.name: re.compile(r"sdxl|(?<![a-z])xl(?![a-z])"),
+    SD15.name: re.compile(r"sd[-_ ]?v?1[-_. ]?5(?![0-9])"),
+}
+
+
+def checkpoint_family(store: Any, checkpoint: str) -> str:
+    """The checkpoint's family as its header says (the store's cached verdict: no weights are read); SD1.5
+    where it doesn't say, as the loader takes such a file for SD1.5 (stores without verdicts: test stubs)."""
+    verdict = getattr(store, "verdict", None)
+    found = verdict("checkpoints", checkpoint).family if verdict is not None else None
+    return found or SD15.name
+
+
+def lora_family(store: Any, name: str) -> tuple[bool, str | None]:
+    """Whether the LoRA may be used (its header shows nothing wrong), and its family: as its header says,
+    else as its name says (FAMILY_NAME_WORDS), else None."""
+    verdict = getattr(store, "verdict", None)
+    judged = verdict("loras", name) if verdict is not None else None
+    if judged is not None and judged.reason is not None:
+        return False, None
+    if judged is not None and judged.family is not None:
+        return True, judged.family
+    lowered = name.lower()
+    by_name = [family for family, words in FAMILY_NAME_WORDS.items() if words.search(lowered)]
+    return True, by_name[0] if len(by_name) == 1 else None
+
+
+def find_lcm_lora(store: Any, family: str = SD15.name) -> str | None:
+    """The LCM-LoRA for LCM sampling on a checkpoint of `family` when the job names none: the first usable
+    LoRA with 'lcm' in its name that is made for that family. Failing that, for SD1.5 only, the first whose
+    family nothing tells (before SDXL, every LoRA was taken for SD1.5's); never one of another family, which
+    the loader would refuse."""
+    untold: str | None = None
     for name in store.list_kind("loras"):
-        if "lcm" in name.lower():
+        if "lcm" not in name.lower():
+            continue
+        usable, found = lora_family(store, name)
+        if not usable:
+            continue
+        if found == family:
             return name
-    return None
+        if found is None and untold is None:
+            untold = name
+    return untold if family == SD15.name else None
 
 
 def choose_models(store: Any, params: JobParams) -> ModelChoice:
     """Apply defaults: the store's first checkpoint when none is named; with the LCM sampler and no LCM-LoRA
-    named, the first LoRA with 'lcm' in its name (none found: run without, which suits an LCM-merged
-    checkpoint). A strength of 0 means "not fused", which saves the model cache a fuse."""
+    named, the LCM-LoRA of the checkpoint's family (find_lcm_lora; none found: run without, which suits an
+    LCM-merged checkpoint). A strength of 0 means "not fused", which saves the model cache a fuse."""
     checkpoint = params.checkpoint
     if checkpoint is None:
         checkpoint = store.default_checkpoint()
@@ -98,7 +142,7 @@ def choose_models(store: Any, params: JobParams) -> ModelChoice:
             raise store.no_checkpoint_error()
     lcm_name = params.lcm_lora
     if lcm_name is None and params.sampler == "lcm" and params.lcm_lora_strength != 0:
-        lcm_name = find_lcm_lora(store)
+        lcm_name = find_lcm_lora(store, checkpoint_family(store, checkpoint))
     lcm = None
     if lcm_name is not None and params.lcm_lora_strength != 0:
         lcm = LoraSpec(lcm_name, params.lcm_lora_strength, params.lcm_lora_strength)

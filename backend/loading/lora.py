@@ -8,6 +8,16 @@ Namings read (keys per layer: down/up weights and an optional alpha):
   older diffusers attention-processor naming (`...attn1.processor.to_q_lora.down.weight`);
 - ComfyUI-style dotted original names (`diffusion_model.input_blocks.1.1.proj_in.lora_down.weight`).
 
+SDXL LoRAs use the same namings for their UNet (original names number SDXL's blocks by the same rules, with
+several `transformer_blocks` per attention and `label_emb` for the pooled-text/size embedding) and name their
+two text encoders `lora_te1_`/`lora_te2_` (kohya) or `text_encoder.`/`text_encoder_2.` (peft); both encoders
+get the clip strength, as one "clip" in ComfyUI and A1111.
+
+A LoRA made for another family than the checkpoint's (backend/model_families.adapter_family) is refused with
+both families named, before any name is looked up: its layer names partly coincide with the checkpoint's
+(`down_blocks_1_attentions_0` exists in SD1.5 and SDXL alike), so a name-by-name load would fail late on
+a shape or, worse, apply the few layers that happen to fit.
+
 Every naming is resolved against a table built from the loaded models' own layer names (both diffusers and LDM
 spellings), not by parsing underscores, which are ambiguous (`transformer_blocks_0_attn1_to_out_0`).
 
@@ -28,17 +38,41 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from backend.loading.configs import UNET_CONFIG, family_config_dir, read_json
 from backend.loading.files import read_tensors
 from backend.loading.ldm_names import UNetShape, unet_name_to_ldm
 from backend.model_errors import ModelError
+from backend.model_families import (
+    FAMILIES,
+    SD15,
+    UNSERVED_WIDTHS,
+    ModelFamily,
+    Shapes,
+    UnservedFamily,
+    adapter_family,
+    cross_attention_width,
+    describe_mismatch,
+)
 
 if TYPE_CHECKING:
     from diffusers import UNet2DConditionModel
+
+    from backend.loading.components import PipelineComponents
 
 log = logging.getLogger(__name__)
 
 UNET = "unet"
 TEXT_ENCODER = "text_encoder"
+TEXT_ENCODER_2 = "text_encoder_2"
+# How LoRA files name each text encoder: kohya prefixes (SD1.5's single one is `lora_te_`, SDXL's are te1/te2)
+# and the diffusers component name peft files use.
+TEXT_ENCODER_SPELLINGS = {
+    TEXT_ENCODER: (("lora_te_", "lora_te1_"), TEXT_ENCODER),
+    TEXT_ENCODER_2: (("lora_te2_",), TEXT_ENCODER_2),
+}
+# A CLIP text model's own parts; newer transformers drop the `text_model.` level above them that LoRA files
+# still name (CLIPTextModel), or keep it (CLIPTextModelWithProjection, whose `text_projection` is outside it).
+TEXT_MODEL_PARTS = ("encoder.", "embeddings.", "final_layer_norm")
 # The layers a LoRA patches: their weights get original + sum(strength * delta).
 WeightedModule = torch.nn.Linear | torch.nn.Conv2d
 
@@ -76,7 +110,7 @@ LEGACY_ATTENTION = (
 
 @dataclass(frozen=True, eq=False)
 class LoraLayer:
-    target: str  # UNET or TEXT_ENCODER
+    target: str  # UNET, TEXT_ENCODER or TEXT_ENCODER_2
     module: str  # module name inside that model
     down: torch.Tensor  # [rank, in] or [rank, in, kh, kw]
     up: torch.Tensor  # [out, rank] or [out, rank, 1, 1]
@@ -114,10 +148,20 @@ def _weighted_modules(model: torch.nn.Module) -> Iterator[tuple[str, WeightedMod
 
 
 class LoraTargets:
-    """Every spelling a LoRA file may use for each patchable layer of a UNet and a CLIP text encoder."""
+    """Every spelling a LoRA file may use for each patchable layer of a checkpoint's UNet and text encoders,
+    and what the LoRA's family must be (`family`; `widths`: see family_widths)."""
 
-    def __init__(self, unet: UNet2DConditionModel, text_encoder: torch.nn.Module) -> None:
-        self.modules: dict[str, dict[str, WeightedModule]] = {UNET: {}, TEXT_ENCODER: {}}
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        text_encoder: torch.nn.Module,
+        text_encoder_2: torch.nn.Module | None = None,
+        family: ModelFamily = SD15,
+        widths: dict[int, ModelFamily] | None = None,
+    ) -> None:
+        self.family = family
+        self.widths = widths or {}
+        self.modules: dict[str, dict[str, WeightedModule]] = {UNET: {}}
         self.lookup: dict[str, tuple[str, str]] = {}
         shape = UNetShape.from_config(unet.config)
         for name, module in _weighted_modules(unet):
@@ -128,12 +172,31 @@ class LoraTargets:
                 spellings += ["lora_unet_" + _flat(ldm), "diffusion_model." + ldm]
             for spelling in spellings:
                 self.lookup[spelling] = (UNET, name)
-        for name, module in _weighted_modules(text_encoder):
-            self.modules[TEXT_ENCODER][name] = module
-            # transformers >= 5.6 dropped the `text_model.` level that LoRA files still name
-            full = name if name.startswith("text_model.") else "text_model." + name
-            for spelling in ("lora_te_" + _flat(full), "text_encoder." + full, "text_encoder." + name):
-                self.lookup[spelling] = (TEXT_ENCODER, name)
+        self._add_text_encoder(TEXT_ENCODER, text_encoder)
+        if text_encoder_2 is not None:
+            self._add_text_encoder(TEXT_ENCODER_2, text_encoder_2)
+
+    @classmethod
+    def for_components(cls, components: PipelineComponents, config_dir: Path | None = None) -> LoraTargets:
+        """The targets of a loaded checkpoint; `config_dir` as the checkpoint was loaded with."""
+        return cls(
+            components.unet,
+            components.text_encoder,
+            components.text_encoder_2,
+            components.family,
+            family_widths(config_dir),
+        )
+
+    def _add_text_encoder(self, target: str, model: torch.nn.Module) -> None:
+        kohya_prefixes, component = TEXT_ENCODER_SPELLINGS[target]
+        self.modules[target] = {}
+        for name, module in _weighted_modules(model):
+            self.modules[target][name] = module
+            full = "text_model." + name if name.startswith(TEXT_MODEL_PARTS) else name
+            spellings = [prefix + _flat(full) for prefix in kohya_prefixes]
+            spellings += [f"{component}.{full}", f"{component}.{name}"]
+            for spelling in spellings:
+                self.lookup[spelling] = (target, name)
 
     def find(self, base: str) -> tuple[str, str] | None:
         base = base.removeprefix("base_model.model.")
@@ -143,6 +206,44 @@ class LoraTargets:
         if found is None and "." in base and not base.startswith(("unet.", "text_encoder")):
             found = self.lookup.get("unet." + base)  # peft files saved from a bare UNet have no prefix
         return found
+
+    def check_family(self, shapes: Shapes, name: str) -> None:
+        """Refuse a LoRA made for another family; one whose names don't tell is left to the name lookup."""
+        try:
+            found = adapter_family(shapes)
+        except UnservedFamily as error:
+            width = cross_attention_width(shapes)
+            if width in UNSERVED_WIDTHS:
+                raise ModelError(
+                    f"LoRA {name!r} is {error}; the checkpoint in use is {self.family.label}."
+                ) from None
+            found = self.widths.get(width) if width is not None else None
+        if found is not None and found is not self.family:
+            raise ModelError(describe_mismatch(f"LoRA {name!r}", found, self.family))
+
+
+def family_widths(config_dir: Path | None) -> dict[int, ModelFamily]:
+    """The text-feature width each family's UNet reads as this loader builds it, for widths no family row
+    knows: with a caller-given config folder (the tests' tiny models) these are its configs' widths, so a
+    tiny LoRA's family shows as a real one's does. A folder counts for the family whose text encoders it
+    configures (a family without a folder of its own falls back to another's, see family_config_dir)."""
+    widths: dict[int, ModelFamily] = {}
+    if config_dir is None:
+        return widths
+    for candidate in FAMILIES.values():
+        folder = family_config_dir(candidate, config_dir, inpaint=False)
+        encoders = tuple(
+            e for e in ("text_encoder", "text_encoder_2") if (folder / e / "config.json").is_file()
+        )
+        if encoders != candidate.text_encoders:
+            continue
+        try:
+            width = read_json(folder / UNET_CONFIG).get("cross_attention_dim")
+        except (OSError, ValueError):
+            continue
+        if isinstance(width, int):
+            widths.setdefault(width, candidate)
+    return widths
 
 
 def _split_key(key: str) -> tuple[str, str] | None:
@@ -160,6 +261,7 @@ def _unsupported_kinds(tensors: dict[str, torch.Tensor]) -> list[str]:
 
 
 def parse_lora(tensors: dict[str, torch.Tensor], name: str, targets: LoraTargets) -> LoraWeights:
+    targets.check_family({key: tuple(tensor.shape) for key, tensor in tensors.items()}, name)
     unsupported = _unsupported_kinds(tensors)
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
@@ -184,9 +286,10 @@ def parse_lora(tensors: dict[str, torch.Tensor], name: str, targets: LoraTargets
         layers.append(_make_layer(name, base, target, module_name, parts, targets))
     if not layers:
         detail = f" It uses {', '.join(unsupported)}, which is not supported." if unsupported else ""
+        others = ", ".join(f.label for f in FAMILIES.values() if f is not targets.family)
         raise ModelError(
-            f"LoRA {name!r} has no layers that match this SD1.5 checkpoint.{detail} "
-            "It may be a LoRA for another model family (SDXL, SD2)."
+            f"LoRA {name!r} has no layers that match this {targets.family.label} checkpoint.{detail} "
+            f"It may be a LoRA for another model family ({others}, SD 2.x)."
         )
     if skipped or unsupported:
         log.warning(
@@ -213,7 +316,7 @@ def _make_layer(
         raise ModelError(
             f"LoRA {name!r} doesn't fit this checkpoint: layer {module_name} has shape "
             f"{tuple(weight.shape)}, "
-            f"the LoRA expects {expected}. Is it a LoRA for SD1.5?"
+            f"the LoRA expects {expected}. Is it a LoRA for {targets.family.label}?"
         )
     alpha = parts.get("alpha")
     scale = float(alpha) / rank if alpha is not None else 1.0

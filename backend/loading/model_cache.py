@@ -26,10 +26,19 @@ import torch
 from backend.engine.model_choice import LoraSpec
 from backend.loading.checkpoint import PipelineComponents, place_checkpoint, read_checkpoint
 from backend.loading.controlnet import load_controlnet
-from backend.loading.lora import TEXT_ENCODER, UNET, LoraFuser, LoraTargets, LoraWeights, read_lora
+from backend.loading.lora import (
+    TEXT_ENCODER,
+    TEXT_ENCODER_2,
+    UNET,
+    LoraFuser,
+    LoraTargets,
+    LoraWeights,
+    read_lora,
+)
 from backend.loading.stamps import FileStamp, file_stamp
 from backend.loading.vae import load_taesd, load_vae
 from backend.model_errors import ModelError, ModelNotFoundError
+from backend.model_families import SD15, ModelFamily
 from backend.model_files import TAESD_SUFFIXES, ModelStore
 
 if TYPE_CHECKING:
@@ -54,6 +63,7 @@ class _LoadedCheckpoint:
     targets: LoraTargets
     unet_fuser: LoraFuser
     text_fuser: LoraFuser
+    text_fuser_2: LoraFuser | None  # SDXL's second text encoder; None for one-encoder families
     stamp: FileStamp | None = None  # the checkpoint file's version when it was read
     vae_name: str | None = None
     vae_stamp: FileStamp | None = None
@@ -81,8 +91,8 @@ class ModelCache:
         self._lock = _LOADING
         self._state: _LoadedCheckpoint | None = None
         self._controlnets: dict[str, tuple[FileStamp | None, ControlNetModel]] = {}
-        self._taesd: AutoencoderTiny | None = None
-        self._taesd_stamps: tuple[FileStamp | None, FileStamp | None] = (None, None)
+        # per family's preview decoder files (model_families.ModelFamily.preview_decoder): stamps, model
+        self._taesd: dict[str, tuple[tuple[FileStamp | None, FileStamp | None], AutoencoderTiny]] = {}
         self._last_loaded: dict[str, Any] = {"checkpoint": None, "device": str(self.device)}
 
     def components(
@@ -133,18 +143,23 @@ class ModelCache:
             self._controlnets[name] = (stamp, model)  # (re)inserted last: dict order is the recency order
             return model
 
-    def taesd(self) -> AutoencoderTiny | None:
-        """TAESD from taesd_encoder/taesd_decoder files in the taesd folder; None until both are there."""
+    def taesd(self, family: ModelFamily = SD15) -> AutoencoderTiny | None:
+        """The family's TAESD from <stem>_encoder/<stem>_decoder files in the taesd folder (taesd_* for SD1.5,
+        taesdxl_* for SDXL); None until both are there."""
+        stem = family.preview_decoder
         with self._lock:
-            encoder, decoder = self._find_taesd("taesd_encoder"), self._find_taesd("taesd_decoder")
+            encoder, decoder = self._find_taesd(stem + "_encoder"), self._find_taesd(stem + "_decoder")
+            loaded = self._taesd.get(stem)
             if encoder is None or decoder is None:
-                return self._taesd  # files taken away: the loaded one still works
+                return loaded[1] if loaded else None  # files taken away: the loaded one still works
             stamps = (file_stamp(encoder), file_stamp(decoder))
-            if self._taesd is None or stamps != self._taesd_stamps:
+            if loaded is None or stamps != loaded[0]:
                 self.load_counts["taesd"] += 1
-                self._taesd = load_taesd(encoder, decoder, self.device, self.dtype, self.config_dir)
-                self._taesd_stamps = stamps
-            return self._taesd
+                self._taesd[stem] = (
+                    stamps,
+                    load_taesd(encoder, decoder, self.device, self.dtype, self.config_dir),
+                )
+            return self._taesd[stem][1]
 
     def loaded(self) -> dict[str, Any]:
         """What is loaded. Never waits: the server asks on its event loop (handshakes, model lists), and the
@@ -160,7 +175,7 @@ class ModelCache:
                 "loras": [asdict(c) for c in state.loras] if state else [],
                 "lcm_lora": asdict(state.lcm_lora) if state and state.lcm_lora else None,
                 "controlnets": sorted(self._controlnets),
-                "taesd": self._taesd is not None,
+                "taesd": bool(self._taesd),
                 "device": str(self.device),
                 "dtype": str(self.dtype).removeprefix("torch."),
             }
@@ -185,9 +200,14 @@ class ModelCache:
             name=name,
             components=components,
             base_vae=components.vae,
-            targets=LoraTargets(components.unet, components.text_encoder),
+            targets=LoraTargets.for_components(components, self.config_dir),
             unet_fuser=LoraFuser(components.unet, UNET),
             text_fuser=LoraFuser(components.text_encoder, TEXT_ENCODER),
+            text_fuser_2=(
+                None
+                if components.text_encoder_2 is None
+                else LoraFuser(components.text_encoder_2, TEXT_ENCODER_2)
+            ),
             stamp=stamp,
         )
         return self._state
@@ -224,6 +244,8 @@ class ModelCache:
         weights = [(self._lora(state, c.name, paths[c.name], stamps[c.name]), c) for c in choices]
         state.unet_fuser.apply([(w, c.model_strength) for w, c in weights])
         state.text_fuser.apply([(w, c.clip_strength) for w, c in weights])
+        if state.text_fuser_2 is not None:  # both text encoders take the clip strength
+            state.text_fuser_2.apply([(w, c.clip_strength) for w, c in weights])
         state.loras, state.lcm_lora, state.lora_stamps = loras, lcm_lora, stamps
         keep = max(self.lora_cache_size, len(choices))
         while len(state.lora_cache) > keep:

@@ -34,7 +34,7 @@ class CudaModels(FakeModels):
         super().__init__(SimpleNamespace(**moved))  # type: ignore[arg-type]
         self._taesd = copy.deepcopy(taesd()).to("cuda", torch.float16)
 
-    def taesd(self) -> Any:
+    def taesd(self, family: Any = None) -> Any:
         return self._taesd
 
 

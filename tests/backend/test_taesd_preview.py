@@ -38,7 +38,7 @@ class ModelsWithTaesd(FakeModels):
         self.available = available
         self.taesd_calls = 0
 
-    def taesd(self) -> Any:
+    def taesd(self, family: Any = None) -> Any:
         self.taesd_calls += 1
         return taesd() if self.available else None
 
