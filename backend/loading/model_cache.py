@@ -26,6 +26,7 @@ import torch
 from backend.engine.model_choice import LoraSpec
 from backend.loading.checkpoint import PipelineComponents, place_checkpoint, read_checkpoint
 from backend.loading.controlnet import load_controlnet
+from backend.loading.embeddings import EmbeddingFiles, TextualInversion
 from backend.loading.lora import (
     TEXT_ENCODER,
     TEXT_ENCODER_2,
@@ -94,6 +95,7 @@ class ModelCache:
         # per family's preview decoder files (model_families.ModelFamily.preview_decoder): stamps, model
         self._taesd: dict[str, tuple[tuple[FileStamp | None, FileStamp | None], AutoencoderTiny]] = {}
         self._last_loaded: dict[str, Any] = {"checkpoint": None, "device": str(self.device)}
+        self._embeddings = EmbeddingFiles()
 
     def components(
         self,
@@ -142,6 +144,11 @@ class ModelCache:
                     self._controlnets.pop(next(iter(self._controlnets)))
             self._controlnets[name] = (stamp, model)  # (re)inserted last: dict order is the recency order
             return model
+
+    def embedding(self, name: str) -> TextualInversion:
+        """A textual-inversion embedding from the embeddings folders (backend/loading/embeddings.py), read
+        once per file version; kept on the CPU (the text encoders take its few vectors per encode)."""
+        return self._embeddings.load(self.store.resolve("embeddings", name), name)
 
     def taesd(self, family: ModelFamily = SD15) -> AutoencoderTiny | None:
         """The family's TAESD from <stem>_encoder/<stem>_decoder files in the taesd folder (taesd_* for SD1.5,
@@ -227,7 +234,7 @@ class ModelCache:
             vae = state.base_vae
         else:
             self.load_counts["vae"] += 1
-            vae = load_vae(path, self.device, self.dtype, self.config_dir)
+            vae = load_vae(path, self.device, self.dtype, self.config_dir, state.components.family)
         state.components = replace(state.components, vae=vae)
         state.vae_name, state.vae_stamp = name, stamp
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, cast
 
 import torch
 
-from backend.loading.configs import sd_config_dir, taesd_config
+from backend.loading.configs import family_config_dir, taesd_config
 from backend.loading.files import (
     Tensors,
     describe_load_error,
@@ -17,6 +17,7 @@ from backend.loading.files import (
     read_tensors,
 )
 from backend.model_errors import ModelError
+from backend.model_families import SD15, ModelFamily
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, AutoencoderTiny
@@ -45,9 +46,15 @@ def vae_weights(tensors: Tensors, filename: str) -> Tensors:
 
 
 def load_vae(
-    path: Path, device: torch.device, dtype: torch.dtype, config_dir: Path | None = None
+    path: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    config_dir: Path | None = None,
+    family: ModelFamily = SD15,
 ) -> AutoencoderKL:
-    """A VAE file in the original layout (`encoder.down.0.block.0...`) or diffusers naming."""
+    """A VAE file in the original layout (`encoder.down.0.block.0...`) or diffusers naming, for a checkpoint
+    of `family`: SD1.5 and SDXL VAEs share the architecture but not the latent scale (0.18215, 0.13025),
+    which the family's config holds (the file doesn't say)."""
     from diffusers import AutoencoderKL
 
     weights = vae_weights(read_tensors(path, "VAE"), path.name)
@@ -55,12 +62,14 @@ def load_vae(
         vae = from_single_file(
             AutoencoderKL,
             weights,
-            config=str(sd_config_dir(config_dir, inpaint=False)),
+            config=str(family_config_dir(family, config_dir, inpaint=False)),
             subfolder="vae",
             local_files_only=True,
         )
     except Exception as e:  # the converter raises KeyError/RuntimeError on other architectures
-        raise ModelError(f"VAE {path.name} doesn't fit the SD1.5 VAE ({describe_load_error(e)}).") from e
+        raise ModelError(
+            f"VAE {path.name} doesn't fit the {family.label} VAE ({describe_load_error(e)})."
+        ) from e
     ensure_materialized(vae, f"VAE {path.name}")
     return finish(vae, device, dtype)
 

@@ -11,6 +11,7 @@ an empty negative prompt) together.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -77,3 +78,62 @@ def test_sdxl_img2img_matches_diffusers(
     ).images  # fmt: skip
     assert_agrees(result.image, reference)
     assert result.params["checkpoint"] == tiny_sdxl.checkpoint
+
+
+def _copy_with(source: Path, target: Path, extra: dict[str, torch.Tensor], prefix: str | None = None) -> None:
+    """A copy of a single file with extra tensors, or only the tensors under `prefix` (prefix removed)."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(source))
+    if prefix is not None:
+        tensors = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file({**tensors, **extra}, str(target))
+
+
+def test_an_sdxl_vae_override_keeps_sdxls_latent_scale(engine: Engine, tiny_sdxl: TinySdxl) -> None:
+    """The checkpoint's own VAE weights as a separate file: read with SDXL's config (scale 0.13025), the image
+    is the same as without the override; SD1.5's scale would change it."""
+    vae_file = tiny_sdxl.root / "vae" / "tiny-sdxl-vae.safetensors"
+    _copy_with(tiny_sdxl.path("checkpoints", tiny_sdxl.checkpoint), vae_file, {}, prefix="first_stage_model.")
+    canvas = make_canvas(64, 48, seed=12)
+    params = {"checkpoint": tiny_sdxl.checkpoint, "steps": 3, "strength": 0.6, "seed": 8, "sampler": "euler"}
+    plain = run(engine, job(canvas, **params)).image
+    overridden = run(engine, job(canvas, vae=vae_file.name, **params))
+    assert overridden.params["vae"] == vae_file.name
+    assert overridden.image.tobytes() == plain.tobytes()
+
+
+def test_a_v_prediction_file_runs_as_its_markers_say(engine: Engine, tiny_sdxl: TinySdxl) -> None:
+    """`v_pred` and `ztsnr` in the file: v-prediction with the zero-terminal-SNR schedule, as diffusers'
+    pipeline does when its scheduler is set so."""
+    import diffusers
+
+    name = "tiny-sdxl-vpred.safetensors"
+    marker = torch.zeros(0)
+    _copy_with(
+        tiny_sdxl.path("checkpoints", tiny_sdxl.checkpoint),
+        tiny_sdxl.path("checkpoints", name),
+        {"v_pred": marker, "ztsnr": marker},
+    )
+    canvas = make_canvas(64, 48, seed=13)
+    params = {
+        "prompt": "a quiet street",
+        "cfg": 2.0,
+        "steps": 4,
+        "strength": 0.7,
+        "seed": 21,
+        "sampler": "euler",
+    }
+    result = run(engine, job(canvas, checkpoint=name, **params))
+    pipe = reference_pipeline(tiny_sdxl, tiny_sdxl.checkpoint, "StableDiffusionXLImg2ImgPipeline", "euler")
+    pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(
+        pipe.scheduler.config, prediction_type="v_prediction", rescale_betas_zero_snr=True
+    )
+    reference = pipe(
+        prompt=params["prompt"], image=Image.fromarray(canvas[..., :3]), strength=0.7, num_inference_steps=4,
+        guidance_scale=2.0, generator=torch.Generator().manual_seed(21), output_type="np",
+    ).images  # fmt: skip
+    assert_agrees(result.image, reference)
+    epsilon = run(engine, job(canvas, checkpoint=tiny_sdxl.checkpoint, **params)).image
+    assert epsilon.tobytes() != result.image.tobytes()
