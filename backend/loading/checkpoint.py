@@ -15,13 +15,12 @@ import torch
 from backend.loading.components import (
     CONV_IN_KEY,
     SUPPORTED_IN_CHANNELS,
-    UNET_PREFIX,
     VAE_PREFIX,
     PipelineComponents,
     scheduler_config,
-    single_file_part,
+    unet_and_vae,
 )
-from backend.loading.configs import UNET_CONFIG, read_json, sd_config_dir
+from backend.loading.configs import sd_config_dir
 from backend.loading.diffusers_folder import load_diffusers_folder
 from backend.loading.files import Tensors, finish, has_prefix, read_tensors, strip_prefix
 from backend.loading.sdxl import load_sdxl_single_file
@@ -35,8 +34,6 @@ __all__ = ["PipelineComponents", "load_checkpoint", "place_checkpoint", "read_ch
 log = logging.getLogger(__name__)
 
 CLIP_PREFIX = "cond_stage_model.transformer."
-# The first cross-attention key projection: its input width is the text encoder's (768 for SD1.5, 1024 SD2).
-CROSS_ATTENTION_KEY = UNET_PREFIX + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
 SUPPORTED_LABELS = " and ".join(family.label for family in FAMILIES.values())
 
 
@@ -141,20 +138,7 @@ def _load_sd15_single_file(
 ) -> PipelineComponents:
     in_channels = check_sd15_single_file(tensors, filename)
     configs = sd_config_dir(config_dir, inpaint=in_channels == 9)
-    unet_config = read_json(configs / UNET_CONFIG)
-    cross = tensors.get(CROSS_ATTENTION_KEY)
-    if cross is not None and cross.shape[1] != unet_config["cross_attention_dim"]:
-        raise ModelError(
-            f"{filename} expects text features of width {cross.shape[1]}, SD1.5 uses "
-            f"{unet_config['cross_attention_dim']}: it is not an SD1.5 checkpoint."
-        )
-    # A caller-given config folder has one UNet config; the weights say if this is the inpaint variant.
-    overrides = {"in_channels": in_channels} if unet_config["in_channels"] != in_channels else {}
-
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    unet = single_file_part(UNet2DConditionModel, tensors, configs, "unet", filename, SD15, **overrides)
-    vae = single_file_part(AutoencoderKL, tensors, configs, "vae", filename, SD15)
+    unet, vae = unet_and_vae(tensors, configs, filename, SD15, in_channels)
     text_encoder = load_clip_text_encoder(
         strip_prefix(tensors, CLIP_PREFIX), configs / "text_encoder", filename, "SD1.5's CLIP"
     )

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backend.loading.configs import SCHEDULER_CONFIG, read_json
+from backend.loading.configs import SCHEDULER_CONFIG, UNET_CONFIG, read_json
 from backend.loading.files import (
     ModuleT,
     Tensors,
@@ -15,7 +15,7 @@ from backend.loading.files import (
     from_single_file,
 )
 from backend.model_errors import ModelError
-from backend.model_families import SD15, ModelFamily
+from backend.model_families import SD15, ModelFamily, cross_attention_width
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -94,3 +94,26 @@ def single_file_part(
         ) from e
     ensure_materialized(model, f"{filename} ({subfolder})", label)
     return model
+
+
+def unet_and_vae(
+    tensors: Tensors, configs: Path, filename: str, family: ModelFamily, in_channels: int
+) -> tuple[UNet2DConditionModel, AutoencoderKL]:
+    """A single file's UNet and VAE with the family's configs, after checking the UNet reads text features of
+    the family's width (a file of another family that got this far is named as such)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    unet_config = read_json(configs / UNET_CONFIG)
+    unet_shapes = {k: tuple(v.shape) for k, v in tensors.items() if k.startswith(UNET_PREFIX)}
+    width = cross_attention_width(unet_shapes)
+    if width is not None and width != unet_config["cross_attention_dim"]:
+        label = short_label(family)
+        raise ModelError(
+            f"{filename} expects text features of width {width}, {label} uses "
+            f"{unet_config['cross_attention_dim']}: it is not an {label} checkpoint."
+        )
+    # A caller-given config folder has one UNet config; the weights say if this is the inpaint variant.
+    overrides = {"in_channels": in_channels} if unet_config["in_channels"] != in_channels else {}
+    unet = single_file_part(UNet2DConditionModel, tensors, configs, "unet", filename, family, **overrides)
+    vae = single_file_part(AutoencoderKL, tensors, configs, "vae", filename, family)
+    return unet, vae

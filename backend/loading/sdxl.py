@@ -12,18 +12,17 @@ from pathlib import Path
 from backend.loading.components import (
     CONV_IN_KEY,
     SUPPORTED_IN_CHANNELS,
-    UNET_PREFIX,
     VAE_PREFIX,
     PipelineComponents,
     scheduler_config,
-    single_file_part,
+    unet_and_vae,
 )
-from backend.loading.configs import UNET_CONFIG, family_config_dir, read_json
+from backend.loading.configs import family_config_dir
 from backend.loading.files import Tensors, has_prefix, strip_prefix
 from backend.loading.text_encoders import load_clip_text_encoder, load_open_clip_text_encoder
 from backend.loading.tokenizer import load_tokenizer, load_tokenizer_2
 from backend.model_errors import ModelError
-from backend.model_families import SDXL, cross_attention_width
+from backend.model_families import SDXL
 
 CLIP_L_PREFIX = "conditioner.embedders.0.transformer."
 OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
@@ -52,23 +51,9 @@ def check_sdxl_single_file(tensors: Tensors, filename: str) -> int:
 def load_sdxl_single_file(
     tensors: Tensors, filename: str, config_dir: Path | None, name: str
 ) -> PipelineComponents:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
     in_channels = check_sdxl_single_file(tensors, filename)
     configs = family_config_dir(SDXL, config_dir, inpaint=in_channels == 9)
-    unet_config = read_json(configs / UNET_CONFIG)
-    unet_shapes = {k: tuple(v.shape) for k, v in tensors.items() if k.startswith(UNET_PREFIX)}
-    width = cross_attention_width(unet_shapes)
-    if width is not None and width != unet_config["cross_attention_dim"]:
-        raise ModelError(
-            f"{filename} expects text features of width {width}, SDXL uses "
-            f"{unet_config['cross_attention_dim']}: it is not an SDXL checkpoint."
-        )
-    # A caller-given config folder has one UNet config; the weights say if this is the inpaint variant.
-    overrides = {"in_channels": in_channels} if unet_config["in_channels"] != in_channels else {}
-
-    unet = single_file_part(UNet2DConditionModel, tensors, configs, "unet", filename, SDXL, **overrides)
-    vae = single_file_part(AutoencoderKL, tensors, configs, "vae", filename, SDXL)
+    unet, vae = unet_and_vae(tensors, configs, filename, SDXL, in_channels)
     text_encoder = load_clip_text_encoder(
         strip_prefix(tensors, CLIP_L_PREFIX), configs / "text_encoder", filename, "SDXL's CLIP ViT-L"
     )
