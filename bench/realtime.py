@@ -79,13 +79,16 @@ CASES = ("live_img2img", "live_controlnet", "live_inpaint", "floors", "websocket
 
 
 class RandomModelsWithTaesd(InMemoryModels):
-    """Random full-size SD1.5 plus a random TAESD (AutoencoderTiny's default config is TAESD for SD1.x)."""
+    """Random full-size models plus a random TAESD (AutoencoderTiny's default config is TAESD for SD1.x, and
+    TAESDXL's architecture too)."""
 
     def __init__(self, base: InMemoryModels, taesd: Any) -> None:
         super().__init__(base._components, base._controlnet)
+        self.store = base.store
         self._taesd = taesd
 
-    def taesd(self) -> Any:
+    def taesd(self, family: Any = None) -> Any:
+        # The engine asks for the checkpoint's family's preview decoder; these models are of one family.
         return self._taesd
 
 
@@ -102,7 +105,10 @@ def reference_models(parts: Any, taesd: Any, controlnet: Any, separate: bool) ->
     accelerated path turns its models channels_last, and the baseline must stay the stock pipeline."""
     if not separate:
         return parts, taesd, controlnet
-    copies = {name: copy.deepcopy(getattr(parts, name)) for name in ("unet", "vae", "text_encoder")}
+    names = [
+        n for n in ("unet", "vae", "text_encoder", "text_encoder_2") if getattr(parts, n, None) is not None
+    ]
+    copies = {name: copy.deepcopy(getattr(parts, name)) for name in names}
     taesd_copy = copy.deepcopy(taesd) if taesd is not None else None
     return replace(parts, **copies), taesd_copy, copy.deepcopy(controlnet)
 
