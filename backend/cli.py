@@ -10,8 +10,9 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from protocol import DEFAULT_PORT, Limits
 
@@ -137,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="for 6-8 GB GPUs: keep the models in system memory and bring each to the GPU only while it runs "
         "(the same images, slower; turns the live speed-ups off)",
     )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="on SIGTERM: take no new connections or jobs, let the jobs already taken in finish for up to "
+        "this long, then cancel the rest; clients are closed with code 1001 (going away) (default: 20)",
+    )
     parser.add_argument("--no-preload", action="store_true", help="load the checkpoint on the first job")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
@@ -169,6 +178,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         preload=not args.no_preload,
         accelerate=args.accelerate,
         low_vram=args.low_vram,
+        drain_timeout_s=max(0.0, args.drain_timeout),
     )
 
 
@@ -176,22 +186,41 @@ async def serve(config: ServerConfig) -> None:
     from .server import Server
 
     server = Server(config)
-    stop = asyncio.Event()
+    # Ctrl+C (SIGINT) stops now: running jobs are cancelled. SIGTERM (a supervisor, a pool) drains first; a
+    # second signal while draining stops at once.
+    stop, drain = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+
+    def on_sigterm() -> None:
+        (stop if drain.is_set() else drain).set()
+
+    for sig, handler in ((signal.SIGINT, stop.set), (signal.SIGTERM, on_sigterm)):
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, handler)
         except NotImplementedError:  # Windows
             pass
     port = await server.start()
     log = logging.getLogger("backend")
-    log.info("listening on ws://%s:%d", config.host, port)
+    log.info("listening on ws://%s:%d (also GET /healthz and /metrics)", config.host, port)
     if not server.engine.store.list_kind("checkpoints"):
         log.warning(server.engine.status_message())
-    await stop.wait()
+    await first_of(stop.wait(), drain.wait())
+    if drain.is_set() and not stop.is_set():
+        await first_of(server.drain(config.drain_timeout_s), stop.wait())
     log.info("shutting down")
     if not await server.close(SHUTDOWN_GRACE_S):
         log.warning("the engine is %s; not waiting for it", server.busy_with)
+
+
+async def first_of(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Wait until one of `waits` is done; the others are cancelled."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -132,6 +132,14 @@ class Scheduler(Generic[Payload]):
         queue = self._queues.get(client_id, {})
         return list(queue).index(job_id) if job_id in queue else 0
 
+    def queued_by_kind(self) -> dict[str, int]:
+        """Jobs waiting for the worker (not the running one), by kind: live frames, final (Generate) jobs."""
+        counts = {"live": 0, "final": 0}
+        for queue in self._queues.values():
+            for job in queue.values():
+                counts["live" if job.live else "final"] += 1
+        return counts
+
     @property
     def running(self) -> ScheduledJob[Payload] | None:
         return self._running

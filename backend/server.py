@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import itertools
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -51,9 +52,12 @@ from .admission import Admission, client_address, user_key
 from .auth_throttle import AuthThrottle, retry_after
 from .codec import array_to_payload, frame_to_array
 from .config import ServerConfig
+from .drain import drain
 from .engine import EngineJob, EngineResult, ModelChoice
 from .engine_worker import EngineWorker, ModelListing, describe_failure
+from .http_endpoints import answer, quiet_probe_logs, worker_snapshot
 from .job_size import JobSizeLimits, fit_limits
+from .metrics import ServerMetrics
 from .outbox import Outbox
 from .redact import PathRedactor
 from .result_bounds import document_bounds
@@ -67,6 +71,7 @@ MIB = 1024 * 1024
 MAX_COORDINATE = 2**30  # protocol: result bounds beyond this are rejected by decoders
 POLICY_VIOLATION = 1008
 SHUTDOWN_FLUSH_S = 2.0  # a stopping server waits this long for clients to take their jobs' `cancelled`
+DRAIN_RETRY_AFTER_S = 2  # told to clients refused by a draining worker (through a balancer: another one)
 
 
 @dataclass
@@ -100,12 +105,18 @@ class Connection:
         self.live_cache: tuple[str, EngineResult] | None = None
         self.live_key: tuple[str, str] | None = None  # (job id, input key) of the live job queued last
         self.dropping: asyncio.Task[None] | None = None
+        # When each accepted job's input was complete (time.monotonic) and whether it is live: its latency.
+        self.arrived: dict[str, tuple[float, bool]] = {}
+        self.replies_in_making = 0  # results being encoded: their jobs left `requests` but not yet replied
 
     # --- sending ----------------------------------------------------------------------------------------
 
     def send(self, *parts: Message | bytes, results: int = 1) -> None:
         """Queue messages that must reach the client back to back (a Result and its frames). `results`: how
         many results' worth of images the parts carry (a batch's count)."""
+        for part in parts:
+            if isinstance(part, (Result, Cancelled, Error)) and part.job_id is not None:
+                self.server.metrics.job_ended(part, self.arrived.pop(part.job_id, None))
         if self.dropping is not None:
             return
         for_client = self.server.for_client
@@ -117,6 +128,11 @@ class Connection:
         hard_limit = soft_limit + results * (self.server.config.max_unread_hard_bytes - soft_limit)
         if self.outbox.size > hard_limit:
             self.drop(f"not reading replies: over {hard_limit // MIB} MiB unread")
+
+    @property
+    def idle(self) -> bool:
+        """No unfinished job: none with images arriving, queued, running or with its result in the making."""
+        return self.pending is None and not self.requests and not self.replies_in_making
 
     def send_error(self, error: ProtocolError) -> None:
         self.send(Error.from_exception(error))
@@ -265,6 +281,14 @@ class Connection:
         if self.server.stopping:
             raise ProtocolError(ErrorCode.BUSY, "The server is shutting down; send it again once it is back.",
                                 request.job_id)  # fmt: skip
+        if self.server.draining:
+            raise ProtocolError(
+                ErrorCode.BUSY,
+                "This server is shutting down and takes no new jobs; it closes the connection once the jobs "
+                f"it runs have ended. Reconnect and send it again in {DRAIN_RETRY_AFTER_S} s (through a "
+                "balancer, you reach another server).",
+                request.job_id,
+            )
         if self.pending is not None:
             abandoned = self.pending.request.job_id
             self.pending = None
@@ -379,6 +403,7 @@ class Connection:
     async def submit(self, pending: PendingJob) -> None:
         request = pending.request
         job_id = request.job_id
+        arrived = time.monotonic()
         try:
             # Decoding and hashing megapixels would stall every other client: both run off the event loop.
             with tied_to(job_id):
@@ -394,6 +419,7 @@ class Connection:
                 self.requests.pop(old.job_id, None)
                 self.send(Cancelled(old.job_id, "superseded"))
             self.requests[job_id] = request
+            self.arrived[job_id] = (arrived, request.live)
             self.send(Accepted(job_id))
             await self.job_done(ScheduledJob(self.client_id, job_id, True, None), self.live_cache[1])
             return
@@ -414,6 +440,7 @@ class Connection:
         except KeyError:
             self.refuse_duplicate(job_id)
         self.requests[job_id] = request
+        self.arrived[job_id] = (arrived, request.live)
         if key is not None:
             self.live_key = (job_id, key)
         for old in superseded:
@@ -466,8 +493,12 @@ class Connection:
         height, width = result.image.shape[:2]
         images = [result.image, *result.extra]  # a batch: image i has seed `seed + i`
         encoding = ImageEncoding.from_label(request.result_encoding)
-        # Encoding megapixels (up to 8 of them) would stall every other client: off the event loop.
-        frames = await asyncio.to_thread(_result_frames, job.job_id, images, encoding)
+        self.replies_in_making += 1  # a draining server must not close the connection meanwhile
+        try:
+            # Encoding megapixels (up to 8 of them) would stall every other client: off the event loop.
+            frames = await asyncio.to_thread(_result_frames, job.job_id, images, encoding)
+        finally:
+            self.replies_in_making -= 1
         seeds = [request.params.seed + index for index in range(len(images))]
         message = Result(job.job_id, bounds, width, height, encoding.label, result.params, result.timings)
         message.count, message.seeds = len(images), seeds
@@ -565,12 +596,15 @@ class Server:
         self.redactor = PathRedactor(root.path for root in self.engine.store.roots)
         self.connections: set[Connection] = set()  # past the handshake (the queued-image budget sums them)
         self.stopping = False
+        self.draining = False  # SIGTERM: finishing what it has, taking nothing new (backend/drain.py)
+        self.metrics = ServerMetrics(lambda: worker_snapshot(self))
         self.busy_with = "still busy"  # what the worker was in when close() stopped waiting for it
 
     async def start(self) -> int:
         """Bind and serve; returns the port (useful with port 0). The engine loads in the background."""
         origins: list[str | None] = [None, *self.config.allowed_origins]
         limits = self.config.limits
+        quiet_probe_logs()
         self._socket_server = await serve(
             self._handle,
             self.config.host,
@@ -596,6 +630,11 @@ class Server:
     async def serve_forever(self) -> None:
         assert self._socket_server is not None
         await self._socket_server.serve_forever()
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop taking connections and jobs, let the jobs taken in finish for up to `timeout` seconds, closing
+        each connection with 1001 once its jobs ended; True if none is left. Call close() after it."""
+        return await drain(self, timeout)
 
     async def close(self, grace: float | None = None) -> bool:
         """Stops serving: each client's unfinished jobs are answered `cancelled` (reason "shutdown") before
@@ -629,6 +668,16 @@ class Server:
         log.info("client %d disconnected", client_id)
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        # Health checks and scrapes first: no token, no connection cap (backend/http_endpoints.py).
+        probe = answer(self, request)
+        if probe is not None:
+            return probe
+        if self.draining:
+            response = connection.respond(
+                HTTPStatus.SERVICE_UNAVAILABLE, "This server is shutting down; connect to another one.\n"
+            )
+            response.headers["Retry-After"] = str(DRAIN_RETRY_AFTER_S)
+            return response
         if self.config.tokens:
             # Before anything else: a blocked address's tokens aren't even compared (a guess tells nothing).
             blocked = self.auth_throttle.blocked_for(client_address(connection))

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,18 +28,26 @@ def build_models(directory: Path) -> tuple[Path, Path]:
 
 
 class BackendProcess:
-    def __init__(self, models: Path, config: Path, log_path: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        models: Path,
+        config: Path,
+        log_path: Path,
+        port: int | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.models = models
         self.config = config
         self.log_path = log_path
         self.port = port or free_port()
+        self.extra_args = list(extra_args)  # further command-line options (python -m backend --help)
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 120.0) -> None:
         command = [
             sys.executable, "-m", "backend", "--models-dir", str(self.models),
             "--model-config", str(self.config), "--port", str(self.port), "--device", "cpu",
-            "--log-level", "DEBUG",
+            "--log-level", "DEBUG", *self.extra_args,
         ]  # fmt: skip
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
