@@ -35,8 +35,11 @@ def _load_websockets() -> Any:
     return websockets
 
 
-def connect_websocket(url: str, headers: dict[str, str], max_size: int, open_timeout: float) -> Any:
-    """An awaitable websocket connection, with the keyword names of whichever websockets API is present."""
+def connect_websocket(
+    url: str, headers: dict[str, str], max_size: int, open_timeout: float, ssl_context: Any = None
+) -> Any:
+    """An awaitable websocket connection, with the keyword names of whichever websockets API is present;
+    `ssl_context` (wss:// only) says which certificates to trust."""
     _load_websockets()
     common: dict[str, Any] = {
         "max_size": max_size,
@@ -47,6 +50,8 @@ def connect_websocket(url: str, headers: dict[str, str], max_size: int, open_tim
         # A backend busy loading a checkpoint may answer pings late; only a long silence means it is gone.
         "ping_timeout": 60,
     }
+    if ssl_context is not None:
+        common["ssl"] = ssl_context
     try:
         from websockets.asyncio.client import connect  # websockets >= 13
     except ImportError:  # pragma: no cover - older websockets (legacy API)

@@ -3,6 +3,10 @@
 The UI thread calls `start`, `send`, `stop`; everything the network learns comes back as event objects passed
 to `emit` (the panel puts them on a queue it drains with a QTimer). Disconnects become a status and a retry
 with backoff; nothing here raises into the caller.
+
+Behind a balancer (deploy/haproxy.cfg) every handshake carries this Krita's session key, which the balancer
+hashes on to keep the painter on one backend; a backend that shuts down closes with "going away" (1001) and
+the plugin reconnects at once, landing on another.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,15 +24,21 @@ from typing import Any
 from ._compat import connect_websocket, protocol
 from .backoff import Backoff
 from .painter_words import describe_connection_failure, describe_error
-from .settings import ConnectionSettings
+from .settings import SESSION_KEY, ConnectionSettings
 
 log = logging.getLogger(__name__)
 
 CLIENT_NAME = "krita-live-diffusion/0.1"
-MAX_INCOMING_BYTES = 256 * 1024 * 1024
+# The largest message: an upscale's result frame (8192 x 8192 BGRA, 256 MiB) with its header and name.
+MAX_INCOMING_BYTES = protocol.MAX_UPSCALE_SIDE**2 * 4 + 1024 * 1024
 MAX_IMAGE_SIDE = 65536
 OPEN_TIMEOUT = 5.0
 WELCOME_TIMEOUT = 10.0
+SESSION_HEADER = "X-KLD-Session"  # the balancer hashes on it: one painter's connections go to one backend
+WORKER_HEADER = "X-KLD-Worker"  # the balancer names the backend that took the connection in its answer
+GOING_AWAY = 1001  # WebSocket close code: the backend is shutting down (draining), go elsewhere
+GOING_AWAY_DELAY = 0.2  # seconds before reconnecting after it (jittered, so painters don't arrive at once)
+MAX_WORKER_NAME = 64
 
 
 class Status(str, Enum):
@@ -47,6 +58,7 @@ class StatusChanged:
 @dataclass(frozen=True)
 class Connected:
     welcome: protocol.Welcome
+    served_by: str = ""  # the backend a balancer chose, when it names it ("" when connected directly)
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,10 @@ class _Refused(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class _GoingAway(Exception):
+    """The backend closed with 1001: it is shutting down, and a balancer has others."""
 
 
 class _Link:
@@ -108,11 +124,13 @@ class NetworkClient:
         backoff: Backoff | None = None,
         connect: Callable[..., Any] = connect_websocket,
         client_name: str = CLIENT_NAME,
+        session_key: str = SESSION_KEY,
     ) -> None:
         self._emit = emit
         self._backoff = backoff or Backoff()
         self._connect = connect
         self._client_name = client_name
+        self._session_key = session_key
         self._settings = ConnectionSettings()
         self._thread: threading.Thread | None = None
         self._link: _Link | None = None
@@ -213,18 +231,23 @@ class NetworkClient:
             settings = self._settings
             url = settings.url
             self._emit(StatusChanged(Status.CONNECTING, f"Connecting to {url}…"))
+            delay: float | None = None
             try:
                 await self._session(link, settings)
                 message = "The backend closed the connection (it may be restarting)."
             except asyncio.CancelledError:
                 raise
+            except _GoingAway:
+                message = "The backend is shutting down; reconnecting…"
+                delay = GOING_AWAY_DELAY * (1.0 + self._backoff.rng.uniform(0.0, 1.0))
             except _Refused as refused:
                 message = refused.message
             except Exception as error:  # noqa: BLE001 - any failure means: tell the painter, retry
-                message = describe_connection_failure(error, url)
+                message = describe_failure(error, url)
             if link.stopping:
                 break
-            delay = self._backoff.next_delay()
+            if delay is None:
+                delay = self._backoff.next_delay()
             self._emit(StatusChanged(Status.WAITING, message, delay))
             assert link.wake is not None
             link.wake.clear()
@@ -232,8 +255,13 @@ class NetworkClient:
                 await asyncio.wait_for(link.wake.wait(), delay)
 
     async def _session(self, link: _Link, settings: ConnectionSettings) -> None:
-        headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else {}
-        async with self._connect(settings.url, headers, MAX_INCOMING_BYTES, OPEN_TIMEOUT) as socket:
+        headers = {SESSION_HEADER: self._session_key}
+        if settings.token:
+            headers["Authorization"] = f"Bearer {settings.token}"
+        arguments: list[Any] = [settings.url, headers, MAX_INCOMING_BYTES, OPEN_TIMEOUT]
+        if settings.secure:
+            arguments.append(tls_context(settings.ca_file))
+        async with self._connect(*arguments) as socket:
             hello = protocol.Hello(protocol.PROTOCOL_VERSION, self._client_name, settings.token or None)
             await socket.send(protocol.encode_message(hello))
             first = await asyncio.wait_for(socket.recv(), WELCOME_TIMEOUT)
@@ -250,7 +278,7 @@ class NetworkClient:
                 link.outbox.get_nowait()
             link.socket = socket
             link.connected = True
-            self._emit(Connected(reply))
+            self._emit(Connected(reply, response_header(socket, WORKER_HEADER)))
             self._emit(StatusChanged(Status.CONNECTED, "Connected."))
             writer = asyncio.ensure_future(self._write_forever(link, socket))
             try:
@@ -261,6 +289,8 @@ class NetworkClient:
                 writer.cancel()
                 with contextlib.suppress(BaseException):
                     await writer
+            if getattr(socket, "close_code", None) == GOING_AWAY:
+                raise _GoingAway
 
     async def _write_forever(self, link: _Link, socket: Any) -> None:
         assert link.outbox is not None
@@ -313,3 +343,64 @@ class NetworkClient:
         log.warning("result of %s arrived incomplete: %s", result.job_id, why)
         message = f"The backend's result arrived incomplete ({why}); try again."
         self._emit(ServerMessage(protocol.Error(protocol.ErrorCode.BAD_FRAME.value, message, result.job_id)))
+
+
+def tls_context(ca_file: str) -> Any:
+    """The system's certificate authorities, plus the painter's CA file when one is set. Raises _Refused with
+    the reason when that file can't be used."""
+    import ssl  # here, not at the top: only wss:// needs it
+
+    context = ssl.create_default_context()
+    if ca_file:
+        path = os.path.expanduser(ca_file)
+        try:
+            context.load_verify_locations(cafile=path)
+        except (OSError, ssl.SSLError) as error:
+            why = getattr(error, "strerror", None) or str(error)
+            message = f"The CA file {ca_file!r} can't be used ({why}). Check the CA file setting."
+            raise _Refused(message) from error
+    return context
+
+
+def describe_failure(error: BaseException, url: str) -> str:
+    """Why connecting failed, in the painter's words; TLS problems name the setting that fixes them."""
+    import ssl
+
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return (
+            f"The server at {url} showed a certificate this computer does not trust "
+            f"({error.verify_message or error.reason}). If your studio has its own certificate authority, "
+            "set its CA file under Backend."
+        )
+    if isinstance(error, ssl.SSLError):
+        return f"The secure connection to {url} failed ({error.reason or error}). Is it a wss:// server?"
+    if _http_status(error) == 503:
+        # A backend at its connection cap or shutting down, or a balancer with no backend ready yet.
+        return f"No backend at {url} can take the connection now (starting, full or shutting down)."
+    if url.startswith("wss://") and isinstance(error, ConnectionResetError):
+        # A plain ws:// server drops a TLS greeting it can't read.
+        return f"The server at {url} cut the secure connection: it may serve plain ws:// on that port."
+    return describe_connection_failure(error, url)
+
+
+def _http_status(error: BaseException) -> int | None:
+    """The HTTP status a refused upgrade got, from either websockets API (None for other failures)."""
+    response = getattr(error, "response", None)  # websockets >= 13: InvalidStatus
+    status = getattr(response, "status_code", None) or getattr(error, "status_code", None)  # legacy API
+    return status if isinstance(status, int) else None
+
+
+def response_header(socket: Any, name: str) -> str:
+    """A header of the server's handshake answer ("" without one), from either websockets API, printable and
+    short (a balancer's worker name is shown to the painter)."""
+    response = getattr(socket, "response", None)  # websockets >= 13
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        headers = getattr(socket, "response_headers", None)  # the legacy API
+    try:
+        value = headers.get(name) if headers is not None else None
+    except Exception:  # noqa: BLE001 - an odd header object: nothing to show
+        return ""
+    if not isinstance(value, str):
+        return ""
+    return "".join(c for c in value.strip() if c.isprintable())[:MAX_WORKER_NAME]

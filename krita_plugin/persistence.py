@@ -19,7 +19,9 @@ def restore(panel: Panel, app: Any) -> None:
     default = panel.connection().address
     panel.set_connection(
         ConnectionSettings(
-            read(SETTINGS_GROUP, "address", default) or default, read(SETTINGS_GROUP, "token", "")
+            read(SETTINGS_GROUP, "address", default) or default,
+            read(SETTINGS_GROUP, "token", ""),
+            read(SETTINGS_GROUP, "ca_file", ""),
         )
     )
     saved = read(SETTINGS_GROUP, "generation", "")
@@ -38,6 +40,7 @@ def save(panel: Panel, app: Any) -> None:
     connection = panel.connection()
     write(SETTINGS_GROUP, "address", connection.address)
     write(SETTINGS_GROUP, "token", connection.token)
+    write(SETTINGS_GROUP, "ca_file", connection.ca_file)
     write(SETTINGS_GROUP, "generation", panel.settings().to_json())
     for name, section in panel.sections.items():
         write(SETTINGS_GROUP, f"section_{name}", "open" if section.body.isVisibleTo(section) else "closed")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import secrets
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -15,18 +16,40 @@ MAX_BATCH = 8
 RESOLUTIONS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 
 
+def new_session_key() -> str:
+    """A random id for one run of Krita. A balancer in front of several backends hashes on it, so a painter's
+    connections, reconnects included, go to the same backend while it is up (its caches stay warm)."""
+    return secrets.token_urlsafe(12)
+
+
+# The key this Krita sends (every docker of one Krita is one painter): kept for the whole run, never saved.
+SESSION_KEY = new_session_key()
+
+
 @dataclass
 class ConnectionSettings:
     address: str = f"127.0.0.1:{protocol.DEFAULT_PORT}"
     token: str = ""
+    # wss:// only: a PEM file of the certificate authority that signed the server's certificate (a studio's
+    # own CA), trusted besides the system's; "" trusts the system's alone.
+    ca_file: str = ""
+
+    @property
+    def secure(self) -> bool:
+        """Whether the connection is TLS (a wss:// address)."""
+        return self.url.startswith("wss://")
 
     @property
     def url(self) -> str:
-        """Accepts what a painter types: 'host:port', 'ws://host:port' or just 'host'."""
+        """Accepts what a painter types: 'host:port', 'ws://host:port', 'wss://host:port' (or http(s)://) or
+        just 'host'. The default port is the backend's, with or without TLS: a TLS terminator on 443 needs
+        ':443' typed."""
         address = self.address.strip() or f"127.0.0.1:{protocol.DEFAULT_PORT}"
         if "://" not in address:
             address = "ws://" + address
         scheme, rest = address.split("://", 1)
+        # Addresses pasted from a browser or a deploy guide: http(s) is the same server's ws(s).
+        scheme = {"http": "ws", "https": "wss"}.get(scheme.lower(), scheme.lower())
         host_port = rest.split("/", 1)[0]
         if ":" not in host_port.rsplit("]", 1)[-1]:
             rest = rest.replace(host_port, f"{host_port}:{protocol.DEFAULT_PORT}", 1)

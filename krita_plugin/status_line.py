@@ -1,5 +1,6 @@
 """The panel's status line: one sentence and a colour for the connection, green only when the backend can
-paint (connected with a model loaded). Pure logic, testable without Qt."""
+paint (connected with a model loaded), naming where it runs: the device and, behind a balancer, the backend
+that took the connection. Pure logic, testable without Qt."""
 
 from __future__ import annotations
 
@@ -10,11 +11,17 @@ SLOW_TEXT = "Connected; the backend is slow to answer (busy or loading a model)�
 
 
 def status_line(
-    status: Status, welcome: protocol.Welcome | None, slow: bool, event: StatusChanged | None
+    status: Status,
+    welcome: protocol.Welcome | None,
+    slow: bool,
+    event: StatusChanged | None,
+    served_by: str = "",
 ) -> tuple[str, str] | None:
-    """(text, state) with state one of ok, busy, bad, off; None to leave the line as it is."""
+    """(text, state) with state one of ok, busy, bad, off; None to leave the line as it is. `served_by` is the
+    backend a balancer chose ("" when connected directly)."""
     if status is Status.CONNECTED:
-        device = f" ({welcome.device})" if welcome and welcome.device else ""
+        where = [part for part in (served_by, welcome.device if welcome else "") if part]
+        device = f" ({' · '.join(where)})" if where else ""
         if welcome is not None and not welcome.ready:
             return f"Connected{device} — {welcome.message or 'loading…'}", "busy"
         if slow:
@@ -25,6 +32,11 @@ def status_line(
     if event is None:
         return None
     if status is Status.WAITING:
-        retry = f" Retrying in {event.retry_in:.0f} s." if event.retry_in else ""
+        if event.retry_in is None:
+            retry = ""
+        elif event.retry_in < 1.0:  # "Retrying in 0 s." reads as a bug: a quick retry is just that
+            retry = " Reconnecting…" if not event.message.endswith("…") else ""
+        else:
+            retry = f" Retrying in {event.retry_in:.0f} s."
         return event.message + retry, "bad"
     return event.message or "Not connected.", "off"
