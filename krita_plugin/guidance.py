@@ -1,6 +1,7 @@
 """Guidance layers, one per control kind of the protocol's table: which layers the panel offers for each
-kind, the document's stored choices, and the layer the panel's "+" button adds (a paint layer for an image
-kind, a pose layer for a keypoints kind).
+kind, the document's stored choices, the layer the panel's "+" button adds (a paint layer for an image
+kind, a pose layer for a keypoints kind) and the one its "from image" button adds (the control image the
+backend made of the canvas, control_images.py).
 
 The plugin's own guidance layers (made with the panel's "+" buttons) come first; applied results are never
 offered (they are results, not guidance). Choices live in the document (document_state), so they survive
@@ -16,6 +17,7 @@ from ._compat import protocol
 from .apply import keep_active
 from .document_state import DocumentState, read_state, remember_guidance
 from .nodes import find_node, is_layer, node_id, walk
+from .placement import Rect
 from .pose_layer import create_pose_layer, is_pose_layer, sync_bones
 from .settings import GenerationSettings
 
@@ -87,6 +89,22 @@ def create_guidance_layer(doc: Any, kind: str) -> str:
         told = f"{control.label} layer added and selected: draw what the image should follow."
     remember_guidance(doc, {kind: node_id(layer)}, created=node_id(layer))
     return told
+
+
+def add_control_layer(doc: Any, kind: str, pixels: bytes, rect: Rect) -> str:
+    """Adds the backend's control image for `kind` (BGRA8 at `rect`'s size) as a layer on top and chooses it
+    for that kind: one undo step ("Add Layer"), as the "+" button's. The painter's active layer stays active
+    (the layer arrives while they may be painting elsewhere). Returns what the panel tells the painter."""
+    control = protocol.CONTROL_KINDS[kind]
+    x, y, w, h = rect
+    active = doc.activeNode()
+    layer = doc.createNode(f"{control.label} from image (Live Diffusion)", "paintlayer")
+    layer.setPixelData(pixels, x, y, w, h)  # before adding: undoing the add removes the layer with its pixels
+    doc.rootNode().addChildNode(layer, None)  # on top, where guidance layers stay visible
+    keep_active(doc, active, layer)
+    doc.refreshProjection()
+    remember_guidance(doc, {kind: node_id(layer)}, created=node_id(layer))
+    return f"{control.label} layer made from the image and chosen: edit it as you like."
 
 
 def sync_pose_layers(doc: Any, settings: GenerationSettings) -> None:

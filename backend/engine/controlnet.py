@@ -14,7 +14,7 @@ from backend.model_families import SD15, SDXL, ModelFamily, describe_mismatch
 from protocol.messages import ControlParam
 from protocol.registry import CONTROL_KINDS, KEYPOINTS, pick_controlnet
 
-from .images import control_to_tensor, resize_gray, resize_rgb
+from .images import control_to_tensor, flatten_on_white, resize_gray, resize_rgb
 from .jobs import EngineInputError
 from .loop import ControlUnit
 from .modules import model_dtype
@@ -99,8 +99,9 @@ def scribble_hint(image: np.ndarray) -> np.ndarray:
     return np.repeat(lines[..., None], 3, axis=2)
 
 
-def pose_image_hint(image: np.ndarray) -> np.ndarray:
-    """A ready-made pose image: its colours as they are, transparent areas black (no guidance)."""
+def drawn_hint(image: np.ndarray) -> np.ndarray:
+    """A map drawn in the hint's own colours (a pose image, a depth or normal map): its colours as they are,
+    transparent areas black (no guidance: for depth, the far distance)."""
     if image.ndim == 2:
         return np.repeat(image[..., None], 3, axis=2)
     if image.shape[2] == 4:
@@ -109,11 +110,29 @@ def pose_image_hint(image: np.ndarray) -> np.ndarray:
     return image[..., :3]
 
 
+def tile_hint(image: np.ndarray) -> np.ndarray:
+    """The tile ControlNet takes the image itself: transparent areas over white, as the canvas is."""
+    if image.ndim == 2:
+        return np.repeat(image[..., None], 3, axis=2)
+    if image.shape[2] == 4:
+        return flatten_on_white(image)
+    return image[..., :3]
+
+
 # How each control kind of protocol/registry.py turns its image into the ControlNet's hint (a test checks
-# that every kind has one); keypoints are drawn by pose.render_pose.
+# that every kind has one); keypoints are drawn by pose.render_pose. The ControlNet 1.1 annotators give
+# line art, soft edges and canny edges as white lines on black: a painter's lines on an empty layer or dark
+# lines on paper are turned into that as a scribble is (the "from image" layers of annotate.py are lines on
+# an empty layer too). Depth and normal maps are taken as drawn.
 HINT_MAKERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "scribble": scribble_hint,
-    "pose": pose_image_hint,
+    "pose": drawn_hint,
+    "lineart": scribble_hint,
+    "softedge": scribble_hint,
+    "canny": scribble_hint,
+    "depth": drawn_hint,
+    "normal": drawn_hint,
+    "tile": tile_hint,
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -27,6 +28,7 @@ from protocol import (
 DEPTH = ControlKind("test_depth", registry.IMAGE, ("depth", "zoe"), "Depth (test)")
 HANDS = ControlKind("test_hands", registry.KEYPOINTS, ("hand",), "Hands (test)")
 DPM = Sampler("test_dpm", "DPM (test)")
+BUILT_IN_KINDS = ["scribble", "pose", "lineart", "softedge", "canny", "depth", "normal", "tile"]
 
 
 @pytest.fixture
@@ -47,10 +49,12 @@ def test_the_tables_hold_what_the_protocol_promised() -> None:
     assert list(registry.SAMPLERS) == [
         "lcm", "euler", "euler_a", "euler_trailing", "tcd", "ddim_trailing", "lcm_trailing"
     ]  # fmt: skip
-    assert registry.MODES == ("img2img", "inpaint")
+    assert registry.MODES[:3] == ("img2img", "inpaint", registry.CONTROL_IMAGE)
     assert {name: kind.input for name, kind in registry.CONTROL_KINDS.items()} == {
         "scribble": registry.IMAGE,
         "pose": registry.KEYPOINTS,
+        # the ControlNet 1.1 kinds
+        **dict.fromkeys(("lineart", "softedge", "canny", "depth", "normal", "tile"), registry.IMAGE),
     }
     for kind in registry.CONTROL_KINDS.values():
         assert kind.input in registry.CONTROL_INPUTS and kind.model_hints and kind.label
@@ -80,7 +84,7 @@ def test_a_kind_or_sampler_added_to_the_tables_is_validated_and_welcomed(test_en
     read = decode_message(encode_message(welcome), SERVER_MESSAGES)
     assert isinstance(read, Welcome)
     assert read.samplers == list(registry.SAMPLERS) and read.samplers[-1] == "test_dpm"
-    assert read.control_kinds == ["scribble", "pose", "test_depth", "test_hands"]
+    assert read.control_kinds == [*BUILT_IN_KINDS, "test_depth", "test_hands"]
 
 
 def test_keypoints_go_only_with_a_keypoints_kind(test_entries: None) -> None:
@@ -99,7 +103,7 @@ def test_keypoints_go_only_with_a_keypoints_kind(test_entries: None) -> None:
 
 def test_a_welcome_from_an_older_server_says_nothing_of_control_kinds() -> None:
     text = encode_message(Welcome(1, "s", "cpu", {}, {}, ["lcm"], Limits(), True))
-    old = text.replace(',"control_kinds":["scribble","pose"]', "")
+    old = re.sub(r',"control_kinds":\[[^]]*\]', "", text)
     assert "control_kinds" not in old
     read = decode_message(old, SERVER_MESSAGES)
     assert isinstance(read, Welcome) and read.control_kinds == []
