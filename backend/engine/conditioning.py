@@ -5,22 +5,43 @@ SD1.5 reads CLIP-L's last hidden state. SDXL-class UNets read the penultimate hi
 encoders side by side (CLIP-L and OpenCLIP bigG), plus added conditioning: bigG's pooled, projected embedding
 and six "time ids" (the original image size, the crop's top-left corner and the target size, in pixels, height
 first), as diffusers' SDXL pipelines build them.
+
+Prompts may use the syntax of prompt_syntax.py: emphasis, `embedding:name` and A1111's bare embedding names,
+and `<lora:...>` tags, which are only taken out here (the job's model choice fuses those LoRAs). How it
+reaches the encoders is prompt_tokens.py's: embeddings' vectors in place of placeholder tokens, **ComfyUI's
+emphasis** (a weighted position's output moved away from the empty prompt's output there), one 77-token
+chunk (longer prompts are truncated). A prompt that is plain text (no weights, no embeddings) is encoded
+exactly as it always was.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from backend.model_errors import ModelError
+
 from .loop import Guidance, make_guidance, repeat_for_batch
 from .modules import model_dtype
+from .prompt_syntax import Piece, plain_text, prompt_pieces
+from .prompt_tokens import (
+    Embedding,
+    Encoder,
+    EncoderTokens,
+    fitting_pieces,
+    plain_tokens,
+    run_encoder,
+    tokenize,
+    weigh,
+)
 
 if TYPE_CHECKING:
     from protocol.messages import JobParams
 
+    from .model_choice import ModelChoice
     from .prompts import PromptCache
     from .residency import Residency
 
@@ -33,8 +54,29 @@ class PromptEmbedding:
     pooled: torch.Tensor | None = None  # 1 x P: SDXL's pooled text embedding
 
 
+@dataclass(frozen=True)
+class EncodablePrompt:
+    """A prompt's pieces (prompt_syntax.prompt_pieces) and the embeddings they use, loaded."""
+
+    pieces: tuple[Piece, ...]
+    embeddings: Mapping[str, Embedding] = field(default_factory=dict[str, Embedding])
+
+    @classmethod
+    def of_text(cls, text: str) -> EncodablePrompt:
+        """The text with its syntax read (emphasis; `embedding:` names need `embeddings`)."""
+        return cls(tuple(prompt_pieces(text)))
+
+    def tokens(self, encoders: list[Encoder]) -> list[EncoderTokens]:
+        """Each encoder's tokens: the plain text's, as always, when there is no syntax to apply."""
+        text = plain_text(list(self.pieces))
+        if text is not None:
+            return [plain_tokens(encoder.tokenizer, text) for encoder in encoders]
+        pieces = fitting_pieces(self.pieces, self.embeddings, encoders)
+        return [tokenize(encoder, pieces, self.embeddings) for encoder in encoders]
+
+
 class Conditioning(Protocol):
-    def encode(self, components: Any, text: str, device: torch.device) -> PromptEmbedding: ...
+    def encode(self, components: Any, prompt: EncodablePrompt, device: torch.device) -> PromptEmbedding: ...
 
     def empty_negative(self, like: PromptEmbedding) -> PromptEmbedding | None:
         """What an empty negative prompt means, when it is not the empty text's embedding."""
@@ -45,27 +87,24 @@ class Conditioning(Protocol):
         ...
 
 
-def _tokens(tokenizer: Any, text: str) -> Any:
-    return tokenizer(
-        text,
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    )
-
-
 class ClipConditioning:
     """SD1.5: CLIP's last hidden state for the text, padded/truncated to 77 tokens (as SD1.5 was trained)."""
 
-    def encode(self, components: Any, text: str, device: torch.device) -> PromptEmbedding:
-        text_encoder = components.text_encoder
-        tokens = _tokens(components.tokenizer, text)
-        attention_mask = None
-        if getattr(text_encoder.config, "use_attention_mask", False):
-            attention_mask = tokens.attention_mask.to(device)
-        hidden = text_encoder(tokens.input_ids.to(device), attention_mask=attention_mask)[0]
+    def encode(self, components: Any, prompt: EncodablePrompt, device: torch.device) -> PromptEmbedding:
+        encoder = Encoder("clip_l", components.tokenizer, components.text_encoder)
+        [tokens] = prompt.tokens([encoder])
+        hidden = self._hidden(encoder, tokens, device)
+        if tokens.weighted:
+            empty = plain_tokens(encoder.tokenizer, "")
+            hidden = weigh(hidden, lambda: self._hidden(encoder, empty, device), tokens.weights)
         return PromptEmbedding(hidden)
+
+    @staticmethod
+    def _hidden(encoder: Encoder, tokens: EncoderTokens, device: torch.device) -> torch.Tensor:
+        attention_mask = None
+        if getattr(encoder.model.config, "use_attention_mask", False):
+            attention_mask = tokens.attention_mask.to(device)
+        return run_encoder(encoder, tokens, device, attention_mask=attention_mask)[0]
 
     def empty_negative(self, like: PromptEmbedding) -> PromptEmbedding | None:
         return None
@@ -81,17 +120,20 @@ class PooledTimeIdsConditioning:
     when no negative prompt is given): it is what the model was trained to read as "no prompt".
     """
 
-    def encode(self, components: Any, text: str, device: torch.device) -> PromptEmbedding:
-        pairs = (
-            (components.tokenizer, components.text_encoder),
-            (components.tokenizer_2, components.text_encoder_2),
-        )
+    def encode(self, components: Any, prompt: EncodablePrompt, device: torch.device) -> PromptEmbedding:
+        encoders = [
+            Encoder("clip_l", components.tokenizer, components.text_encoder),
+            Encoder("clip_g", components.tokenizer_2, components.text_encoder_2),
+        ]
         hidden: list[torch.Tensor] = []
         pooled: torch.Tensor | None = None
-        for tokenizer, text_encoder in pairs:
-            output = text_encoder(_tokens(tokenizer, text).input_ids.to(device), output_hidden_states=True)
+        for encoder, tokens in zip(encoders, prompt.tokens(encoders), strict=True):
+            output = run_encoder(encoder, tokens, device, output_hidden_states=True)
             pooled = output[0]  # the last encoder's: bigG's projected pooled embedding
-            hidden.append(output.hidden_states[-2])
+            layer = output.hidden_states[-2]
+            if tokens.weighted:
+                layer = weigh(layer, _empty_layer(encoder, device), tokens.weights)
+            hidden.append(layer)
         return PromptEmbedding(torch.cat(hidden, dim=-1), pooled)
 
     def empty_negative(self, like: PromptEmbedding) -> PromptEmbedding | None:
@@ -101,6 +143,13 @@ class PooledTimeIdsConditioning:
     def time_ids(self, height: int, width: int) -> torch.Tensor | None:
         original, crop_top_left, target = (height, width), (0, 0), (height, width)
         return torch.tensor([[*original, *crop_top_left, *target]], dtype=torch.float32)
+
+
+def _empty_layer(encoder: Encoder, device: torch.device) -> Callable[[], torch.Tensor]:
+    """The empty prompt's penultimate hidden state for this encoder, computed when asked."""
+    return lambda: run_encoder(
+        encoder, plain_tokens(encoder.tokenizer, ""), device, output_hidden_states=True
+    ).hidden_states[-2]
 
 
 CONDITIONINGS: dict[str, Conditioning] = {
@@ -121,21 +170,32 @@ class Conditioner:
     prompts: PromptCache
     device: torch.device
     residency: Residency | None = None  # low-VRAM mode: the text encoders come to the device to encode
+    # The model source's `embedding(name)` (backend/loading/model_cache.py): an embedding file's vectors,
+    # read again when the file changed; None: prompts can't use embeddings.
+    embeddings: Callable[[str], Embedding] | None = None
     _time_ids: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict)
 
-    def guidance(self, components: Any, text_encoder_state: Hashable, params: JobParams) -> Guidance:
+    def guidance(self, components: Any, choice: ModelChoice, params: JobParams) -> Guidance:
+        """The prompts' conditioning for the job's models; `choice.embeddings` are the embedding files the
+        prompts name (found at intake), its LoRAs' clip strengths part of the text encoders' state."""
         unet = components.unet
         conditioning = conditioning_for(components)
-        model_key = (components.name, id(components.text_encoder), text_encoder_state)
+        embeddings = choice.embeddings
+        model_key = (components.name, id(components.text_encoder), choice.text_encoder_state())
 
-        def encode(text: str) -> PromptEmbedding:
+        def encode(prompt: EncodablePrompt) -> PromptEmbedding:
             if self.residency is None:
-                return conditioning.encode(components, text, self.device)
+                return conditioning.encode(components, prompt, self.device)
             with self.residency.using(components.text_encoder, getattr(components, "text_encoder_2", None)):
-                return conditioning.encode(components, text, self.device)
+                return conditioning.encode(components, prompt, self.device)
 
         def embed(text: str) -> PromptEmbedding:
-            return self.prompts.embed(model_key, text, lambda: encode(text), model_dtype(unet))
+            pieces = tuple(prompt_pieces(text, embeddings))
+            loaded = self._load_embeddings(pieces)
+            # The files' versions key the cache too: an embedding file replaced under its name re-encodes.
+            files = tuple((name, getattr(loaded[name], "stamp", None)) for name in sorted(loaded))
+            prompt = EncodablePrompt(pieces, loaded)
+            return self.prompts.embed(model_key, text, lambda: encode(prompt), model_dtype(unet), files)
 
         cond = embed(params.prompt)
         distilled = getattr(unet.config, "time_cond_proj_dim", None)
@@ -150,6 +210,14 @@ class Conditioner:
                 pooled = torch.cat([uncond.pooled, cond.pooled])
             guidance.added = {"text_embeds": pooled}
         return guidance
+
+    def _load_embeddings(self, pieces: tuple[Piece, ...]) -> dict[str, Embedding]:
+        names = sorted({piece.embedding for piece in pieces if piece.embedding is not None})
+        if not names:
+            return {}
+        if self.embeddings is None:
+            raise ModelError(f"Embedding {names[0]!r}: this engine's model source loads no embeddings.")
+        return {name: self.embeddings(name) for name in names}
 
     def condition_on_size(self, guidance: Guidance, components: Any, height: int, width: int) -> None:
         """The generation's size where the family conditions on it (SDXL's time ids). Kept per size on the

@@ -17,6 +17,9 @@ from backend.model_families import SD15, SDXL
 from protocol.messages import JobParams
 from protocol.registry import pick_controlnet
 
+from .prompt_models import prompt_models
+from .prompt_syntax import EmbeddingRef
+
 
 class Components(Protocol):
     """The loaded models of one checkpoint, LoRAs fused (`backend.loading.checkpoint.PipelineComponents`);
@@ -75,6 +78,8 @@ class ModelChoice:
     lcm_lora: LoraSpec | None
     # Each control's ControlNet: the one it names, or the one its kind's model words pick (None: none fits).
     controlnets: tuple[str | None, ...] = ()
+    # The embedding files the prompts name (prompt_models.py); their <lora:...> tags' LoRAs are in `loras`.
+    embeddings: tuple[EmbeddingRef, ...] = ()
 
     def text_encoder_state(self) -> Hashable:
         """What changes the text encoder's weights besides the checkpoint: the LoRAs' clip strengths."""
@@ -134,7 +139,9 @@ def find_lcm_lora(store: Any, family: str = SD15.name) -> str | None:
 def choose_models(store: Any, params: JobParams) -> ModelChoice:
     """Apply defaults: the store's first checkpoint when none is named; with the LCM sampler and no LCM-LoRA
     named, the LCM-LoRA of the checkpoint's family (find_lcm_lora; none found: run without, which suits an
-    LCM-merged checkpoint). A strength of 0 means "not fused", which saves the model cache a fuse."""
+    LCM-merged checkpoint). A strength of 0 means "not fused", which saves the model cache a fuse. The
+    prompts' `<lora:...>` tags add their LoRAs (unless the job's list or LCM-LoRA has the file already) and
+    their embedding names are found (prompt_models.py): a name without a file is a ModelError here."""
     checkpoint = params.checkpoint
     if checkpoint is None:
         checkpoint = store.default_checkpoint()
@@ -151,7 +158,10 @@ def choose_models(store: Any, params: JobParams) -> ModelChoice:
         for lora in params.loras
         if lora.model_strength != 0 or lora.clip_strength != 0
     )
-    return ModelChoice(checkpoint, params.vae, loras, lcm, _controlnets(store, params))
+    inline = prompt_models(store, (params.prompt, params.negative_prompt))  # <lora:...> tags, embeddings
+    named = {lora.name for lora in params.loras} | {lcm_name}
+    loras += tuple(LoraSpec(*lora) for lora in inline.added_loras(named))
+    return ModelChoice(checkpoint, params.vae, loras, lcm, _controlnets(store, params), inline.embeddings)
 
 
 def _controlnets(store: Any, params: JobParams) -> tuple[str | None, ...]:

@@ -13,10 +13,12 @@ from .conditioning import PromptEmbedding
 
 @dataclass(frozen=True)
 class PromptKey:
-    """What an embedding depends on: the text encoders' weights (model + fused LoRA state) and the text."""
+    """What an embedding depends on: the text encoders' weights (model + fused LoRA state), the text, and the
+    embedding files it uses (name and file version, so a file replaced under its name is read again)."""
 
     model: Hashable
     text: str
+    files: tuple[tuple[str, Hashable], ...] = ()
 
 
 class PromptCache:
@@ -28,9 +30,14 @@ class PromptCache:
         self.hits = 0
 
     def embed(
-        self, model_key: Hashable, text: str, compute: Callable[[], PromptEmbedding], dtype: torch.dtype
+        self,
+        model_key: Hashable,
+        text: str,
+        compute: Callable[[], PromptEmbedding],
+        dtype: torch.dtype,
+        files: tuple[tuple[str, Hashable], ...] = (),
     ) -> PromptEmbedding:
-        key = PromptKey(model_key, text)
+        key = PromptKey(model_key, text, files)
         cached = self._entries.get(key)
         if cached is not None:
             self._entries.move_to_end(key)
