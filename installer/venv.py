@@ -31,6 +31,7 @@ TORCH_INDEX_URLS: dict[str, str | None] = {
     "rocm": "https://download.pytorch.org/whl/rocm6.4",
 }
 STATE_FILE = "krita-live-diffusion-venv.json"
+NO_DEPS_REQUIREMENTS = "requirements-nodeps.txt"
 STEP = "venv"
 
 Runner = Callable[[Sequence[str]], subprocess.CompletedProcess]
@@ -92,10 +93,22 @@ def backend_install_command(python: Path, repo: Path) -> list[str]:
     return [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-e", str(repo)]
 
 
+def no_deps_install_command(python: Path, repo: Path) -> list[str] | None:
+    """The packages installed without their declared dependencies (the file says why); None without one."""
+    requirements = repo / NO_DEPS_REQUIREMENTS
+    if not requirements.is_file():
+        return None
+    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check"]
+    return [*pip, "--no-deps", "-r", str(requirements)]
+
+
 def _wanted_state(repo: Path, flavour: str, index_url: str | None) -> dict:
-    pyproject = repo / "pyproject.toml"
+    pyproject, no_deps = repo / "pyproject.toml", repo / NO_DEPS_REQUIREMENTS
     digest = hashlib.sha256(pyproject.read_bytes()).hexdigest() if pyproject.is_file() else None
-    return {"torch": TORCH_VERSION, "flavour": flavour, "index_url": index_url, "pyproject_sha256": digest}
+    state = {"torch": TORCH_VERSION, "flavour": flavour, "index_url": index_url, "pyproject_sha256": digest}
+    if no_deps.is_file():
+        state["no_deps_sha256"] = hashlib.sha256(no_deps.read_bytes()).hexdigest()
+    return state
 
 
 def required_python(repo: Path) -> tuple[int, int] | None:
@@ -171,10 +184,12 @@ def ensure_venv(
     reporter.info(
         STEP, f"torch {TORCH_VERSION} for {flavour.flavour} ({flavour.reason}): installing, may take a while"
     )
-    for label, command in (
+    steps = [
         (f"torch {TORCH_VERSION}", torch_install_command(python, flavour.flavour, index_url)),
         ("backend dependencies", backend_install_command(python, repo)),
-    ):
+        ("packages without their dependencies", no_deps_install_command(python, repo)),
+    ]
+    for label, command in [(label, command) for label, command in steps if command is not None]:
         result = run(command)
         if result.returncode != 0:
             tail = (result.stderr or result.stdout or "").strip()[-1500:]

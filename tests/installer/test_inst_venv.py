@@ -174,3 +174,31 @@ def test_missing_pyproject_is_an_error(tmp_path: Path) -> None:
     reporter = Reporter(io.StringIO())
     assert not ensure_venv(tmp_path / "v", tmp_path, FlavourChoice("cpu", "t"), reporter, run=Recorder())
     assert "pyproject.toml not found" in reporter.failures[0]
+
+
+def test_packages_without_their_dependencies_are_installed_after_the_backend(tmp_path: Path) -> None:
+    """requirements-nodeps.txt (spandrel: its torchvision would replace a CPU torch) goes in with --no-deps,
+    last; changing it re-installs."""
+    from installer.venv import NO_DEPS_REQUIREMENTS, no_deps_install_command
+
+    repo, venv = make_repo(tmp_path), tmp_path / "venv"
+    (repo / NO_DEPS_REQUIREMENTS).write_text("spandrel==0.4.2\n")
+    runner = Recorder()
+    choice = FlavourChoice("cpu", "test")
+    assert ensure_venv(venv, repo, choice, Reporter(io.StringIO()), base_python=BASE, run=runner)
+    python = venv / "bin" / "python"
+    command = no_deps_install_command(python, repo)
+    assert command is not None and "--no-deps" in command
+    assert runner.commands[-2:] == [backend_install_command(python, repo), command]
+    runner.commands.clear()
+    (repo / NO_DEPS_REQUIREMENTS).write_text("spandrel==0.4.3\n")
+    assert ensure_venv(venv, repo, choice, Reporter(io.StringIO()), base_python=BASE, run=runner)
+    assert runner.commands[-1] == command
+
+
+def test_the_repositorys_no_deps_file_holds_only_pinned_packages() -> None:
+    from installer.venv import NO_DEPS_REQUIREMENTS
+
+    lines = (Path(__file__).resolve().parents[2] / NO_DEPS_REQUIREMENTS).read_text().splitlines()
+    pins = [line for line in lines if line.strip() and not line.startswith("#")]
+    assert pins and all("==" in pin for pin in pins)
