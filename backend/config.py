@@ -37,6 +37,8 @@ class ServerConfig:
     max_connections_per_address: int = 8
     # A client with more than limits.max_unread_bytes of replies unread for this long is disconnected.
     unread_timeout_s: float = 30.0
+    # SIGTERM: how long jobs already taken in may run before what is left is cancelled (backend/drain.py).
+    drain_timeout_s: float = 20.0
     # Wrong access tokens from one address: a few free, then blocks doubling in length (with --token only).
     auth_throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
 
@@ -49,7 +51,9 @@ class ServerConfig:
     def max_unread_hard_bytes(self) -> int:
         """Unread bytes that disconnect a client at once: room for two of the largest results beyond the
         soft limit, so a client that reads, only slower than results are made, is not dropped for one."""
-        largest_result = self.limits.max_width * self.limits.max_height * 4
+        # An upscale job's result is larger than any image a job may send (protocol/upscale.py).
+        limits = self.limits
+        largest_result = max(limits.max_width * limits.max_height, limits.max_upscale_side**2) * 4
         return self.limits.max_unread_bytes + 2 * largest_result
 
     def binding_problem(self) -> str | None:

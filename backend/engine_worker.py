@@ -27,6 +27,8 @@ from .model_errors import ModelError
 from .model_files import ModelStore
 
 if TYPE_CHECKING:
+    import torch
+
     from .engine import Engine
     from .loading.model_cache import ModelCache
     from .scheduler import Scheduler
@@ -48,6 +50,7 @@ class EngineWorker:
         self.config = config
         self.store = ModelStore(config.models_dir, config.extra_model_dirs)
         self.device_name = "starting"
+        self.device: torch.device | None = None  # once chosen (device memory for /metrics)
         self._engine: Engine | None = None
         self._models: ModelCache | None = None
         self._load_error: BaseException | None = None
@@ -56,6 +59,11 @@ class EngineWorker:
     @property
     def ready(self) -> bool:
         return self._loaded.is_set() and self._load_error is None
+
+    @property
+    def failed(self) -> bool:
+        """The engine could not start (no such device, a broken install): this worker will run no job."""
+        return self._load_error is not None
 
     def start_loading(self, scheduler: Scheduler[Any]) -> None:
         future = scheduler.run_in_worker(self._load)
@@ -77,6 +85,7 @@ class EngineWorker:
             choice = select_device(self.config.device)
             device, dtype = choice
             self.device_name = choice.label
+            self.device = device
             # Low-VRAM: the cache keeps the models in host memory; the engine brings them per phase.
             home = torch.device("cpu") if self.config.low_vram else device
             models = ModelCache(self.store, home, dtype, config_dir=self.config.model_config_dir)
@@ -162,7 +171,7 @@ class EngineWorker:
             choice = choose_models(self.store, params)
             self.store.resolve_usable("checkpoints", choice.checkpoint)
             # Every LoRA named, strength 0 or not: a typo is reported even while its slider is at 0.
-            loras = {lora.name for lora in params.loras}
+            loras = {lora.name for lora in (*params.loras, *choice.loras)}  # choice: + the prompts' tags
             if choice.lcm_lora is not None:
                 loras.add(choice.lcm_lora.name)
             if params.lcm_lora is not None:
@@ -171,9 +180,13 @@ class EngineWorker:
                 self.store.resolve_usable("loras", name)
             if params.vae is not None:
                 self.store.resolve_usable("vae", params.vae)
+            for embedding in choice.embeddings:  # those the prompts name (choose_models found them)
+                self.store.resolve_usable("embeddings", embedding.name)
             for name in choice.controlnets:  # those named and those picked by their kind's words
                 if name is not None:
                     self.store.resolve_usable("controlnet", name)
+            if params.upscale is not None and params.upscale.model is not None:
+                self.store.resolve_usable("upscale_models", params.upscale.model)
         except ModelError as error:
             code, message = describe_failure(error)
             # With the full paths that the client's copy of the message won't show (see backend/redact.py).

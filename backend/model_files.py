@@ -28,7 +28,7 @@ from backend.model_layouts import Layouts, detect_layout, models_folder, parse_l
 
 log = logging.getLogger(__name__)
 
-KINDS = ("checkpoints", "loras", "controlnet", "vae", "taesd")
+KINDS = ("checkpoints", "loras", "controlnet", "vae", "taesd", "embeddings", "upscale_models")
 
 # Used when no manifest can be read, so a bare models folder still works; mirrors models/manifest.json.
 DEFAULT_LAYOUT: dict[str, str] = {
@@ -37,6 +37,8 @@ DEFAULT_LAYOUT: dict[str, str] = {
     "controlnet": "controlnet",
     "vae": "vae",
     "taesd": "vae_approx",
+    "embeddings": "embeddings",
+    "upscale_models": "upscale_models",
 }
 DEFAULT_FOREIGN_LAYOUTS: dict[str, dict[str, list[str]]] = {
     "comfyui": {k: [v] for k, v in DEFAULT_LAYOUT.items()},
@@ -46,6 +48,8 @@ DEFAULT_FOREIGN_LAYOUTS: dict[str, dict[str, list[str]]] = {
         "controlnet": ["ControlNet"],
         "vae": ["VAE"],
         "taesd": ["VAE-approx"],
+        "embeddings": ["../embeddings"],  # A1111 keeps them beside its models folder
+        "upscale_models": ["ESRGAN", "RealESRGAN", "SwinIR", "DAT", "HAT"],  # a folder per architecture
     },
 }
 REPO_MANIFEST = Path(__file__).resolve().parents[1] / "models" / "manifest.json"
@@ -60,6 +64,10 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 # In the order the loader prefers them when one folder holds both: .safetensors can't carry code.
 TAESD_SUFFIXES = (".safetensors", ".pth", ".pt")
 SAFETENSORS_ONLY = (".safetensors",)
+# Textual-inversion embeddings: A1111's .pt files are read with torch.load(weights_only=True) too.
+EMBEDDING_SUFFIXES = (".safetensors", ".pt")
+# Upscale models (ESRGAN and the others spandrel reads): .pth/.pt are read with torch.load(weights_only=True).
+UPSCALER_SUFFIXES = (".safetensors", ".pth", ".pt")
 
 SERVED = " or ".join(family.label for family in FAMILIES.values())  # "SD 1.5 or SDXL"
 HINTS = {
@@ -68,6 +76,8 @@ HINTS = {
     "controlnet": f"{SERVED} ControlNet .safetensors files",
     "vae": f"{SERVED} VAE .safetensors files",
     "taesd": "taesd_encoder.pth and taesd_decoder.pth",
+    "embeddings": "textual-inversion embeddings (.safetensors or .pt files)",
+    "upscale_models": "upscale models (ESRGAN, Real-ESRGAN, SwinIR, ... as .pth or .safetensors files)",
 }
 SINGULAR = {
     "checkpoints": "checkpoint",
@@ -75,6 +85,8 @@ SINGULAR = {
     "controlnet": "ControlNet",
     "vae": "VAE",
     "taesd": "TAESD",
+    "embeddings": "embedding",
+    "upscale_models": "upscale model",
 }
 
 
@@ -132,6 +144,18 @@ def _too_long_for_a_file(rel: PurePosixPath) -> bool:
     return any(len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_PART_BYTES for part in rel.parts)
 
 
+FolderMark = tuple[int, int] | None
+
+
+def _folder_mark(folder: Path) -> FolderMark:
+    """What changes when a folder's entries do (inode and modification time); None: not there."""
+    try:
+        info = folder.stat()
+    except OSError:
+        return None
+    return (info.st_ino, info.st_mtime_ns)
+
+
 def is_diffusers_folder(path: Path) -> bool:
     return (path / "model_index.json").is_file() or (path / "unet" / "config.json").is_file()
 
@@ -176,6 +200,8 @@ class ModelStore:
         self.checked = VerdictCache()
         # The checkpoint a job last named and loaded (EngineWorker notes it): the default while usable.
         self.last_used_checkpoint: str | None = None
+        # embedding_names(): (each walked folder's mark, the names listed then)
+        self._embedding_listing: tuple[tuple[tuple[Path, FolderMark], ...], list[str]] | None = None
 
     def _extra_paths_file(self) -> list[Path]:
         path = self.root / "extra_paths.json"
@@ -208,6 +234,26 @@ class ModelStore:
             for folder in root.dirs(kind):
                 names.update(self._scan(kind, folder))
         return sorted(names, key=lambda n: (n.casefold(), n))
+
+    def embedding_names(self) -> list[str]:
+        """list_kind("embeddings"), walked again only when one of the folders walked then has changed (its
+        modification time: adding, removing or renaming a file or folder in it changes it). Every job's
+        prompts are matched against these names (A1111 writes an embedding as its bare file name), and a
+        live frame must not walk a folder of hundreds of files."""
+        known = self._embedding_listing
+        if known is not None and all(_folder_mark(folder) == mark for folder, mark in known[0]):
+            return known[1]
+        entered: list[Path] = []
+        tops = [folder for root in self.roots for folder in root.dirs("embeddings")]
+        marks = {folder: _folder_mark(folder) for folder in tops}  # before the walk: a change during it shows
+        names: set[str] = set()
+        for folder in tops:
+            names.update(self._scan("embeddings", folder, entered))
+        for folder in entered:
+            marks.setdefault(folder, _folder_mark(folder))
+        listed = sorted(names, key=lambda n: (n.casefold(), n))
+        self._embedding_listing = (tuple(marks.items()), listed)
+        return listed
 
     def resolve(self, kind: str, name: str) -> Path:
         """The file (or diffusers folder) for `name`; raises a ModelError subclass with advice otherwise."""
@@ -309,13 +355,18 @@ class ModelStore:
     def _accepts(kind: str, filename: str) -> bool:
         if filename.startswith("."):
             return False
-        suffixes = {"checkpoints": CHECKPOINT_SUFFIXES, "taesd": TAESD_SUFFIXES}.get(kind, SAFETENSORS_ONLY)
+        suffixes = {
+            "checkpoints": CHECKPOINT_SUFFIXES,
+            "taesd": TAESD_SUFFIXES,
+            "embeddings": EMBEDDING_SUFFIXES,
+            "upscale_models": UPSCALER_SUFFIXES,
+        }.get(kind, SAFETENSORS_ONLY)
         return filename.lower().endswith(suffixes)
 
-    def _scan(self, kind: str, folder: Path) -> Iterator[str]:
+    def _scan(self, kind: str, folder: Path, entered: list[Path] | None = None) -> Iterator[str]:
         """Names of the files (and diffusers folders) under `folder`, symlinks followed. A symlinked folder
         that leads back inside `folder` is not entered (its files are listed under their own names), nor one
-        already walked (a link loop)."""
+        already walked (a link loop). `entered` collects the folders walked."""
         if not folder.is_dir():
             return
         walked: set[Path] = set()
@@ -330,6 +381,8 @@ class ModelStore:
                 dirnames[:] = []
                 continue
             walked.add(real)
+            if entered is not None:
+                entered.append(here)
             keep = []
             for d in sorted(dirnames):
                 sub = here / d

@@ -17,9 +17,7 @@ NATIVE = "native"  # our own layout (`layout` in the manifest)
 # Folders that a ComfyUI models folder has and ours never does: a folder named like ours that holds one of
 # them is ComfyUI's (the name is cosmetic: the two layouts share their folder names).
 COMFYUI = "comfyui"
-COMFYUI_ONLY = frozenset(
-    {"clip_vision", "diffusion_models", "unet", "upscale_models", "embeddings", "text_encoders", "clip"}
-)
+COMFYUI_ONLY = frozenset({"clip_vision", "diffusion_models", "unet", "text_encoders", "clip"})
 
 
 class LayoutError(ValueError):

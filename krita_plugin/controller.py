@@ -21,6 +21,7 @@ from . import persistence
 from ._compat import protocol
 from .apply_flow import ApplyFlow
 from .capture import CaptureError
+from .control_images import ControlImages
 from .document_state import read_state, remember_guidance
 from .guidance import chosen, create_guidance_layer, layer_choices, sync_pose_layers
 from .history import ResultEntry, ResultHistory
@@ -41,6 +42,7 @@ from .safe import add_error_sink, guarded, remove_error_sink, report_exception
 from .sending import Sender, job_fingerprint
 from .settings import GenerationSettings, random_seed
 from .status_line import status_line
+from .upscaling import Upscales
 
 SLOW_AFTER = 8.0  # seconds without word from a running job before the panel says the backend is slow
 PUMP_MS = 30
@@ -72,9 +74,14 @@ class Controller(QObject):
         self.applying = ApplyFlow(
             self.network, self.ids, self.records, self._document_by_id, self.panel.set_message
         )
+        self.control_images = ControlImages(
+            self.network, self.ids, self._document_by_id, self.panel.set_message
+        )
+        self.upscales = Upscales(self.network, self.ids, self._document_by_id, self.panel.set_message)
         self.input = InputWatch(self.check_live, self)
         self.idle = IdleWait(self.check_live, self)
         self.welcome: protocol.Welcome | None = None
+        self.served_by = ""  # the backend a balancer chose for this connection ("" when connected directly)
         self.models: dict[str, list[str]] = {}
         self.status = Status.OFFLINE
         self.visible = True
@@ -99,6 +106,8 @@ class Controller(QObject):
         panel.apply_onto_clicked.connect(self.on_apply_onto)
         panel.cancel_clicked.connect(self.on_cancel)
         panel.create_layer_clicked.connect(self.on_create_guidance_layer)
+        panel.from_image_clicked.connect(self.on_control_from_image)
+        panel.upscale_clicked.connect(self.on_upscale)
         panel.history_picked.connect(self.on_history_picked)
         panel.settings_changed.connect(self.on_settings_changed)
         panel.guidance_changed.connect(self.on_guidance_changed)
@@ -195,6 +204,7 @@ class Controller(QObject):
     @guarded
     def on_cancel(self) -> None:
         self._cancel_current()
+        self.upscales.cancel_all()
         if self.panel.live.isChecked():
             self.panel.set_live(False)
         self.panel.set_message("Cancelled.")
@@ -208,6 +218,43 @@ class Controller(QObject):
         told = create_guidance_layer(doc, kind)
         self._show_document(doc)
         self.panel.set_message(told)
+
+    @guarded
+    def on_control_from_image(self, kind: str) -> None:
+        """A guidance row's "from image": the backend makes the kind's control image of the image; it comes
+        back as a new layer chosen in that row (control_images.py)."""
+        doc = self._document_for_action()
+        if doc is None:
+            return
+        settings = self.panel.settings()
+        family = self.panel.listing.checkpoint_family(settings.checkpoint)
+        self.control_images.request(
+            doc,
+            kind,
+            settings,
+            native_side=protocol.family_native_side(family),
+            refresh_allowed=_no_buttons_down,
+        )
+
+    @guarded
+    def on_upscale(self) -> None:
+        """Upscale: the image or selection goes to the backend; the answer becomes a layer (upscaling.py)."""
+        doc = self._document_for_action()
+        if doc is None or self.welcome is None:
+            return
+        panel = self.panel
+        job_id = self.upscales.request(
+            doc,
+            panel.settings(),
+            factor=int(panel.upscale_factor.currentData()),
+            refine=panel.upscale_refine.isChecked(),
+            strength=panel.upscale_strength.value(),
+            models=self.models,
+            limits=self.welcome.limits,
+            refresh_allowed=_no_buttons_down,
+        )
+        if job_id is not None:
+            panel.set_waiting()
 
     @guarded
     def on_history_picked(self, job_id: str) -> None:
@@ -302,7 +349,7 @@ class Controller(QObject):
         if isinstance(event, StatusChanged):
             self._on_status(event)
         elif isinstance(event, Connected):
-            self._on_connected(event.welcome)
+            self._on_connected(event.welcome, event.served_by)
         elif isinstance(event, ResultReady):
             self._on_result(event)
         elif isinstance(event, ServerMessage):
@@ -315,8 +362,14 @@ class Controller(QObject):
             self.tracker.forget()
             self.live.reset()
             self.panel.set_idle()
+            self.control_images.forget()
+            self.upscales.forget()
             for record in self.records.clear():
                 self.applying.ended(record.job_id)
+        elif self.panel.live.isChecked():
+            # (Re)connected, perhaps to another backend after a failover: the canvas as it is now goes without
+            # a stroke (the reset above forgot what was sent, so the check sends).
+            self.input.poke()
         self._show_connection_status(event)
 
     def _backend_slow(self) -> bool:
@@ -324,16 +377,18 @@ class Controller(QObject):
 
     def _show_connection_status(self, event: StatusChanged | None = None) -> None:
         self._slow_shown = self._backend_slow()
-        line = status_line(self.status, self.welcome, self._slow_shown, event)
+        line = status_line(self.status, self.welcome, self._slow_shown, event, self.served_by)
         if line is not None:
             self.panel.set_status(*line)
 
-    def _on_connected(self, welcome: protocol.Welcome) -> None:
+    def _on_connected(self, welcome: protocol.Welcome, served_by: str = "") -> None:
         self.welcome = welcome
+        self.served_by = served_by
         listing = ModelListing.of(welcome)
         self.models = listing.models
         self.panel.set_models(listing, list(welcome.samplers))
         self.panel.offer_control_kinds([k for k in welcome.control_kinds if isinstance(k, str)])
+        self.panel.offer_from_image(protocol.registry.CONTROL_IMAGE in welcome.modes)
         if not (self.models.get("checkpoints") or []):
             self.panel.set_message(describe_error("no_model", ""), error=True)
         elif self.panel.message.property("plain") == describe_error("no_model", ""):
@@ -343,7 +398,7 @@ class Controller(QObject):
     def _on_message(self, message: Any) -> None:
         if isinstance(message, protocol.Progress):
             self.tracker.touch(message.job_id)
-            if self.tracker.wants(message.job_id):
+            if self.tracker.wants(message.job_id) or self.upscales.owns(message.job_id):
                 self.panel.set_progress(message.step, message.total)
         elif isinstance(message, protocol.Accepted):
             self.tracker.touch(message.job_id)
@@ -360,6 +415,13 @@ class Controller(QObject):
 
     def _on_error(self, error: protocol.Error) -> None:
         text = describe_error(error.code, error.message)
+        if self.control_images.owns(error.job_id):
+            self.control_images.ended(error.job_id or "", text)
+            return
+        if self.upscales.owns(error.job_id):
+            self.upscales.ended(error.job_id or "", text)
+            self.panel.set_idle()
+            return
         if error.job_id is None:
             self.panel.set_message(text, error=True)
             return
@@ -373,6 +435,8 @@ class Controller(QObject):
 
     def _job_ended(self, job_id: str, retry_in: float | None = None) -> None:
         """A job ended without a result (cancelled or failed)."""
+        self.control_images.ended(job_id)
+        self.upscales.ended(job_id)
         self.live.ended(job_id, retry_in=retry_in)
         record = self.records.pop(job_id)
         if record is not None and record.purpose is Purpose.REFINE:
@@ -383,6 +447,16 @@ class Controller(QObject):
 
     def _on_result(self, event: ResultReady) -> None:
         result, frame = event.result, event.frame
+        if self.upscales.owns(result.job_id):
+            self.panel.set_idle()
+            if self.upscales.arrived(result, frame) is self.app.activeDocument():
+                self._show_document(self.app.activeDocument())
+            return
+        if self.control_images.owns(result.job_id):
+            changed = self.control_images.arrived(result, frame)
+            if changed is not None and changed is self.app.activeDocument():
+                self._show_document(changed)  # the new layer, chosen in its row
+            return
         self.live.ended(result.job_id)
         record = self.records.pop(result.job_id)
         if record is not None and record.purpose is Purpose.REFINE:

@@ -49,6 +49,8 @@ from .settings import (
     GenerationSettings,
     random_seed,
 )
+from .upscaling import DEFAULT_REFINE_STRENGTH
+from .upscaling import FACTORS as UPSCALE_FACTORS
 
 STATUS_COLORS = {"ok": "#3a3", "busy": "#c90", "bad": "#c33", "off": "#888"}
 DEFAULT_CHOICE = ""  # item data for "backend default" / "none"
@@ -97,6 +99,8 @@ class Panel(QScrollArea):
     apply_onto_clicked = pyqtSignal()
     cancel_clicked = pyqtSignal()
     create_layer_clicked = pyqtSignal(str)  # a guidance row's "+": the control kind's name
+    from_image_clicked = pyqtSignal(str)  # a guidance row's "from image": the control kind's name
+    upscale_clicked = pyqtSignal()  # Upscale: the image or selection, by upscale_factor (upscaling.py)
     history_picked = pyqtSignal(str)
     settings_changed = pyqtSignal()
     guidance_changed = pyqtSignal()  # the painter picked another guidance layer
@@ -244,7 +248,29 @@ class Panel(QScrollArea):
         for name in protocol.SAMPLERS:
             self.sampler.addItem(protocol.sampler_label(name), name)
         form.addRow("Sampler", self.sampler)
+        self._build_upscale(form)
         return section
+
+    def _build_upscale(self, form: QFormLayout) -> None:
+        self.upscale_factor = _combo("kld_upscale_factor")
+        for factor in UPSCALE_FACTORS:
+            self.upscale_factor.addItem(f"{factor}x", factor)
+        self.upscale_refine = _named(QCheckBox("Refine"), "kld_upscale_refine")
+        self.upscale_refine.setChecked(True)
+        self.upscale_refine.setToolTip("Add detail at the new size: img2img tile by tile, with this strength")
+        self.upscale_strength = _strength_spin("kld_upscale_strength")
+        self.upscale_strength.setRange(0.05, 1.0)
+        self.upscale_strength.setValue(DEFAULT_REFINE_STRENGTH)
+        self.upscale_strength.setToolTip("Refine strength: low adds detail, high redraws each tile")
+        self.upscale_refine.toggled.connect(self.upscale_strength.setEnabled)
+        self.upscale = _named(QPushButton("Upscale"), "kld_upscale")
+        self.upscale.setToolTip(
+            "Enlarge the image (or the selection) with the backend's upscale model, refine it, and keep it "
+            "as a new layer: the document grows by the same factor"
+        )
+        self.upscale.clicked.connect(self.upscale_clicked)
+        form.addRow("Upscale", _row(self.upscale, self.upscale_factor))
+        form.addRow("", _row(self.upscale_refine, self.upscale_strength))
 
     def _build_guidance(self) -> Section:
         """A row per control kind of the protocol's table: its layer, "+" (a new layer), its strength."""
@@ -253,7 +279,11 @@ class Panel(QScrollArea):
         for kind in protocol.CONTROL_KINDS.values():
             row = GuidanceRow.build(kind)
             row.new_layer.clicked.connect(lambda *_, name=kind.name: self.create_layer_clicked.emit(name))
-            row.holder = _row(row.layer, row.new_layer, row.strength)
+            buttons = [row.new_layer]
+            if row.from_image is not None:
+                row.from_image.clicked.connect(lambda *_, name=kind.name: self.from_image_clicked.emit(name))
+                buttons.append(row.from_image)
+            row.holder = _row(row.layer, *buttons, row.strength)
             section.form.addRow(kind.label, row.holder)
             self.guidance_rows[kind.name] = row
         self.guidance_form = section.form
@@ -277,7 +307,7 @@ class Panel(QScrollArea):
         section = Section("Backend", "backend")
         form = section.form
         self.address = _named(QLineEdit(f"127.0.0.1:{protocol.DEFAULT_PORT}"), "kld_address")
-        self.address.setToolTip("Where the backend listens: host:port")
+        self.address.setToolTip("Where the backend listens: host:port, or wss://host:port for TLS")
         self.connect_button = _named(QPushButton("Connect"), "kld_connect")
         self.connect_button.clicked.connect(self.connect_requested)
         form.addRow("Address", _row(self.address, self.connect_button))
@@ -285,6 +315,10 @@ class Panel(QScrollArea):
         self.token.setEchoMode(QLineEdit.EchoMode.Password)
         self.token.setPlaceholderText("only if the backend asks for one")
         form.addRow("Token", self.token)
+        self.ca_file = _named(QLineEdit(""), "kld_ca_file")
+        self.ca_file.setPlaceholderText("only for wss:// with your own CA")
+        self.ca_file.setToolTip("A PEM file of the certificate authority that signed the server certificate")
+        form.addRow("CA file", self.ca_file)
         return section
 
     def _connect_change_signals(self) -> None:
@@ -326,7 +360,9 @@ class Panel(QScrollArea):
         )
 
     def connection(self) -> ConnectionSettings:
-        return ConnectionSettings(self.address.text().strip(), self.token.text().strip())
+        return ConnectionSettings(
+            self.address.text().strip(), self.token.text().strip(), self.ca_file.text().strip()
+        )
 
     # --- showing --------------------------------------------------------------------------------------------
 
@@ -352,6 +388,7 @@ class Panel(QScrollArea):
     def set_connection(self, connection: ConnectionSettings) -> None:
         self.address.setText(connection.address)
         self.token.setText(connection.token)
+        self.ca_file.setText(connection.ca_file)
 
     def set_status(self, text: str, state: str) -> None:
         color = STATUS_COLORS.get(state, STATUS_COLORS["off"])
@@ -409,6 +446,12 @@ class Panel(QScrollArea):
                 if widget is not None:
                     widget.setVisible(row.offered)
 
+    def offer_from_image(self, available: bool) -> None:
+        """Shows the "from image" buttons when the backend makes control images (an older one doesn't)."""
+        for row in self.guidance_rows.values():
+            if row.from_image is not None:
+                row.from_image.setVisible(available)
+
     def set_layer_choices(self, choices: Mapping[str, list[tuple[str, str]]]) -> None:
         """The layers each kind's row offers (kind name -> (layer id, name) pairs)."""
         for kind, row in self.guidance_rows.items():
@@ -425,13 +468,15 @@ class Panel(QScrollArea):
 
 @dataclass
 class GuidanceRow:
-    """One control kind's widgets, named kld_<kind>_layer, kld_new_<kind> and kld_<kind>_strength."""
+    """One control kind's widgets, named kld_<kind>_layer, kld_new_<kind>, kld_<kind>_from_image (a kind
+    the backend makes from the image) and kld_<kind>_strength."""
 
     layer: QComboBox
     new_layer: QToolButton
     strength: QDoubleSpinBox
-    holder: QWidget | None = None  # the form row's field: the three above
+    holder: QWidget | None = None  # the form row's field: the widgets above
     offered: bool = True  # the backend runs this kind
+    from_image: QToolButton | None = None
 
     @classmethod
     def build(cls, kind: protocol.ControlKind) -> GuidanceRow:
@@ -450,7 +495,18 @@ class GuidanceRow:
             new_layer.setToolTip(f"Add a {label} layer on top and select it to draw on")
         strength = _strength_spin(f"kld_{kind.name}_strength")
         strength.setToolTip(f"{kind.label} strength")
-        return cls(layer, new_layer, strength)
+        from_image = None
+        if kind.from_image:
+            from_image = _named(QToolButton(), f"kld_{kind.name}_from_image")
+            from_image.setIcon(_standard_icon(from_image, QStyle.StandardPixmap.SP_FileDialogContentsView))
+            from_image.setToolTip(
+                f"Make a {label} layer from the image (the backend computes it; the layer is yours to edit)"
+            )
+        buttons = [button for button in (new_layer, from_image) if button is not None]
+        side = min(button.sizeHint().height() for button in buttons)
+        for button in buttons:  # square: two buttons and the strength fit the docker's width
+            button.setFixedWidth(side)
+        return cls(layer, new_layer, strength, from_image=from_image)
 
 
 def _named(widget: WidgetT, name: str) -> WidgetT:

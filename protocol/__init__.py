@@ -51,13 +51,15 @@ from .registry import (
     pick_controlnet,
     sampler_label,
 )
+from .upscale import MAX_UPSCALE_SIDE, UPSCALE, UpscaleParam
 
 __all__ = [
     "CLIENT_MESSAGES", "CONTROL_KINDS", "DEFAULT_PORT", "IMAGE", "KEYPOINTS", "MAX_BATCH", "MAX_CONTROLS",
-    "MODEL_FAMILIES", "MODES", "PROTOCOL_VERSION", "SAMPLERS", "SERVER_MESSAGES",
-    "Accepted", "Bounds", "Cancel", "Cancelled", "ControlKind", "ControlParam", "Error", "ErrorCode", "Hello",
-    "ImageEncoding", "ImageFrame", "ImageSpec", "InpaintParam", "JobParams", "JobRequest", "Limits",
-    "ListModels", "LoraParam", "Message", "ModelList", "Progress", "ProtocolError", "Result", "Sampler",
-    "Welcome", "bgra_to_rgba", "decode_frame", "decode_message", "encode_frame", "encode_message",
-    "encode_png", "family_label", "family_native_side", "pick_controlnet", "result_slot", "sampler_label",
+    "MAX_UPSCALE_SIDE", "MODEL_FAMILIES", "MODES", "PROTOCOL_VERSION", "SAMPLERS", "SERVER_MESSAGES",
+    "UPSCALE", "Accepted", "Bounds", "Cancel", "Cancelled", "ControlKind", "ControlParam", "Error",
+    "ErrorCode", "Hello", "ImageEncoding", "ImageFrame", "ImageSpec", "InpaintParam", "JobParams",
+    "JobRequest", "Limits", "ListModels", "LoraParam", "Message", "ModelList", "Progress", "ProtocolError",
+    "Result", "Sampler", "UpscaleParam", "Welcome", "bgra_to_rgba", "decode_frame", "decode_message",
+    "encode_frame", "encode_message", "encode_png", "family_label", "family_native_side", "pick_controlnet",
+    "result_slot", "sampler_label",
 ]  # fmt: skip

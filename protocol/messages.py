@@ -10,7 +10,16 @@ from typing import Any, ClassVar, Protocol, TypeGuard
 
 from .errors import ErrorCode, ProtocolError
 from .frames import ImageEncoding
-from .registry import CONTROL_KINDS, KEYPOINTS, MODES, SAMPLERS, keypoint_kinds
+from .registry import (
+    CONTROL_IMAGE,
+    CONTROL_KINDS,
+    KEYPOINTS,
+    MODES,
+    SAMPLERS,
+    from_image_kinds,
+    keypoint_kinds,
+)
+from .upscale import MAX_UPSCALE_SIDE, UpscaleParam, check_upscale_job
 from .validate import (
     JOB_ID_PATTERN,
     bad,
@@ -60,6 +69,8 @@ class Limits:
     # Replies a client leaves unread before the server stops reading its messages (and, some time later,
     # disconnects it).
     max_unread_bytes: int = 64 * 1024 * 1024
+    # The largest side of an `upscale` job's result (protocol/upscale.py); servers without upscale omit it.
+    max_upscale_side: int = MAX_UPSCALE_SIDE
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Limits:
@@ -214,10 +225,15 @@ class JobParams:
     # Images to render, image i with seed `seed + i` and everything else equal (so each one is what a
     # batch-1 job with its seed gives). Live jobs are single frames: batch 1 only.
     batch: int = 1
+    # A `control_image` job's kind: the control image it makes from the canvas (only those jobs carry it).
+    control_kind: str | None = None
+    # An `upscale` job's factor or size, model and refine switch (protocol/upscale.py; only those jobs).
+    upscale: UpscaleParam | None = None
 
     FIELDS: ClassVar[set[str]] = {
         "prompt", "negative_prompt", "checkpoint", "vae", "loras", "lcm_lora", "lcm_lora_strength",
         "sampler", "steps", "cfg", "strength", "seed", "controls", "inpaint", "resolution", "batch",
+        "control_kind", "upscale",
     }  # fmt: skip
 
     @classmethod
@@ -241,6 +257,8 @@ class JobParams:
             inpaint=InpaintParam.from_dict(data.get("inpaint") or {}),
             resolution=read_float(data, "resolution", MIN_RESOLUTION, MAX_RESOLUTION, 1.0),
             batch=read_int(data, "batch", 1, MAX_BATCH, 1),
+            control_kind=read_choice(data, "control_kind", tuple(CONTROL_KINDS), None),
+            upscale=None if data.get("upscale") is None else UpscaleParam.from_dict(data["upscale"]),
         )
         if params.seed + params.batch - 1 > MAX_SEED:
             # Every image's seed must be a valid seed of its own: its batch-1 job must be expressible.
@@ -348,6 +366,9 @@ class Welcome:
     # checkpoint a job naming none gets (None: none usable). Added later: older servers send neither.
     families: dict[str, dict[str, str]] = field(default_factory=dict[str, dict[str, str]])
     default_checkpoint: str | None = None
+    # The job modes the server takes: the registry's (added with `control_image`: older servers send none,
+    # and take "img2img" and "inpaint").
+    modes: list[str] = field(default_factory=lambda: list(MODES))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], limits: Limits) -> Welcome:
@@ -365,6 +386,7 @@ class Welcome:
             control_kinds=read_list(data, "control_kinds", 100, []),
             families=read_families(data),
             default_checkpoint=read_str(data, "default_checkpoint", None, MAX_MODEL_NAME),
+            modes=read_list(data, "modes", 100, []),
         )
 
 
@@ -456,6 +478,8 @@ class JobRequest:
                 result_encoding=read_choice(data, "result_encoding", ("bgra8", "rgba8", "png"), "bgra8"),
             )
             job.check_images()
+            job.check_control_image()
+            job.check_upscale(limits)
             if job.live and job.params.batch != 1:
                 raise bad("A live job renders a single frame: its 'batch' must be 1.")
         except ProtocolError as error:
@@ -483,10 +507,45 @@ class JobRequest:
         for control in self.params.controls:
             if control.image is not None and control.image not in by_slot:
                 raise bad(f"Control image slot {control.image!r} is not among the job's images.")
-        referenced = {"canvas", "mask"} | {c.image for c in self.params.controls if c.image}
+        referenced = {"canvas"} | {c.image for c in self.params.controls if c.image}
+        if self.mode != CONTROL_IMAGE:
+            referenced.add("mask")  # (sent with an img2img job it is ignored, as it always was)
         extra = sorted(set(by_slot) - referenced)
         if extra:
             raise bad(f"Image slot(s) {', '.join(extra)} are not used by the job.")
+
+    def check_control_image(self) -> None:
+        """A `control_image` job names a kind the backend makes from the canvas, and nothing of a generation
+        that it would not use: no controls, no batch, never live (live jobs supersede each other)."""
+        kind = self.params.control_kind
+        if self.mode != CONTROL_IMAGE:
+            if kind is not None:
+                raise bad(
+                    f"'control_kind' belongs to {CONTROL_IMAGE} jobs; this job's mode is {self.mode!r}."
+                )
+            return
+        makers = ", ".join(from_image_kinds())
+        if kind is None:
+            raise bad(f"A {CONTROL_IMAGE} job needs 'control_kind' in its params: one of {makers}.")
+        if not CONTROL_KINDS[kind].from_image:
+            raise bad(f"A {kind} control image can't be made from the image; kinds that can: {makers}.")
+        if self.live or self.params.batch != 1 or self.params.controls:
+            raise bad(f"A {CONTROL_IMAGE} job is not live and has no 'controls' and no 'batch' above 1.")
+
+    def check_upscale(self, limits: Limits) -> None:
+        """An `upscale` job's rules (protocol/upscale.py); its params get their defaults."""
+        by_slot = {image.slot: image for image in self.images}
+        canvas, mask = by_slot["canvas"], by_slot.get("mask")
+        self.params.upscale = check_upscale_job(
+            self.mode,
+            self.params.upscale,
+            live=self.live,
+            batch=self.params.batch,
+            has_controls=bool(self.params.controls),
+            canvas=(canvas.width, canvas.height),
+            mask=None if mask is None else (mask.encoding, mask.width, mask.height),
+            max_side=limits.max_upscale_side,
+        )
 
     def _check_canvas_in_bounds(self, canvas: ImageSpec) -> None:
         """`bounds` width/height are the document rectangle the canvas image covers: the canvas may be sent

@@ -2,11 +2,12 @@
 
 A new control kind or sampler starts here. The protocol validates jobs against these tables, the server's
 welcome lists them and the plugin offers them; the backend keeps the implementations, keyed by these names
-(a sampler's scheduler in backend/engine/samplers.py, a kind's hint image in backend/engine/controlnet.py),
-and tests check that every name here has one. The plugin builds a guidance row per kind from here (its
-label, a layer of the kind's input, the ControlNet its model words pick) and sends each chosen layer as that
-kind. Tests add throw-away entries with `monkeypatch.setitem`: everything reads these
-dictionaries when it runs, never a copy taken at import.
+(a sampler's scheduler in backend/engine/samplers.py, a kind's hint image in backend/engine/controlnet.py,
+the control image a `from_image` kind makes of the canvas in backend/engine/annotate.py), and tests check
+that every name here has one. The plugin builds a guidance row per kind from here (its label, a layer of the
+kind's input, the ControlNet its model words pick, a "from image" button for a `from_image` kind) and
+sends each chosen layer as that kind. Tests add throw-away entries with `monkeypatch.setitem`: everything
+reads these dictionaries when it runs, never a copy taken at import.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ class ControlKind:
     # the first file holding the first word that any file holds (backend and plugin pick alike).
     model_hints: tuple[str, ...]
     label: str  # what the plugin's panel calls it
+    # The backend can make this kind's control image from the canvas (a `control_image` job): an edge
+    # detector, an estimator model or the image itself.
+    from_image: bool = False
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,18 @@ CONTROL_KINDS: dict[str, ControlKind] = {
     for kind in (
         ControlKind("scribble", IMAGE, ("scribble", "sketch", "lineart"), "Scribble"),
         ControlKind("pose", KEYPOINTS, ("openpose", "pose"), "Pose"),
+        # The ControlNet 1.1 kinds (control_v11p_sd15_lineart, ..._softedge, ..._canny,
+        # control_v11f1p_sd15_depth, control_v11p_sd15_normalbae, control_v11f1e_sd15_tile) and their common
+        # SDXL counterparts (controlnet-canny-sdxl-1.0, controlnet-depth-sdxl-1.0, MistoLine,
+        # controlnet-tile-sdxl-1.0, ...).
+        ControlKind("lineart", IMAGE, ("lineart", "line_art", "line-art", "mistoline"), "Line art", True),
+        ControlKind(
+            "softedge", IMAGE, ("softedge", "soft_edge", "soft-edge", "_hed", "-hed", "pidi"), "Soft edge"
+        ),
+        ControlKind("canny", IMAGE, ("canny",), "Canny", True),
+        ControlKind("depth", IMAGE, ("depth",), "Depth", True),
+        ControlKind("normal", IMAGE, ("normalbae", "normal"), "Normal map"),
+        ControlKind("tile", IMAGE, ("tile",), "Tile", True),
     )
 }
 
@@ -59,7 +75,13 @@ SAMPLERS: dict[str, Sampler] = {
     )
 }
 
-MODES = ("img2img", "inpaint")
+# A `control_image` job makes the control image of its params' `control_kind` (a `from_image` kind) from its
+# canvas, and answers with it as the result: the layer a painter then guides that kind with.
+CONTROL_IMAGE = "control_image"
+# An `upscale` job enlarges its canvas (or its mask's box) with an upscale model or Lanczos, then refines it
+# with img2img over tiles at the model family's working size (params `upscale`; backend/engine/upscale.py).
+UPSCALE = "upscale"
+MODES = ("img2img", "inpaint", CONTROL_IMAGE, UPSCALE)
 
 
 @dataclass(frozen=True)
@@ -100,6 +122,11 @@ def pick_controlnet(names: Iterable[str], kind: str) -> str | None:
 def keypoint_kinds() -> list[str]:
     """The control kinds that can carry pose keypoints."""
     return [kind.name for kind in CONTROL_KINDS.values() if kind.input == KEYPOINTS]
+
+
+def from_image_kinds() -> list[str]:
+    """The control kinds a `control_image` job can make from the canvas."""
+    return [kind.name for kind in CONTROL_KINDS.values() if kind.from_image]
 
 
 def sampler_label(name: str) -> str:

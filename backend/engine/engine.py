@@ -14,7 +14,7 @@ import torch
 from backend.model_errors import ModelError
 from backend.model_families import SD15
 from protocol.messages import JobParams
-from protocol.registry import MODES, SAMPLERS
+from protocol.registry import CONTROL_IMAGE, MODES, SAMPLERS, UPSCALE
 
 from . import images, masks
 from .accelerated import Accelerator, AcceleratorSettings
@@ -22,6 +22,7 @@ from .accelerated.denoiser import AcceleratedPredictor
 from .accelerated.frame import FramePlan, LiveFrames, plan_frame
 from .accelerated.host import HostStaging
 from .accelerated.vae_calls import AcceleratedTaesd, is_tiny_autoencoder
+from .annotate import Annotator
 from .conditioning import Conditioner
 from .context import GenerationContext
 from .controlnet import build_controls
@@ -42,6 +43,7 @@ from .region import (
 )
 from .residency import Residency
 from .samplers import SamplerFactory, denoise_steps, starts_from_noise
+from .upscale import Upscalers, run_upscale
 
 log = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int], None]
@@ -84,7 +86,10 @@ class Engine:
         self.residency = Residency(self.device, enabled=self.settings.low_vram)
         self._resident_for: int | None = None  # id of the components whose models the residency moves
         self.conditioner = Conditioner(
-            PromptCache(self.settings.prompt_cache_size), self.device, self.residency
+            PromptCache(self.settings.prompt_cache_size),
+            self.device,
+            self.residency,
+            embeddings=getattr(models, "embedding", None),  # optional in a model source, like `taesd`
         )
         self.prompts = self.conditioner.prompts
         self.samplers = SamplerFactory()
@@ -96,6 +101,8 @@ class Engine:
         self._accelerated_for: tuple[str, int] | None = None
         # per family: TAESD files that could not be loaded (that family's live jobs use the VAE)
         self._taesd_errors: dict[str, str] = {}
+        self.annotator = Annotator(models, self.device, dtype)  # control_image jobs (engine/annotate.py)
+        self.upscalers = Upscalers(self.device, dtype, self.settings.low_vram)  # upscale jobs (upscale.py)
 
     def run(self, job: EngineJob, on_progress: ProgressCallback, is_cancelled: CancelCheck) -> EngineResult:
         """Run one job. Raises JobCancelled at a step boundary once is_cancelled() is True, EngineInputError
@@ -104,6 +111,8 @@ class Engine:
         """
         started = time.perf_counter()
         _check_job(job)
+        if job.mode == CONTROL_IMAGE:
+            return self.annotator.run(job)  # a control layer made from the canvas: no generation
         choice = job.models or choose_models(self.models.store, job.params)
         seeds = job.params.seeds
         rendered: list[EngineResult] = []
@@ -119,6 +128,8 @@ class Engine:
                 progress = _batch_progress(on_progress, index, len(seeds))
                 if job.mode == "img2img":
                     rendered.append(self._img2img(one, choice, progress, is_cancelled))
+                elif job.mode == UPSCALE:
+                    rendered.append(run_upscale(self, one, choice, progress, is_cancelled))
                 else:
                     rendered.append(self._inpaint(one, choice, progress, is_cancelled))
         result = _combine(rendered)
@@ -307,7 +318,7 @@ class Engine:
             params.sampler, dict(components.scheduler_config), params.steps, params.strength, self.device
         )
         start = time.perf_counter()
-        guidance = self.conditioner.guidance(components, choice.text_encoder_state(), params)
+        guidance = self.conditioner.guidance(components, choice, params)
         timings["prompt"] = time.perf_counter() - start
         ctx = GenerationContext(
             unet=components.unet,

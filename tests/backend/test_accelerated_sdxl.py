@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from backend.engine import EngineJob
 from backend.loading.model_cache import ModelCache
 from backend.model_files import ModelStore
 from tests.backend.test_accelerated_frame import frame_engine, per_step_engine, plain_engine
@@ -35,7 +36,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ModelCach
     yield ModelCache(ModelStore(root), torch.device("cpu"), torch.float32, sd15.config_dir), sdxl
 
 
-def sdxl_live(tiny: TinySdxl, canvas: np.ndarray, **params: object) -> object:
+def sdxl_live(tiny: TinySdxl, canvas: np.ndarray, **params: object) -> EngineJob:
     return preview_job(canvas, **{"checkpoint": tiny.checkpoint, **params})
 
 

@@ -264,7 +264,7 @@ def test_a_batch_larger_than_the_unread_hard_limit_reaches_a_reading_client(name
     """8 of the largest results at once are 2 MiB here, over the 64 KiB + 2 x 256 KiB that drops a client
     at once: a batch gets that room once per image, so a client that reads is not dropped for asking."""
     side = LargestImagesWorker.side
-    limits = Limits(max_width=side, max_height=side, max_unread_bytes=64 * 1024)
+    limits = Limits(max_width=side, max_height=side, max_unread_bytes=64 * 1024, max_upscale_side=side)
 
     async def scenario(url: str) -> None:
         client = await Client.connect(url)

@@ -87,7 +87,7 @@ def unread(server: RunningServer) -> int:
 # --- replies a client doesn't read ------------------------------------------------------------------------
 
 
-UNREAD_LIMITS = Limits(max_width=2048, max_height=2048, max_unread_bytes=4 * MIB)
+UNREAD_LIMITS = Limits(max_width=2048, max_height=2048, max_unread_bytes=4 * MIB, max_upscale_side=2048)
 
 
 def test_a_client_that_sends_jobs_and_never_reads_is_disconnected_and_its_replies_freed(
@@ -321,4 +321,5 @@ def test_the_limits_are_set_from_the_command_line() -> None:
     limits = config.limits
     assert limits.max_queued_image_bytes == 100 * MIB and limits.max_total_queued_image_bytes == 300 * MIB
     assert limits.max_unread_bytes == 16 * MIB
-    assert config.max_unread_hard_bytes == 16 * MIB + 2 * 4096 * 4096 * 4
+    # room for two of the largest results: an upscale's, 8192 x 8192 (protocol/upscale.py)
+    assert config.max_unread_hard_bytes == 16 * MIB + 2 * 8192 * 8192 * 4

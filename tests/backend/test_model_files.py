@@ -238,7 +238,7 @@ def test_layout_comes_from_the_manifest(tmp_path: Path) -> None:
 
 def test_unknown_kind(models: Path) -> None:
     with pytest.raises(ModelError, match="Unknown model kind"):
-        ModelStore(models).list_kind("embeddings")
+        ModelStore(models).list_kind("hypernetworks")
 
 
 def test_error_codes_match_the_protocol() -> None:

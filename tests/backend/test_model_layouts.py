@@ -33,7 +33,7 @@ CASES = [
     # and install.py ours.
     (["checkpoints", "Lora", "LyCORIS"], NATIVE),
     (["Stable-diffusion", "checkpoints", "loras"], NATIVE),
-    (["Stable-diffusion", "Lora", "loras", "upscale_models"], "a1111"),  # two kinds beat a tie-break
+    (["Stable-diffusion", "Lora", "loras", "clip_vision"], "a1111"),  # two kinds beat a tie-break
     (["vae", "Lora", "unet"], "comfyui"),  # ComfyUI's "vae" and A1111's "Lora": a tie, and a ComfyUI folder
 ]
 

@@ -341,6 +341,24 @@ class Document:
     def pixelData(self, x: int, y: int, w: int, h: int) -> bytes:
         return _read(self._composite(self._root._children), self._width, self._height, x, y, w, h)
 
+    def scaleImage(self, w: int, h: int, xres: int, yres: int, strategy: str) -> bool:
+        """Like Krita's Scale Image: every layer resampled to the new size (nearest neighbour here)."""
+        old_w, old_h = self._width, self._height
+        nodes = [self._root]
+        while nodes:
+            node = nodes.pop()
+            nodes.extend(node._children)
+            node._pixels = bytearray(
+                b"".join(
+                    bytes(node._pixels[((y * old_h // h) * old_w + x * old_w // w) * 4 :][:4])
+                    for y in range(h)
+                    for x in range(w)
+                )
+            )
+        self._width, self._height = w, h
+        self.undo_log.append(("scale image", f"{w}x{h} {strategy}"))
+        return True
+
     def refreshProjection(self) -> None:
         self.refreshes += 1
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
+from krita_plugin._compat import protocol
 from krita_plugin.model_lists import ModelListing
 from krita_plugin.panel import Panel
 from krita_plugin.qt import Qt
@@ -18,7 +19,10 @@ def test_settings_round_trip_through_the_widgets(qapp) -> None:
         prompt="a cat", negative_prompt="dog", strength=0.35, seed=99, seed_locked=True,
         steps=6, cfg=1.5, sampler="euler", checkpoint="b.safetensors", lora="s.safetensors",
         lora_strength=0.5, resolution=1.5, batch=4,
-        guidance={"scribble": ControlLayerChoice("", 0.7), "pose": ControlLayerChoice("", 1.2)},
+        guidance={
+            **{kind: ControlLayerChoice("", 1.0) for kind in protocol.CONTROL_KINDS},  # every row has one
+            "scribble": ControlLayerChoice("", 0.7), "pose": ControlLayerChoice("", 1.2),
+        },
     )  # fmt: skip
     panel.set_settings(wanted)
     assert panel.settings() == wanted
