@@ -12,11 +12,16 @@ import asyncio
 from collections import Counter
 from typing import Any
 
+from .forwarded import IPNetwork, forwarded_address
+
 
 class Admission:
-    def __init__(self, max_total: int, max_per_address: int) -> None:
+    def __init__(
+        self, max_total: int, max_per_address: int, trusted_proxies: tuple[IPNetwork, ...] = ()
+    ) -> None:
         self.max_total = max_total
         self.max_per_address = max_per_address
+        self.trusted_proxies = trusted_proxies  # behind these, the address is X-Forwarded-For's last hop
         self.open: Counter[str] = Counter()
         self._watchers: set[asyncio.Task[None]] = set()
 
@@ -26,7 +31,7 @@ class Admission:
 
     def admit(self, connection: Any) -> str | None:
         """Count the connection until it closes; or, over a cap, the reason it is refused."""
-        address = client_address(connection)
+        address = client_address(connection, self.trusted_proxies)
         if self.total >= self.max_total:
             return f"The server has {self.total} connections open, its limit. Try again later."
         if self.open[address] >= self.max_per_address:
@@ -49,15 +54,21 @@ class Admission:
                 del self.open[address]
 
 
-def client_address(connection: Any) -> str:
+def client_address(connection: Any, trusted_proxies: tuple[IPNetwork, ...] = ()) -> str:
+    """The address a client is counted by: its peer address, or, when that peer is a trusted proxy, the
+    address the proxy received it from (backend/forwarded.py)."""
     remote = getattr(connection, "remote_address", None)
-    return str(remote[0]) if remote else "unknown"
+    peer = str(remote[0]) if remote else "unknown"
+    return forwarded_address(peer, getattr(connection, "request", None), trusted_proxies)
 
 
-def user_key(connection: Any, token_index: int | None = None) -> str:
+def user_key(
+    connection: Any, token_index: int | None = None, trusted_proxies: tuple[IPNetwork, ...] = ()
+) -> str:
     """Who a connection belongs to, for fair scheduling (backend/turns.py), so that one person's many
     connections share one turn: the access token it presented, by its place in the server's list (never its
-    text), when the server has tokens; otherwise its client address (all loopback clients are one)."""
+    text), when the server has tokens; otherwise its client address (all loopback clients are one; behind a
+    trusted proxy, the painter's own)."""
     if token_index is not None:
         return f"token:{token_index}"
-    return "address:" + client_address(connection)
+    return "address:" + client_address(connection, trusted_proxies)

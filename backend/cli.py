@@ -17,6 +17,7 @@ from typing import Any
 from protocol import DEFAULT_PORT, Limits
 
 from .config import REPO_ROOT, TOKEN_ENV, ServerConfig
+from .forwarded import IPNetwork, parse_proxy
 
 # Seconds a stopping server gives the engine's worker to finish what it is in (a job stops at its next step).
 SHUTDOWN_GRACE_S = 5.0
@@ -28,6 +29,13 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def proxy_address(text: str) -> IPNetwork:
+    try:
+        return parse_proxy(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=8,
         help="open connections from one client address (all loopback clients share one) (default: 8)",
+    )
+    parser.add_argument(
+        "--trusted-proxy",
+        action="append",
+        type=proxy_address,
+        default=[],
+        metavar="ADDR",
+        help="a proxy (HAProxy with `option forwardfor`) whose X-Forwarded-For is believed: behind it a "
+        "client's address, for the caps, the wrong-token throttle and fair turns, is the last hop it "
+        "added. An address or network (10.0.0.0/24); repeat for several. Others' X-Forwarded-For is ignored",
     )
     parser.add_argument(
         "--max-queued-mb",
@@ -175,6 +193,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_connections=args.max_connections,
         unread_timeout_s=max(0.1, args.unread_timeout),
         max_connections_per_address=args.max_connections_per_address,
+        trusted_proxies=tuple(args.trusted_proxy),
         preload=not args.no_preload,
         accelerate=args.accelerate,
         low_vram=args.low_vram,

@@ -9,6 +9,7 @@ from pathlib import Path
 from protocol import DEFAULT_PORT, Limits
 
 from .auth_throttle import ThrottleSettings
+from .forwarded import IPNetwork
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOKEN_ENV = "KLD_TOKEN"
@@ -41,6 +42,9 @@ class ServerConfig:
     drain_timeout_s: float = 20.0
     # Wrong access tokens from one address: a few free, then blocks doubling in length (with --token only).
     auth_throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
+    # Proxies (HAProxy) whose X-Forwarded-For is believed: behind one, a client's address for the caps, the
+    # throttle and fair turns is the last hop it added (backend/forwarded.py). Others' header is ignored.
+    trusted_proxies: tuple[IPNetwork, ...] = ()
 
     @property
     def tokens(self) -> tuple[str, ...]:

@@ -252,7 +252,8 @@ class Connection:
             return False
         self.server.token_succeeded(self.socket)
         # With tokens, the user who gets a fair share is the token's holder, wherever they connect from.
-        self.user = user_key(self.socket, self.server.presented_token(self.socket.request, message.token))
+        token = self.server.presented_token(self.socket.request, message.token)
+        self.user = user_key(self.socket, token, self.server.config.trusted_proxies)
         self.server.scheduler.register(self.client_id, self, self.user)
         # Until here messages were capped at the small hello limit (set in serve()): no one unauthenticated
         # can make the server hold megabytes. Read per frame by websockets, so it applies from the next one.
@@ -591,7 +592,9 @@ class Server:
         self.scheduler: Scheduler[EngineJob] = Scheduler(self.engine.run)
         self._ids = itertools.count(1)
         self._socket_server: WebSocketServer | None = None
-        self.admission = Admission(config.max_connections, config.max_connections_per_address)
+        self.admission = Admission(
+            config.max_connections, config.max_connections_per_address, config.trusted_proxies
+        )
         self.auth_throttle = AuthThrottle(config.auth_throttle)
         self.redactor = PathRedactor(root.path for root in self.engine.store.roots)
         self.connections: set[Connection] = set()  # past the handshake (the queued-image budget sums them)
@@ -658,8 +661,9 @@ class Server:
 
     async def _handle(self, socket: ServerConnection) -> None:
         client_id = next(self._ids)
-        log.info("client %d connected from %s", client_id, socket.remote_address)
-        connection = Connection(self, socket, client_id, user_key(socket))
+        address = self.client_address(socket)
+        log.info("client %d connected from %s (peer %s)", client_id, address, socket.remote_address)
+        connection = Connection(self, socket, client_id, user_key(socket, None, self.config.trusted_proxies))
         self.connections.add(connection)
         try:
             await connection.serve()
@@ -680,7 +684,7 @@ class Server:
             return response
         if self.config.tokens:
             # Before anything else: a blocked address's tokens aren't even compared (a guess tells nothing).
-            blocked = self.auth_throttle.blocked_for(client_address(connection))
+            blocked = self.auth_throttle.blocked_for(self.client_address(connection))
             if blocked:
                 wait = retry_after(blocked)
                 response = connection.respond(
@@ -695,9 +699,13 @@ class Server:
             return connection.respond(HTTPStatus.UNAUTHORIZED, "Wrong access token.\n")
         refusal = self.admission.admit(connection)
         if refusal is not None:
-            log.warning("refused a connection from %s: %s", client_address(connection), refusal)
+            log.warning("refused a connection from %s: %s", self.client_address(connection), refusal)
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, refusal + "\n")
         return None
+
+    def client_address(self, connection: ServerConnection) -> str:
+        """The address caps and the throttle count a client by (behind a trusted proxy, the painter's)."""
+        return client_address(connection, self.config.trusted_proxies)
 
     def _token_matches(self, candidate: str | None) -> bool:
         return not self.config.tokens or self.token_index(candidate) is not None
@@ -715,7 +723,7 @@ class Server:
 
     def token_failed(self, connection: ServerConnection) -> float:
         """Count a wrong or missing token against the client's address; the block it starts (s), or 0."""
-        address = client_address(connection)
+        address = self.client_address(connection)
         blocked = self.auth_throttle.failed(address)
         block = f"; blocked for {blocked:g} s" if blocked else ""
         log.warning("wrong or missing access token from %s%s", address, block)
@@ -723,7 +731,7 @@ class Server:
 
     def token_succeeded(self, connection: ServerConnection) -> None:
         if self.config.tokens:
-            self.auth_throttle.succeeded(client_address(connection))
+            self.auth_throttle.succeeded(self.client_address(connection))
 
     def token_accepted(self, request: Request | None, hello_token: str | None) -> bool:
         return not self.config.tokens or self.presented_token(request, hello_token) is not None
