@@ -56,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
         "share of the GPU, even when they all connect from one address",
     )
     parser.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="access tokens, one per line (blank lines and lines starting with # are skipped): a studio's "
+        "painters, each with a token of their own, as if each were given with --token; keep the file private",
+    )
+    parser.add_argument(
         "--allow-origin",
         action="append",
         default=[],
@@ -169,9 +177,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def read_token_file(path: Path) -> list[str]:
+    """The tokens in a token file; the file's text is never echoed (a typo'd line must not land in a log)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise SystemExit(f"error: cannot read the token file {path}: {type(error).__name__}") from None
+    tokens = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if any(any(c.isspace() for c in token) for token in tokens):
+        raise SystemExit(f"error: a line of the token file {path} holds spaces: one token per line")
+    if not tokens:
+        raise SystemExit(f"error: the token file {path} holds no token")
+    return tokens
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     given = args.token if args.token is not None else [os.environ.get(TOKEN_ENV, "")]
-    tokens = [token for token in given if token]
+    if args.token_file is not None:
+        given = [*(args.token or []), *read_token_file(args.token_file)]
+    tokens = list(dict.fromkeys(token for token in given if token))  # a token twice is one user
     return ServerConfig(
         host=args.host,
         port=args.port,

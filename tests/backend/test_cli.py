@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.fixtures.tiny_models import TinyModels
@@ -42,3 +44,19 @@ def test_low_vram_keeps_the_models_in_host_memory_and_runs_jobs(tiny_models: Tin
     result = engine.run(EngineJob("img2img", params, canvas), lambda i, n: None, lambda: False)
     assert result.params["accelerated"] is False and result.image.shape == (64, 64, 4)
     assert worker._models is not None and worker._models.device.type == "cpu"
+
+
+def test_a_token_file_gives_each_line_a_token(tmp_path: Path) -> None:
+    from backend.cli import build_parser, config_from_args
+
+    token_file = tmp_path / "tokens"
+    token_file.write_text("# studio painters\nalice-7f3a\n\n  bob-91cc  \nalice-7f3a\n", encoding="utf-8")
+    args = build_parser().parse_args(["--token-file", str(token_file), "--token", "admin-1"])
+    assert config_from_args(args).tokens == ("admin-1", "alice-7f3a", "bob-91cc")
+    token_file.write_text("two words\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as refused:
+        config_from_args(build_parser().parse_args(["--token-file", str(token_file)]))
+    assert "two words" not in str(refused.value)  # the file's text is never echoed
+    token_file.write_text("# nothing\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="holds no token"):
+        config_from_args(build_parser().parse_args(["--token-file", str(token_file)]))
