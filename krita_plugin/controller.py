@@ -449,19 +449,20 @@ class Controller(QObject):
         result, frame = event.result, event.frame
         if self.upscales.owns(result.job_id):
             self.panel.set_idle()
-            if self.upscales.arrived(result, frame) is self.app.activeDocument():
-                self._show_document(self.app.activeDocument())
+            upscaled = self.upscales.arrived(result, frame)
+            if upscaled is not None and self._is_active(upscaled):
+                self._show_document(upscaled)
             return
         if self.control_images.owns(result.job_id):
             changed = self.control_images.arrived(result, frame)
-            if changed is not None and changed is self.app.activeDocument():
+            if changed is not None and self._is_active(changed):
                 self._show_document(changed)  # the new layer, chosen in its row
             return
         self.live.ended(result.job_id)
         record = self.records.pop(result.job_id)
         if record is not None and record.purpose is Purpose.REFINE:
             changed = self.applying.refined(result, frame)
-            if changed is not None and changed is self.app.activeDocument():
+            if changed is not None and self._is_active(changed):
                 self._show_selected(changed)
             return
         if not self.tracker.finish(result.job_id) or record is None:
@@ -562,6 +563,11 @@ class Controller(QObject):
 
     def _show_selected(self, doc: Any) -> None:
         present(self.panel, self.history, _doc_id(doc))
+
+    def _is_active(self, doc: Any) -> bool:
+        # Krita wraps a document in a new Python object on every call: compare the documents, not the objects.
+        active = self.app.activeDocument()
+        return active is not None and _doc_id(active) == _doc_id(doc)
 
     def _document_by_id(self, document: str) -> Any | None:
         active = self.app.activeDocument()
