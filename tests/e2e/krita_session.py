@@ -66,9 +66,18 @@ def install_test_channel(pykrita: Path, kritarc_path: Path) -> None:
     kritarc.enable(kritarc_path, e2e_channel.CHANNEL_PLUGIN)
 
 
+_USED_DISPLAYS: set[int] = set()
+
+
 def free_display() -> int:
+    """A display number no X server holds and none of this process's sessions had: an Xvfb that is still
+    exiting removes its socket file on the way out, which would take away a new server's socket on the same
+    number (Krita then "could not connect to display")."""
     for number in range(90, 190):
+        if number in _USED_DISPLAYS:
+            continue
         if not Path(f"/tmp/.X11-unix/X{number}").exists() and not Path(f"/tmp/.X{number}-lock").exists():
+            _USED_DISPLAYS.add(number)
             return number
     raise KritaError("no free X display number")
 
