@@ -10,6 +10,8 @@ from typing import Any, ClassVar, Protocol, TypeGuard
 
 from .errors import ErrorCode, ProtocolError
 from .frames import ImageEncoding
+from .references import MAX_REFERENCES, ReferenceParam
+from .regions import MAX_REGIONS, RegionParam
 from .registry import (
     CONTROL_IMAGE,
     CONTROL_KINDS,
@@ -60,7 +62,7 @@ class Limits:
     max_height: int = 4096
     max_message_bytes: int = 80 * 1024 * 1024
     max_steps: int = 50
-    max_images_per_job: int = 8
+    max_images_per_job: int = 24  # canvas, mask, controls, references and region masks
     # Added later; servers that predate them send none and clients read the defaults.
     max_hello_message_bytes: int = 64 * 1024  # any message before the welcome
     # Decoded image bytes (4 per pixel, 1 for gray8) of a connection's unfinished jobs, and of everyone's.
@@ -229,11 +231,15 @@ class JobParams:
     control_kind: str | None = None
     # An `upscale` job's factor or size, model and refine switch (protocol/upscale.py; only those jobs).
     upscale: UpscaleParam | None = None
+    # Reference images through IP-Adapter (protocol/references.py) and prompts for parts of the image
+    # (protocol/regions.py); each names an image slot of the job.
+    references: list[ReferenceParam] = field(default_factory=list[ReferenceParam])
+    regions: list[RegionParam] = field(default_factory=list[RegionParam])
 
     FIELDS: ClassVar[set[str]] = {
         "prompt", "negative_prompt", "checkpoint", "vae", "loras", "lcm_lora", "lcm_lora_strength",
         "sampler", "steps", "cfg", "strength", "seed", "controls", "inpaint", "resolution", "batch",
-        "control_kind", "upscale",
+        "control_kind", "upscale", "references", "regions",
     }  # fmt: skip
 
     @classmethod
@@ -259,6 +265,10 @@ class JobParams:
             batch=read_int(data, "batch", 1, MAX_BATCH, 1),
             control_kind=read_choice(data, "control_kind", tuple(CONTROL_KINDS), None),
             upscale=None if data.get("upscale") is None else UpscaleParam.from_dict(data["upscale"]),
+            references=[
+                ReferenceParam.from_dict(item) for item in read_list(data, "references", MAX_REFERENCES, [])
+            ],
+            regions=[RegionParam.from_dict(item) for item in read_list(data, "regions", MAX_REGIONS, [])],
         )
         if params.seed + params.batch - 1 > MAX_SEED:
             # Every image's seed must be a valid seed of its own: its batch-1 job must be expressible.
@@ -507,12 +517,34 @@ class JobRequest:
         for control in self.params.controls:
             if control.image is not None and control.image not in by_slot:
                 raise bad(f"Control image slot {control.image!r} is not among the job's images.")
-        referenced = {"canvas"} | {c.image for c in self.params.controls if c.image}
+        for reference in self.params.references:
+            image = by_slot.get(reference.image)
+            if image is None:
+                raise bad(f"Reference image slot {reference.image!r} is not among the job's images.")
+            if image.encoding == "gray8":
+                raise bad(f"Reference image {reference.image!r} must be a colour image (rgba8, bgra8, png).")
+        for region in self.params.regions:
+            mask = by_slot.get(region.mask)
+            if mask is None:
+                raise bad(f"Region mask slot {region.mask!r} is not among the job's images.")
+            if mask.encoding != "gray8" or (mask.width, mask.height) != (canvas.width, canvas.height):
+                raise bad(f"Region mask {region.mask!r} must be gray8 and the same size as the canvas.")
+        referenced = (
+            {"canvas"}
+            | {c.image for c in self.params.controls if c.image}
+            | {r.image for r in self.params.references}
+            | {r.mask for r in self.params.regions}
+        )
         if self.mode != CONTROL_IMAGE:
             referenced.add("mask")  # (sent with an img2img job it is ignored, as it always was)
         extra = sorted(set(by_slot) - referenced)
         if extra:
             raise bad(f"Image slot(s) {', '.join(extra)} are not used by the job.")
+
+    @property
+    def has_guidance_images(self) -> bool:
+        """The job carries reference images or regions (which only generating modes use)."""
+        return bool(self.params.references or self.params.regions)
 
     def check_control_image(self) -> None:
         """A `control_image` job names a kind the backend makes from the canvas, and nothing of a generation
@@ -529,8 +561,11 @@ class JobRequest:
             raise bad(f"A {CONTROL_IMAGE} job needs 'control_kind' in its params: one of {makers}.")
         if not CONTROL_KINDS[kind].from_image:
             raise bad(f"A {kind} control image can't be made from the image; kinds that can: {makers}.")
-        if self.live or self.params.batch != 1 or self.params.controls:
-            raise bad(f"A {CONTROL_IMAGE} job is not live and has no 'controls' and no 'batch' above 1.")
+        if self.live or self.params.batch != 1 or self.params.controls or self.has_guidance_images:
+            raise bad(
+                f"A {CONTROL_IMAGE} job is not live and has no 'controls', 'references' or 'regions' and no "
+                "'batch' above 1."
+            )
 
     def check_upscale(self, limits: Limits) -> None:
         """An `upscale` job's rules (protocol/upscale.py); its params get their defaults."""
@@ -541,7 +576,7 @@ class JobRequest:
             self.params.upscale,
             live=self.live,
             batch=self.params.batch,
-            has_controls=bool(self.params.controls),
+            has_controls=bool(self.params.controls) or self.has_guidance_images,
             canvas=(canvas.width, canvas.height),
             mask=None if mask is None else (mask.encoding, mask.width, mask.height),
             max_side=limits.max_upscale_side,

@@ -110,7 +110,10 @@ def check_upscale_job(
             raise bad(f"'upscale' belongs to {UPSCALE} jobs; this job's mode is {mode!r}.")
         return None
     if live or batch != 1 or has_controls:
-        raise bad(f"An {UPSCALE} job is not live and has no 'controls' and no 'batch' above 1.")
+        raise bad(
+            f"An {UPSCALE} job is not live and has no 'controls', 'references' or 'regions' and no 'batch' "
+            "above 1."
+        )
     upscale = upscale or UpscaleParam()
     if mask is not None:
         encoding, width, height = mask
