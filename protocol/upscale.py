@@ -22,6 +22,9 @@ MIN_FACTOR, MAX_FACTOR = 1.0, 4.0
 # (Limits.max_upscale_side states it; the server's unread-bytes room and the plugin's incoming limit fit it).
 MAX_UPSCALE_SIDE = 8192
 MAX_MODEL_NAME = 500
+# The tile ControlNet's strength in the refine when one of the family is installed: it holds each tile to
+# its own pixels, so a refine can add detail at a higher strength without redrawing the picture.
+DEFAULT_TILE_CONTROL = 0.6
 
 
 @dataclass
@@ -32,11 +35,12 @@ class UpscaleParam:
     size: list[int] | None = None  # [width, height] of the result's pixels instead of a factor
     model: str | None = None  # a file of the model lists' `upscale_models`; None: plain Lanczos
     refine: bool = True  # the tiled img2img pass at the new size (with the job's strength, steps, ...)
+    tile_control: float = DEFAULT_TILE_CONTROL  # the tile ControlNet's strength in the refine; 0: none
 
     @classmethod
     def from_dict(cls, data: Any) -> UpscaleParam:
         data = require_object(data, "upscale")
-        reject_unknown(data, {"factor", "size", "model", "refine"}, "upscale")
+        reject_unknown(data, {"factor", "size", "model", "refine", "tile_control"}, "upscale")
         factor = read_float(data, "factor", MIN_FACTOR, MAX_FACTOR, None)
         size = _read_size(data)
         if factor is not None and size is not None:
@@ -46,6 +50,7 @@ class UpscaleParam:
             size=size,
             model=read_str(data, "model", None, MAX_MODEL_NAME),
             refine=read_bool(data, "refine", True),
+            tile_control=read_float(data, "tile_control", 0.0, 2.0, DEFAULT_TILE_CONTROL),
         )
 
     def result_size(self, width: int, height: int) -> tuple[int, int]:

@@ -13,7 +13,9 @@ refine it with img2img over tiles at the model family's working size (protocol/u
    with an eighth of it as overlap, blended seamlessly into the result as they come. Each tile is exactly an
    img2img of its pixels at their own size (as `EngineSettings.working_size=False` renders), with the job's
    prompt, sampler, steps, strength and cfg, and noise from `tiles.tile_seed(seed, x, y)`: one image that
-   fits a tile is bit for bit the img2img of the enlarged image.
+   fits a tile is bit for bit the img2img of the enlarged image. With a tile ControlNet of the family
+   installed and `tile_control` above 0, each tile is guided by it with its own pixels as the hint (as a
+   `tile` control of that strength would guide its img2img).
 
 Progress counts the model's tiles, then each refine tile's steps; the job can be cancelled between any two
 (and at every step). The result is one RGBA image (alpha 255) of the enlarged size, placed at the region:
@@ -32,13 +34,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from backend.model_families import SD15
+from protocol.registry import pick_controlnet
 from protocol.upscale import MAX_UPSCALE_SIDE, UpscaleParam
 
 from . import images, masks
 from .context import GenerationContext
+from .controlnet import check_family, fitting_controlnets, tile_hint
 from .img2img import img2img
 from .inpaint import inpaint
 from .jobs import EngineInputError, EngineJob, EngineResult, JobCancelled
+from .loop import ControlUnit
 from .model_choice import ModelChoice
 from .modules import model_dtype
 from .region import native_region, native_side
@@ -108,7 +114,9 @@ def run_upscale(
         upscaler = engine.upscalers.get(engine.models.store, upscale.model)
         timings["load_upscaler"] = time.perf_counter() - start
     passes = _model_passes(upscaler, (width, height), size)
-    refine = _Refine(engine, job, choice, timings, effective, is_cancelled, size) if run_steps else None
+    refine = None
+    if run_steps:
+        refine = _Refine(engine, job, choice, timings, effective, is_cancelled, size, upscale.tile_control)
     model_tiles = _model_tile_count((width, height), upscaler, passes)
     progress = _Progress(on_progress, model_tiles + (refine.units if refine else 0))
     effective.update(
@@ -269,6 +277,7 @@ class _Refine:
         effective: dict[str, Any],
         is_cancelled: CancelCheck,
         size: tuple[int, int],
+        tile_control: float = 0.0,
     ) -> None:
         self.engine = engine
         self.params = job.params
@@ -282,10 +291,27 @@ class _Refine:
         self.dedicated = bool(getattr(self.components, "is_inpaint", False)) or (
             self.components.unet.config.in_channels == 9
         )
+        self.tile_controlnet = self._tile_controlnet(tile_control, timings)
+        effective["tile_controlnet"] = self.tile_controlnet[0] if self.tile_controlnet else None
         effective.update(tiles=len(self.grid), tile_size=side, tile_overlap=self.grid.overlap)
         effective["generation_size"] = [min(side, size[0]), min(side, size[1])]
         self.progress: _Progress | None = None
         self.first_unit = 0  # the progress units before the refine's (the model's tiles)
+
+    def _tile_controlnet(self, strength: float, timings: dict[str, float]) -> tuple[str, Any, float] | None:
+        """The family's tile ControlNet (name, model, strength) when one is installed and asked for."""
+        if strength <= 0:
+            return None
+        family = getattr(self.components, "family", SD15)  # stand-in components (tests) are SD1.5 models
+        store = self.engine.models.store
+        name = pick_controlnet(fitting_controlnets(store, store.list_kind("controlnet"), family), "tile")
+        if name is None:
+            return None
+        start = time.perf_counter()
+        model = self.engine.models.controlnet(name)
+        timings["load_controlnet"] = time.perf_counter() - start
+        check_family(name, model, family)
+        return name, model, strength
 
     @property
     def units(self) -> int:
@@ -314,6 +340,7 @@ class _Refine:
             ),
             generator=torch.Generator("cpu").manual_seed(tile_seed(params.seed, tile.x, tile.y)),
             on_progress=self.progress.within(offset),
+            controls=self._tile_guidance(region.rgb_to_generation(tile_hint(pixels), fill="zero")),
         )
         engine.conditioner.condition_on_size(
             ctx.guidance, self.components, region.gen_height, region.gen_width
@@ -322,6 +349,13 @@ class _Refine:
         decoded = self._denoise(ctx, image, region.gen_height, region.gen_width)
         with ctx.timed("decode"):
             return region.rgb_from_generation(images.to_uint8(images.to_unit_float(decoded)))
+
+    def _tile_guidance(self, hint: np.ndarray) -> list[ControlUnit]:
+        if self.tile_controlnet is None:
+            return []
+        _, model, strength = self.tile_controlnet
+        tensor = images.control_to_tensor(hint, self.engine.device, model_dtype(model))
+        return [ControlUnit(model, tensor, strength)]
 
     def _denoise(self, ctx: GenerationContext, image: torch.Tensor, height: int, width: int) -> torch.Tensor:
         if not self.dedicated:

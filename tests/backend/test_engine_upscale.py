@@ -18,6 +18,7 @@ from backend.engine.tiles import plan_tiles, tile_seed
 from backend.engine.upscale import enlarge_with_model
 from backend.loading.upscalers import load_upscaler
 from protocol import UpscaleParam
+from protocol.messages import ControlParam
 from tests.backend.test_engine_support import (
     FakeStore,
     Recorder,
@@ -89,6 +90,36 @@ def test_a_refine_with_an_upscale_model_is_img2img_of_the_models_output(store: U
     upscaler = load_upscaler(store.root / "RealESRGAN_x2plus.pth", "x2", CPU, torch.float32)
     enlarged = enlarge_with_model(flatten_on_white(canvas), (60, 48), upscaler, 1, lambda: False)
     assert np.array_equal(result.image, img2img_of(enlarged))
+
+
+def img2img_with_tile_control(image_rgb: np.ndarray, store: FakeStore, strength: float) -> np.ndarray:
+    """What plain img2img gives for an opaque image at its own size, guided by a `tile` control of it."""
+    reference, _ = make_engine(store, working_size=False)
+    canvas = np.dstack([image_rgb, np.full(image_rgb.shape[:2], 255, dtype=np.uint8)])
+    control = ControlParam("tile", strength=strength, image="tile")
+    request = job(canvas, **{**PARAMS, "controls": [control]})
+    request.control_images = {"tile": canvas}
+    return run(reference, request).image
+
+
+def test_a_tile_controlnet_guides_each_refine_tile_with_its_own_pixels() -> None:
+    """With a tile ControlNet installed, a refine that fits one tile is img2img of the enlarged image guided
+    by a tile control of that image at `tile_control`'s strength; 0 turns it off; none installed: none."""
+    store = FakeStore(controlnet=["tiny-scribble.safetensors", "control_v11f1e_sd15_tile.safetensors"])
+    engine, models = make_engine(store)
+    canvas = make_canvas(40, 30, seed=3)
+    enlarged = resize_rgb(flatten_on_white(canvas), 80, 60)
+    guided = run(engine, upscale_job(canvas, factor=2.0, tile_control=0.8))
+    assert guided.params["tile_controlnet"] == "control_v11f1e_sd15_tile.safetensors"
+    assert models.controlnet_calls == ["control_v11f1e_sd15_tile.safetensors"]
+    assert np.array_equal(guided.image, img2img_with_tile_control(enlarged, store, 0.8))
+    plain = img2img_of(enlarged)
+    assert not np.array_equal(guided.image, plain)
+    off = run(engine, upscale_job(canvas, factor=2.0, tile_control=0.0))
+    assert off.params["tile_controlnet"] is None and np.array_equal(off.image, plain)
+    without, _ = make_engine()  # the default store has no tile ControlNet
+    absent = run(without, upscale_job(canvas, factor=2.0))
+    assert absent.params["tile_controlnet"] is None and np.array_equal(absent.image, plain)
 
 
 def test_every_tile_is_img2img_of_its_pixels_with_its_own_seed() -> None:

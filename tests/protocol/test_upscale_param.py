@@ -73,6 +73,7 @@ def test_factor_size_model_and_refine_are_read() -> None:
     assert (sized.params.upscale.factor, sized.params.upscale.size) == (None, [300, 120])
     assert sized.params.upscale.result_size(100, 50) == (300, 120)
     assert decode(upscale_job({"factor": 1.5})).params.upscale.result_size(101, 50) == (152, 75)  # type: ignore[union-attr]
+    assert decode(upscale_job({"tile_control": 0})).params.upscale == UpscaleParam(tile_control=0.0)
 
 
 def test_an_upscale_job_round_trips_through_its_json() -> None:
@@ -95,6 +96,7 @@ def test_an_upscale_job_round_trips_through_its_json() -> None:
         ({"size": [50, 100]}, "must be 1 to 4 times the region's width"),
         ({"size": [200, 201]}, "must be 1 to 4 times the region's height"),
         ({"refine": "yes"}, "'refine' must be true or false"),
+        ({"tile_control": 3}, "'tile_control' is 3; it must be between 0.0 and 2.0"),
         ({"model": 3}, "'model' must be a string"),
         ({"tile": 512}, "Unknown field(s) in upscale: tile"),
         ("2x", "upscale must be a JSON object"),
@@ -157,4 +159,6 @@ def test_a_mask_selects_the_region_and_must_fit_the_canvas() -> None:
 
 def test_job_params_echo_the_upscale_params() -> None:
     params = JobParams(upscale=UpscaleParam(size=[10, 20], factor=None))
-    assert params.to_dict()["upscale"] == {"factor": None, "size": [10, 20], "model": None, "refine": True}
+    assert params.to_dict()["upscale"] == {
+        "factor": None, "size": [10, 20], "model": None, "refine": True, "tile_control": 0.6
+    }  # fmt: skip
