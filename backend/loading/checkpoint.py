@@ -24,6 +24,7 @@ from backend.loading.configs import sd_config_dir
 from backend.loading.diffusers_folder import load_diffusers_folder
 from backend.loading.files import Tensors, finish, has_prefix, read_tensors, strip_prefix
 from backend.loading.sdxl import load_sdxl_single_file
+from backend.loading.sidecar import sampling_overrides
 from backend.loading.text_encoders import load_clip_text_encoder
 from backend.loading.tokenizer import load_tokenizer
 from backend.model_errors import ModelError
@@ -62,13 +63,19 @@ def read_checkpoint(
     `dtype` is a hint for formats that can be cast while loading; place_checkpoint() casts the rest.
     """
     name = name or path.name
+    overrides = sampling_overrides(path)  # a broken settings file fails before the weights are read
     if path.is_dir():
-        return load_diffusers_folder(path, dtype, config_dir, name)
-    tensors = read_tensors(path, "Checkpoint")
-    family = single_file_family(tensors, path.name)
-    if family is SDXL:
-        return load_sdxl_single_file(tensors, path.name, config_dir, name)
-    return _load_sd15_single_file(tensors, path.name, config_dir, name)
+        components = load_diffusers_folder(path, dtype, config_dir, name)
+    else:
+        tensors = read_tensors(path, "Checkpoint")
+        family = single_file_family(tensors, path.name)
+        if family is SDXL:
+            components = load_sdxl_single_file(tensors, path.name, config_dir, name)
+        else:
+            components = _load_sd15_single_file(tensors, path.name, config_dir, name)
+    if not overrides:
+        return components
+    return replace(components, scheduler_config={**components.scheduler_config, **overrides})
 
 
 def place_checkpoint(

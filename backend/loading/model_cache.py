@@ -36,6 +36,7 @@ from backend.loading.lora import (
     LoraWeights,
     read_lora,
 )
+from backend.loading.sidecar import checkpoint_stamp
 from backend.loading.stamps import FileStamp, file_stamp
 from backend.loading.vae import load_taesd, load_vae
 from backend.model_errors import ModelError, ModelNotFoundError
@@ -116,7 +117,7 @@ class ModelCache:
             lora_paths = {c.name: self.store.resolve("loras", c.name) for c in choices}
             vae_path = self.store.resolve("vae", vae) if vae is not None else None
 
-            stamp = file_stamp(checkpoint_path)
+            stamp = checkpoint_stamp(checkpoint_path)  # with its settings file's, if any
             lora_stamps = {name: file_stamp(path) for name, path in lora_paths.items()}
             vae_stamp = file_stamp(vae_path) if vae_path is not None else None
 
