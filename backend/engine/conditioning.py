@@ -9,14 +9,16 @@ first), as diffusers' SDXL pipelines build them.
 Prompts may use the syntax of prompt_syntax.py: emphasis, `embedding:name` and A1111's bare embedding names,
 and `<lora:...>` tags, which are only taken out here (the job's model choice fuses those LoRAs). How it
 reaches the encoders is prompt_tokens.py's: embeddings' vectors in place of placeholder tokens, **ComfyUI's
-emphasis** (a weighted position's output moved away from the empty prompt's output there), one 77-token
-chunk (longer prompts are truncated). A prompt that is plain text (no weights, no embeddings) is encoded
-exactly as it always was.
+emphasis** (a weighted position's output moved away from the empty prompt's output there), prompts longer
+than 75 tokens in chunks of 77 positions read one after the other. A prompt that is plain text of one chunk
+(no weights, no embeddings) is encoded exactly as it always was. When the negative prompt takes another number
+of chunks than the prompt, the shorter is padded with the empty prompt's chunk (A1111's rule), so both rows of
+a CFG batch have one length.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -31,6 +33,7 @@ from .prompt_tokens import (
     Embedding,
     Encoder,
     EncoderTokens,
+    fits_one_chunk,
     fitting_pieces,
     plain_tokens,
     run_encoder,
@@ -50,7 +53,7 @@ TIME_IDS_KEPT = 64  # generation sizes whose time ids stay on the device
 
 @dataclass(frozen=True)
 class PromptEmbedding:
-    hidden: torch.Tensor  # 1 x 77 x D: the sequence the UNet's cross-attention reads
+    hidden: torch.Tensor  # 1 x 77n x D: the sequence the UNet's cross-attention reads (n chunks)
     pooled: torch.Tensor | None = None  # 1 x P: SDXL's pooled text embedding
 
 
@@ -66,13 +69,20 @@ class EncodablePrompt:
         """The text with its syntax read (emphasis; `embedding:` names need `embeddings`)."""
         return cls(tuple(prompt_pieces(text)))
 
-    def tokens(self, encoders: list[Encoder]) -> list[EncoderTokens]:
-        """Each encoder's tokens: the plain text's, as always, when there is no syntax to apply."""
+    def tokens(self, encoders: list[Encoder]) -> list[list[EncoderTokens]]:
+        """Each encoder's chunks of tokens, as many for each: the plain text's, as always, when there is no
+        syntax to apply and it fits one chunk."""
         text = plain_text(list(self.pieces))
-        if text is not None:
-            return [plain_tokens(encoder.tokenizer, text) for encoder in encoders]
+        if text is not None and all(fits_one_chunk(encoder.tokenizer, text) for encoder in encoders):
+            return [[plain_tokens(encoder.tokenizer, text)] for encoder in encoders]
         pieces = fitting_pieces(self.pieces, self.embeddings, encoders)
-        return [tokenize(encoder, pieces, self.embeddings) for encoder in encoders]
+        chunks = [tokenize(encoder, pieces, self.embeddings) for encoder in encoders]
+        count = max(len(each) for each in chunks)
+        # The encoders share CLIP's vocabulary and chunk alike; should one take fewer, it reads empty chunks.
+        return [
+            each + [plain_tokens(encoder.tokenizer, "")] * (count - len(each))
+            for encoder, each in zip(encoders, chunks, strict=True)
+        ]
 
 
 class Conditioning(Protocol):
@@ -92,12 +102,15 @@ class ClipConditioning:
 
     def encode(self, components: Any, prompt: EncodablePrompt, device: torch.device) -> PromptEmbedding:
         encoder = Encoder("clip_l", components.tokenizer, components.text_encoder)
-        [tokens] = prompt.tokens([encoder])
-        hidden = self._hidden(encoder, tokens, device)
-        if tokens.weighted:
-            empty = plain_tokens(encoder.tokenizer, "")
-            hidden = weigh(hidden, lambda: self._hidden(encoder, empty, device), tokens.weights)
-        return PromptEmbedding(hidden)
+        [chunks] = prompt.tokens([encoder])
+        empty = plain_tokens(encoder.tokenizer, "")
+        hidden: list[torch.Tensor] = []
+        for tokens in chunks:
+            chunk = self._hidden(encoder, tokens, device)
+            if tokens.weighted:
+                chunk = weigh(chunk, lambda: self._hidden(encoder, empty, device), tokens.weights)
+            hidden.append(chunk)
+        return PromptEmbedding(torch.cat(hidden, dim=1) if len(hidden) > 1 else hidden[0])
 
     @staticmethod
     def _hidden(encoder: Encoder, tokens: EncoderTokens, device: torch.device) -> torch.Tensor:
@@ -127,13 +140,17 @@ class PooledTimeIdsConditioning:
         ]
         hidden: list[torch.Tensor] = []
         pooled: torch.Tensor | None = None
-        for encoder, tokens in zip(encoders, prompt.tokens(encoders), strict=True):
-            output = run_encoder(encoder, tokens, device, output_hidden_states=True)
-            pooled = output[0]  # the last encoder's: bigG's projected pooled embedding
-            layer = output.hidden_states[-2]
-            if tokens.weighted:
-                layer = weigh(layer, _empty_layer(encoder, device), tokens.weights)
-            hidden.append(layer)
+        for encoder, chunks in zip(encoders, prompt.tokens(encoders), strict=True):
+            layers: list[torch.Tensor] = []
+            for index, tokens in enumerate(chunks):
+                output = run_encoder(encoder, tokens, device, output_hidden_states=True)
+                if index == 0:
+                    pooled = output[0]  # the last encoder's first chunk's: bigG's projected pooled embedding
+                layer = output.hidden_states[-2]
+                if tokens.weighted:
+                    layer = weigh(layer, _empty_layer(encoder, device), tokens.weights)
+                layers.append(layer)
+            hidden.append(torch.cat(layers, dim=1) if len(layers) > 1 else layers[0])
         return PromptEmbedding(torch.cat(hidden, dim=-1), pooled)
 
     def empty_negative(self, like: PromptEmbedding) -> PromptEmbedding | None:
@@ -143,6 +160,20 @@ class PooledTimeIdsConditioning:
     def time_ids(self, height: int, width: int) -> torch.Tensor | None:
         original, crop_top_left, target = (height, width), (0, 0), (height, width)
         return torch.tensor([[*original, *crop_top_left, *target]], dtype=torch.float32)
+
+
+def same_length(embeddings: Sequence[PromptEmbedding], empty: torch.Tensor) -> list[PromptEmbedding]:
+    """The embeddings with their sequences padded to the longest by repeating `empty` (the empty prompt's one
+    chunk), so they batch together (the rows of a CFG or regions batch)."""
+    longest = max(embedding.hidden.shape[1] for embedding in embeddings)
+    padded = []
+    for embedding in embeddings:
+        missing = (longest - embedding.hidden.shape[1]) // empty.shape[1]
+        hidden = embedding.hidden
+        if missing:
+            hidden = torch.cat([hidden, *[empty.to(hidden.dtype)] * missing], dim=1)
+        padded.append(PromptEmbedding(hidden, embedding.pooled))
+    return padded
 
 
 def _empty_layer(encoder: Encoder, device: torch.device) -> Callable[[], torch.Tensor]:
@@ -203,6 +234,8 @@ class Conditioner:
         if params.cfg > 1.0 and distilled is None:
             empty = conditioning.empty_negative(cond) if params.negative_prompt == "" else None
             uncond = empty or embed(params.negative_prompt)
+            if uncond.hidden.shape[1] != cond.hidden.shape[1]:
+                cond, uncond = same_length([cond, uncond], embed("").hidden)
         guidance = make_guidance(cond.hidden, uncond.hidden if uncond else None, params.cfg, distilled)
         if cond.pooled is not None:
             pooled = cond.pooled

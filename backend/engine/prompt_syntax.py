@@ -7,8 +7,9 @@ r"""The prompt syntax painters paste from model pages and from ComfyUI or A1111:
 - **Emphasis**, A1111's notation: `(words)` weighs them 1.1, `[words]` 1/1.1, `(words:1.3)` 1.3; nested
   brackets multiply (`((a))` 1.21, `((a:1.5))` 1.65); a bracket left open weighs the rest of the prompt as if
   it were closed at the end; `\(`, `\)`, `\[`, `\]` and `\\` are the characters themselves. A `:1.3)`
-  or a closing bracket with nothing open is plain text; `BREAK` (A1111's chunk separator: a prompt here is
-  one chunk) reads as a space. How a weight acts on the embedding is ComfyUI's rule (prompt_tokens.py): the
+  or a closing bracket with nothing open is plain text; `BREAK` (A1111's chunk separator, in capitals)
+  stays a word of its own (`CHUNK_BREAK`), where prompt_tokens.py starts the next 75-token chunk. How a
+  weight acts on the embedding is ComfyUI's rule (prompt_tokens.py): the
   weighted tokens' vectors are moved away from (or towards) the empty prompt's vectors at the same places.
 - **Embeddings** (textual inversion): `embedding:name` as ComfyUI writes it (`(embedding:name:1.2)` weighs
   it), and A1111's bare file name as a word (`EasyNegative, blurry`). `name` is a file in the embeddings
@@ -32,6 +33,7 @@ _LORA_TAG = re.compile(r"<(lora|lyco):([^<>]*)>", re.IGNORECASE)
 # One emphasis token: an escape, an opening bracket, a weighted closing bracket, a closing bracket, or text.
 _EMPHASIS_TOKEN = re.compile(r"\\[()\[\]\\]|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()\[\]:]+|:|\\")
 _BREAK = re.compile(r"\s*\bBREAK\b\s*")
+CHUNK_BREAK = "BREAK"
 _SEPARATORS = r"\s,()\[\]{}<>|:\"'\\"
 # `embedding:name` or a word that may be an A1111 embedding's file name.
 _NAME_OR_WORD = re.compile(rf"(?i:embedding):([^{_SEPARATORS}]+)|([^{_SEPARATORS}]+)")
@@ -155,7 +157,7 @@ def parse_emphasis(text: str) -> list[Segment]:
         elif token == "]" and square_open:
             weigh(square_open.pop(), 1 / EMPHASIS)
         else:
-            runs.append([_BREAK.sub(" ", token), 1.0])
+            runs.append([_BREAK.sub(f" {CHUNK_BREAK} ", token), 1.0])
     for start in round_open:
         weigh(start, EMPHASIS)
     for start in square_open:
@@ -227,5 +229,7 @@ def prompt_pieces(text: str, embeddings: tuple[EmbeddingRef, ...] = ()) -> list[
 def plain_text(pieces: list[Piece]) -> str | None:
     """The text when the pieces are one run of unweighted text (encoded exactly as before this syntax)."""
     if len(pieces) == 1 and pieces[0].weight == 1.0 and pieces[0].embedding is None:
+        if CHUNK_BREAK in pieces[0].text.split():
+            return None  # chunks to cut where it says
         return pieces[0].text
     return None

@@ -14,9 +14,13 @@ above 1 moves it away from "nothing said", below 1 towards it). Positions of wei
 so emphasis changes the embedding at the weighted tokens only. A1111's rule (scale every vector, then restore
 the mean) is not used. The pooled output (SDXL) is not weighted, as in ComfyUI.
 
-**Length**: one chunk of the encoder's 77 positions: the start token, 75 tokens, the end token, padding.
-Tokens past the 75th (an embedding's vectors count one each) are dropped, as the plain text has always been
-truncated; A1111's and ComfyUI's 75-token chunking is not done.
+**Length**: chunks of the encoder's 77 positions, as ComfyUI and A1111 encode long prompts: each holds the
+start token, up to 75 tokens, the end token and padding, and is encoded on its own; the UNet reads the chunks'
+outputs one after the other (77 x n positions). A word, or an embedding's vectors, is not split across two
+chunks (a chunk that can't take the next one whole is padded out and the next chunk starts with it, ComfyUI's
+rule), unless it is longer than a chunk; A1111's `BREAK` ends a chunk there. Emphasis is applied per chunk
+against the empty prompt's output.
+SDXL's pooled embedding is the first chunk's, as in both. A prompt of one chunk is encoded as before.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import torch
 
 from backend.model_errors import ModelError
 
-from .prompt_syntax import Piece
+from .prompt_syntax import CHUNK_BREAK, Piece
 
 PLACEHOLDER_ID = 0  # token id where an embedding vector goes (module docstring: below the end token)
 
@@ -104,17 +108,18 @@ def fitting_pieces(
     return fitted
 
 
-def tokenize(encoder: Encoder, pieces: Sequence[Piece], embeddings: Mapping[str, Embedding]) -> EncoderTokens:
-    """Token ids of the pieces (each text piece tokenized on its own, as A1111 and ComfyUI do), their
-    weights, and the embeddings' vectors with their positions; start and end tokens, padding; truncated to
-    75 tokens between them (module docstring). `pieces` went through `fitting_pieces`."""
-    tokenizer = encoder.tokenizer
-    length = tokenizer.model_max_length
-    room = length - 2
-    ids: list[int] = []
-    weights: list[float] = []
-    rows: list[torch.Tensor] = []
-    positions: list[int] = []
+@dataclass
+class _Unit:
+    """Tokens that go into one chunk together: a word's, or an embedding's vectors."""
+
+    ids: list[int]
+    weight: float
+    rows: list[torch.Tensor] | None = None  # an embedding's vectors, one per id
+    chunk_break: bool = False  # A1111's BREAK: the next unit starts a new chunk
+
+
+def _units(encoder: Encoder, pieces: Sequence[Piece], embeddings: Mapping[str, Embedding]) -> list[_Unit]:
+    units: list[_Unit] = []
     for piece in pieces:
         vectors = (
             None
@@ -122,18 +127,71 @@ def tokenize(encoder: Encoder, pieces: Sequence[Piece], embeddings: Mapping[str,
             else embeddings[piece.embedding].vectors(encoder.role, encoder.width)
         )
         if vectors is not None:
-            positions += [1 + len(ids) + i for i in range(vectors.shape[0])]  # 1 + : after the start token
-            rows += list(vectors)
-            ids += [PLACEHOLDER_ID] * vectors.shape[0]
-            weights += [piece.weight] * vectors.shape[0]
-        else:
-            text_ids = tokenizer(piece.text, add_special_tokens=False).input_ids
-            ids += text_ids
-            weights += [piece.weight] * len(text_ids)
-        if len(ids) >= room:
-            break
-    ids, weights = ids[:room], weights[:room]
-    kept = [i for i, position in enumerate(positions) if position <= room]
+            units.append(_Unit([PLACEHOLDER_ID] * vectors.shape[0], piece.weight, list(vectors)))
+            continue
+        # CLIP's tokenizer splits on whitespace before its byte-pair merges: word by word gives the same ids.
+        for word in piece.text.split():
+            if word == CHUNK_BREAK:
+                units.append(_Unit([], piece.weight, chunk_break=True))
+                continue
+            ids = encoder.tokenizer(word, add_special_tokens=False).input_ids
+            if ids:
+                units.append(_Unit(list(ids), piece.weight))
+    return units
+
+
+def _chunked(units: Sequence[_Unit], room: int) -> list[list[_Unit]]:
+    """The units in chunks of at most `room` tokens; a unit longer than a chunk is cut into pieces."""
+    chunks: list[list[_Unit]] = [[]]
+    used = 0
+    for unit in units:
+        if unit.chunk_break:
+            if used > 0:
+                chunks.append([])
+                used = 0
+            continue
+        if used + len(unit.ids) > room and used > 0 and len(unit.ids) <= room:
+            chunks.append([])
+            used = 0
+        while used + len(unit.ids) > room:  # only a unit longer than what is left of an empty chunk
+            fits = room - used
+            head = _Unit(unit.ids[:fits], unit.weight, None if unit.rows is None else unit.rows[:fits])
+            chunks[-1].append(head)
+            unit = _Unit(unit.ids[fits:], unit.weight, None if unit.rows is None else unit.rows[fits:])
+            chunks.append([])
+            used = 0
+        if unit.ids:
+            chunks[-1].append(unit)
+            used += len(unit.ids)
+    if len(chunks) > 1 and not chunks[-1]:
+        chunks.pop()  # a BREAK at the end
+    return chunks
+
+
+def tokenize(
+    encoder: Encoder, pieces: Sequence[Piece], embeddings: Mapping[str, Embedding]
+) -> list[EncoderTokens]:
+    """Token ids of the pieces in chunks (module docstring), their weights, and the embeddings' vectors with
+    their positions in their chunk; start and end tokens, padding. `pieces` went through `fitting_pieces`."""
+    tokenizer = encoder.tokenizer
+    length = tokenizer.model_max_length
+    return [
+        _chunk_tokens(tokenizer, chunk, length)
+        for chunk in _chunked(_units(encoder, pieces, embeddings), length - 2)
+    ]
+
+
+def _chunk_tokens(tokenizer: Any, chunk: Sequence[_Unit], length: int) -> EncoderTokens:
+    ids: list[int] = []
+    weights: list[float] = []
+    rows: list[torch.Tensor] = []
+    positions: list[int] = []
+    for unit in chunk:
+        if unit.rows is not None:
+            positions += [1 + len(ids) + i for i in range(len(unit.ids))]  # 1 + : after the start token
+            rows += unit.rows
+        ids += unit.ids
+        weights += [unit.weight] * len(unit.ids)
     padding = length - len(ids) - 2
     input_ids = [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id, *[tokenizer.pad_token_id] * padding]
     mask = [1] * (len(ids) + 2) + [0] * padding
@@ -141,9 +199,14 @@ def tokenize(encoder: Encoder, pieces: Sequence[Piece], embeddings: Mapping[str,
         input_ids=torch.tensor([input_ids], dtype=torch.long),
         attention_mask=torch.tensor([mask], dtype=torch.long),
         weights=(1.0, *weights, *[1.0] * (padding + 1)),
-        positions=tuple(positions[i] for i in kept),
-        rows=torch.stack([rows[i] for i in kept]) if kept else None,
+        positions=tuple(positions),
+        rows=torch.stack(rows) if rows else None,
     )
+
+
+def fits_one_chunk(tokenizer: Any, text: str) -> bool:
+    """Whether plain text fits the 75 tokens of one chunk (then it is encoded as it always was)."""
+    return len(tokenizer(text, add_special_tokens=False).input_ids) <= tokenizer.model_max_length - 2
 
 
 def run_encoder(encoder: Encoder, tokens: EncoderTokens, device: torch.device, **kwargs: Any) -> Any:

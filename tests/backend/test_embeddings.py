@@ -21,7 +21,7 @@ from backend.engine.conditioning import Conditioner, EncodablePrompt, conditioni
 from backend.engine.model_choice import ModelChoice
 from backend.engine.prompt_models import prompt_models
 from backend.engine.prompt_syntax import Piece
-from backend.engine.prompt_tokens import Encoder, plain_tokens, tokenize
+from backend.engine.prompt_tokens import plain_tokens
 from backend.engine.prompts import PromptCache
 from backend.loading.embeddings import EmbeddingFiles, read_embedding
 from backend.loading.tokenizer import load_tokenizer, load_tokenizer_2
@@ -288,22 +288,6 @@ def test_a_weighted_embedding(sd15: Any, tmp_path: Path) -> None:
     plain, _ = setup.encode(sd15, "a cat, embedding:myemb")
     weighted, _ = setup.encode(sd15, "a cat, (embedding:myemb:1.3)")
     assert changed_positions(weighted, plain) == [4, 5]  # start, a, cat, ",", then the two vectors
-
-
-def test_tokens_past_75_are_dropped(sd15: Any) -> None:
-    encoder = Encoder("clip_l", sd15.tokenizer, sd15.text_encoder)
-    vecs = vectors(3, 32, seed=60)
-    loaded = {"e.pt": SimpleNamespace(vectors=lambda role, width: vecs, widths=lambda: "32-wide vectors")}
-    pieces = [Piece("cat " * 73, 1.2), Piece("e", 1.0, "e.pt", explicit=True), Piece("dog")]
-    tokens = tokenize(encoder, pieces, loaded)
-    assert tokens.input_ids.shape == (1, 77) and tokens.input_ids[0, -1] == sd15.tokenizer.eos_token_id
-    assert tokens.positions == (74, 75)  # two of the embedding's three vectors fit
-    assert tokens.rows is not None and torch.equal(tokens.rows, vecs[:2])
-    long_text = "cat " * 100
-    assert torch.equal(
-        tokenize(encoder, [Piece(long_text, 1.2)], {}).input_ids,
-        plain_tokens(sd15.tokenizer, long_text).input_ids,
-    )
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,8 @@ LESS = 1 / EMPHASIS
         ("red) house]", [("red) house]", 1.0)]),  # so are closing brackets with nothing open
         ("a photo: close-up", [("a photo: close-up", 1.0)]),
         ("(red:x)", [("red:x", EMPHASIS)]),  # no number after the colon: text, and the bracket weighs 1.1
-        ("castle BREAK dragon", [("castle dragon", 1.0)]),  # BREAK: one chunk here, read as a space
+        ("castle BREAK dragon", [("castle BREAK dragon", 1.0)]),  # a word of its own: a chunk ends there
+        ("castle,BREAK(dragon)", [("castle, BREAK ", 1.0), ("dragon", 1.1)]),
         ("(red:1)", [("red", 1.0)]),
         ("a (b:1.0) c", [("a b c", 1.0)]),  # runs of one weight are merged
         ("", [("", 1.0)]),
