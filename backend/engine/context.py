@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -40,6 +40,8 @@ class GenerationContext:
     predict: Predictor | None = None  # None: the plain UNet call (loop.EagerPredictor)
     vae_calls: VaeCalls | None = None  # None: vae.encode / vae.decode on `vae`
     residency: Residency = field(default_factory=lambda: Residency(torch.device("cpu")))  # low-VRAM moves
+    # What the job's result reports of how it ran (the engine's effective params): `vae_tiled`.
+    notes: dict[str, Any] = field(default_factory=dict[str, Any])
 
     def _vae_resident(self) -> AbstractContextManager[None]:
         return self.residency.using(self.vae)
@@ -48,14 +50,27 @@ class GenerationContext:
         """Image in [-1, 1] -> latents in the UNet's scale and dtype."""
         if self.vae_calls is not None:
             return self.vae_calls.encode(image).to(self.dtype)
-        with self._vae_resident():
-            return vae_codec.encode(self.vae, image, self.generator).to(self.dtype)
+        return self._vae_call(lambda: vae_codec.encode(self.vae, image, self.generator)).to(self.dtype)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         if self.vae_calls is not None:
             return self.vae_calls.decode(latents)
+        return self._vae_call(lambda: vae_codec.decode(self.vae, latents))
+
+    def _vae_call(self, call: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The VAE call, repeated in tiles when the whole image ran out of device memory (vae.py)."""
         with self._vae_resident():
-            return vae_codec.decode(self.vae, latents)
+            try:
+                return call()
+            except torch.OutOfMemoryError:
+                if not vae_codec.can_tile(self.vae):
+                    raise
+            # (Outside the handler: the error's frames hold the failed call's tensors until it is left.)
+            vae_codec.log.warning("The VAE ran out of device memory: repeating the call in tiles")
+            vae_codec.release_cached_memory(self.device)
+            self.notes["vae_tiled"] = True
+            with vae_codec.tiling(self.vae):
+                return call()
 
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:

@@ -332,6 +332,7 @@ class Engine:
             is_cancelled=is_cancelled,
             timings=timings,
             residency=self.residency,
+            notes=effective,
         )
         accelerated = job.live and self.accelerator.active and not self.residency.enabled
         effective["accelerated"] = accelerated
