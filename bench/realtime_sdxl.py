@@ -7,6 +7,9 @@ Cases (LCM, 8 steps at strength 0.5 = 4 UNet evaluations, CFG 1; the engine runs
 accelerated path, one engine per --accelerate variant):
   live_img2img_<side>  a <side>x<side> canvas (default 1024 and 768; tiny: 128 and 64)
   floors_<side>        the frame's parts alone, as static calls: 4 UNet evaluations, TAESD encode + decode
+  low_vram_<side>      a Generate job (plain path, full VAE) on the engine with the models resident on the
+                       device vs with --low-vram (models in host memory, each brought for its phase): time,
+                       peak GPU memory of each (CUDA), and max_diff_uint8 (the images must be identical: 0)
 
 Output: realtime.py's JSON lines ("<case>/ratio" with ratio = diffusers / engine, the speed-up;
 "<case>/agreement" against the pipeline built with the same TAESD; "<case>/phases_ms"; "warmup/<variant>"),
@@ -22,13 +25,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -64,7 +68,7 @@ from bench.realtime import (
 )
 from protocol.messages import JobParams
 
-CASES = ("live_img2img", "floors")
+CASES = ("live_img2img", "floors", "low_vram")
 CHECKPOINT = "random-sdxl"
 # No compile by default: inductor needs minutes per shape for SDXL's UNet, more than gpu_run.sh has left after
 # the SD1.5 run. `--accelerate compile` measures it in a run of its own.
@@ -135,6 +139,17 @@ def tiny_sdxl_from_files(device: torch.device, dtype: torch.dtype, workdir: Path
     return ModelCache(ModelStore(tiny.root), device, dtype, tiny.shared_config_dir), tiny.checkpoint
 
 
+def host_copy(models: Any, checkpoint: str) -> InMemoryModels:
+    """The checkpoint's models copied to host memory, where --low-vram keeps them (its model cache: CPU)."""
+    components = models.components(checkpoint)
+    copies = {
+        part: copy.deepcopy(getattr(components, part)).to("cpu")
+        for part in ("unet", "vae", "text_encoder", "text_encoder_2")
+        if getattr(components, part, None) is not None
+    }
+    return InMemoryModels(replace(components, **copies), None)
+
+
 def weights_mib(*models: Any) -> float:
     tensors = [t for m in models if m is not None for t in (*m.parameters(), *m.buffers())]
     return round(sum(t.numel() * t.element_size() for t in tensors) / MIB, 1)
@@ -179,6 +194,8 @@ class SdxlLive(Live):
 
     memory: GpuMemory
     vae_upcast: bool  # the reference's VAE as configured (SDXL base: fp32 in fp16 pipelines) or kept in fp16
+    resident_models: Any = None  # the engines' model source (low_vram copies its models to host memory)
+    dtype: torch.dtype = torch.float32
 
     def params(self, **changes: Any) -> JobParams:
         # lcm_lora_strength 0: no LCM-LoRA is looked up and fused, so the pipelines run the very same UNet
@@ -245,6 +262,35 @@ class SdxlLive(Live):
                 self.timer.emit({"name": f"{case}/memory", "of": label, **self.memory.of_call(function)})
         if self.taesd is not None:
             self.agreement(case, job, reference(self.sdxl_pipeline(vae=self.taesd), "np"))
+
+    def low_vram(self, side: int) -> None:
+        """A Generate job (live False: full VAE, plain path) resident vs with --low-vram, on the same weights:
+        time and peak GPU memory of each, and that they give the same image."""
+        case = f"low_vram_{side}"
+        job = replace(self.job(side), live=False)
+        resident = Engine(self.resident_models, self.device, self.dtype, EngineSettings(working_size=False))
+        low = Engine(
+            host_copy(self.resident_models, self.checkpoint),
+            self.device,
+            self.dtype,
+            EngineSettings(working_size=False, low_vram=True),
+        )
+        functions = {
+            f"{case}/resident": self.engine_fn(resident, job),
+            f"{case}/low_vram": self.engine_fn(low, job),
+        }
+        images = {name: function() for name, function in functions.items()}
+        self.timer.measure(functions)
+        first, second = images.values()
+        self.timer.emit(
+            {
+                "name": f"{case}/agreement",
+                "max_diff_uint8": int(abs(first.astype(int) - second.astype(int)).max()),
+            }
+        )
+        if self.memory.active:
+            for name, function in functions.items():
+                self.timer.emit({"name": f"{name}/memory", **self.memory.of_call(function)})
 
     def floors(self, side: int) -> None:
         """4 UNet evaluations and TAESD encode + decode at this size, each as one static call (a CUDA graph
@@ -368,7 +414,7 @@ def main() -> None:
         sizes = Sizes(sides[0], 0, 0, 0)  # realtime.py's SD1.5 cases read it; these take a side each
         live = SdxlLive(
             engines, parts, reference_taesd, None, "", checkpoint, timer, sizes, device, {},
-            GpuMemory(device), args.vae_upcast,
+            GpuMemory(device), args.vae_upcast, models, dtype,
         )  # fmt: skip
         engine_models = (components.unet, components.vae, components.text_encoder, components.text_encoder_2)
         timer.emit(
@@ -380,7 +426,7 @@ def main() -> None:
              "reference_copies": device.type == "cuda", "compile_backend": args.compile_backend or "inductor",
              "compile_mode": args.compile_mode}
         )  # fmt: skip
-        if "live_img2img" in cases or "floors" in cases:
+        if "live_img2img" in cases or "floors" in cases:  # (low_vram runs no live frame)
             live.warm_up([live.job(side) for side in sides], args.compile_timeout)
         for side in sides:
             for case in cases:
