@@ -30,7 +30,9 @@ def inpaint(ctx: GenerationContext, inputs: InpaintInputs) -> torch.Tensor:
     if inputs.dedicated_unet:
         return _inpaint_dedicated(ctx, inputs)
     with ctx.timed("encode"):
-        clean = ctx.encode(inputs.image)
+        # In the standard memory layout, as the pipelines' repeat() leaves their image latents: the layout of
+        # what the held latents are blended from picks the UNet's convolution kernels (float results).
+        clean = ctx.encode(inputs.image).contiguous()
         latents, noise = noised_start(ctx, clean)
         if inputs.from_noise:
             latents = noise * ctx.schedule.scheduler.init_noise_sigma
@@ -48,14 +50,14 @@ def masked_image(image: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
 def _inpaint_dedicated(ctx: GenerationContext, inputs: InpaintInputs) -> torch.Tensor:
     masked = masked_image(inputs.image, inputs.pixel_mask)
     with ctx.timed("encode"):
+        # The generator's draws in the pipelines' order: the image's VAE sample (unless starting from noise),
+        # the start noise, then the masked image's VAE sample.
         if inputs.from_noise:
-            masked_latents = ctx.encode(masked)
-            latents = ctx.randn(masked_latents.shape) * ctx.schedule.scheduler.init_noise_sigma
+            shape = (1, ctx.unet.config.out_channels, *(side // 8 for side in inputs.image.shape[-2:]))
+            latents = ctx.randn(shape) * ctx.schedule.scheduler.init_noise_sigma
         else:
-            # One VAE call for both images.
-            both = ctx.encode(torch.cat([inputs.image, masked]))
-            clean, masked_latents = both[:1], both[1:]
-            latents, _ = noised_start(ctx, clean)
+            latents, _ = noised_start(ctx, ctx.encode(inputs.image).contiguous())  # (as in `inpaint`)
+        masked_latents = ctx.encode(masked)
     channels = InpaintChannels(inputs.latent_mask.to(ctx.dtype), masked_latents)
     latents = ctx.denoise(latents, inpaint_channels=channels)
     with ctx.timed("decode"):
