@@ -33,6 +33,10 @@ class ControlKind:
     # The backend can make this kind's control image from the canvas (a `control_image` job): an edge
     # detector, an estimator model or the image itself.
     from_image: bool = False
+    # Its mode in a union ControlNet (one file for many kinds: xinsir's controlnet-union-sdxl and its
+    # "promax" variant number them 0 openpose, 1 depth, 2 hed/pidi/scribble, 3 canny/lineart/mlsd,
+    # 4 normal, 5 segment, 6 tile, 7 repaint); None: no union ControlNet serves it.
+    union_mode: int | None = None
 
 
 @dataclass(frozen=True)
@@ -44,22 +48,30 @@ class Sampler:
 CONTROL_KINDS: dict[str, ControlKind] = {
     kind.name: kind
     for kind in (
-        ControlKind("scribble", IMAGE, ("scribble", "sketch", "lineart"), "Scribble"),
-        ControlKind("pose", KEYPOINTS, ("openpose", "pose"), "Pose"),
+        ControlKind("scribble", IMAGE, ("scribble", "sketch", "lineart"), "Scribble", union_mode=2),
+        ControlKind("pose", KEYPOINTS, ("openpose", "pose"), "Pose", union_mode=0),
         # The ControlNet 1.1 kinds (control_v11p_sd15_lineart, ..._softedge, ..._canny,
         # control_v11f1p_sd15_depth, control_v11p_sd15_normalbae, control_v11f1e_sd15_tile) and their common
         # SDXL counterparts (controlnet-canny-sdxl-1.0, controlnet-depth-sdxl-1.0, MistoLine,
         # controlnet-tile-sdxl-1.0, ...).
-        ControlKind("lineart", IMAGE, ("lineart", "line_art", "line-art", "mistoline"), "Line art", True),
         ControlKind(
-            "softedge", IMAGE, ("softedge", "soft_edge", "soft-edge", "_hed", "-hed", "pidi"), "Soft edge"
+            "lineart", IMAGE, ("lineart", "line_art", "line-art", "mistoline"), "Line art", True, union_mode=3
         ),
-        ControlKind("canny", IMAGE, ("canny",), "Canny", True),
-        ControlKind("depth", IMAGE, ("depth",), "Depth", True),
-        ControlKind("normal", IMAGE, ("normalbae", "normal"), "Normal map"),
-        ControlKind("tile", IMAGE, ("tile",), "Tile", True),
+        ControlKind(
+            "softedge",
+            IMAGE,
+            ("softedge", "soft_edge", "soft-edge", "_hed", "-hed", "pidi"),
+            "Soft edge",
+            union_mode=2,
+        ),
+        ControlKind("canny", IMAGE, ("canny",), "Canny", True, union_mode=3),
+        ControlKind("depth", IMAGE, ("depth",), "Depth", True, union_mode=1),
+        ControlKind("normal", IMAGE, ("normalbae", "normal"), "Normal map", union_mode=4),
+        ControlKind("tile", IMAGE, ("tile",), "Tile", True, union_mode=6),
     )
 }
+
+UNION_WORD = "union"  # in a union ControlNet's name (controlnet-union-sdxl-1.0, ...)
 
 # Distilled few-step LoRAs each need the sampler they were trained with: the label names the LoRA.
 SAMPLERS: dict[str, Sampler] = {
@@ -110,12 +122,16 @@ def family_native_side(name: str | None, default: int = 512) -> int:
 
 def pick_controlnet(names: Iterable[str], kind: str) -> str | None:
     """The ControlNet (out of `names`, in their order) that a control of `kind` uses when it names none:
-    by the kind's model-name words, best word first, case-insensitive; None when no name holds any."""
+    by the kind's model-name words, best word first, case-insensitive; failing those, a union ControlNet
+    (`UNION_WORD` in its name) for a kind with a `union_mode`; None when no name fits."""
     names = list(names)
-    for word in CONTROL_KINDS[kind].model_hints:
+    control_kind = CONTROL_KINDS[kind]
+    for word in control_kind.model_hints:
         for name in names:
-            if word in name.lower():
+            if word in name.lower() and UNION_WORD not in name.lower():
                 return name
+    if control_kind.union_mode is not None:
+        return next((name for name in names if UNION_WORD in name.lower()), None)
     return None
 
 

@@ -20,6 +20,7 @@ from .loop import ControlUnit
 from .modules import model_dtype
 from .pose import parse_people, render_pose
 from .region import Region
+from .union_controlnet import as_kind
 
 
 def choose_controlnet(store: Any, control: ControlParam, family: ModelFamily | None = None) -> str:
@@ -218,6 +219,7 @@ def build_controls(
         name = resolved if resolved is not None else choose_controlnet(models.store, control, family)
         model = models.controlnet(name)
         check_family(name, model, family)
+        model = as_kind(model, control.kind, name)
         hint = control_to_tensor(hint_image(control, images, canvas_size, region), device, model_dtype(model))
         units.append(ControlUnit(model, hint, control.strength, control.start, control.end))
         names.append(name)

@@ -32,6 +32,7 @@ from backend.loading.files import (
     from_single_file,
     read_tensors,
 )
+from backend.loading.union_controlnet import UNION_CLASS, is_union, load_union_controlnet
 from backend.model_errors import ModelError
 from backend.model_families import (
     FAMILIES,
@@ -45,7 +46,7 @@ from backend.model_families import (
 )
 
 if TYPE_CHECKING:
-    from diffusers import ControlNetModel
+    from diffusers import ControlNetModel, ControlNetUnionModel
 
 # Any of these identifies a ControlNet: original layout with or without prefix, or diffusers naming.
 CONTROLNET_MARKERS = (
@@ -117,7 +118,7 @@ def controlnet_family(shapes: Shapes, shown: str) -> ModelFamily:
 
 def load_controlnet(
     path: Path, device: torch.device, dtype: torch.dtype, config_dir: Path | None = None
-) -> ControlNetModel:
+) -> ControlNetModel | ControlNetUnionModel:
     """A ControlNet of any served family, on `device` in `dtype`. `config_dir` (tests' tiny models, or the
     --model-config folder) may hold the ControlNet config per family (backend/loading/configs.py)."""
     from diffusers import ControlNetModel
@@ -131,8 +132,13 @@ def load_controlnet(
             "Put ControlNet files in the controlnet folder."
         )
     family = controlnet_family({key: tuple(tensor.shape) for key, tensor in tensors.items()}, files.shown)
+    union = is_union(tensors)
     if files.own_config is not None:
-        _check_own_config(files.own_config, files.shown)
+        _check_own_config(files.own_config, files.shown, UNION_CLASS if union else "ControlNetModel")
+    if union:
+        return load_union_controlnet(
+            tensors, files.shown, files.own_config, config_dir, family, device, dtype
+        )
     config = files.own_config or controlnet_config_dir(config_dir, family)
     try:
         model = from_single_file(ControlNetModel, tensors, config=str(config), local_files_only=True)
@@ -142,18 +148,18 @@ def load_controlnet(
     return finish(model, device, dtype)
 
 
-def _check_own_config(folder: Path, shown: str) -> None:
-    """A folder's config.json must describe a plain ControlNet: other classes (ControlNet-XS, union
-    ControlNets) have other layers and inputs, which this loader and the engine don't drive."""
+def _check_own_config(folder: Path, shown: str, expected: str) -> None:
+    """A folder's config.json must describe the ControlNet its weights are (plain or union): other classes
+    (ControlNet-XS, ...) have other layers and inputs, which this loader and the engine don't drive."""
     try:
         config = json.loads((folder / FOLDER_CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise ModelError(f"ControlNet {shown}: its config.json can't be read ({e}).") from e
     kind = config.get("_class_name", "ControlNetModel") if isinstance(config, dict) else None
-    if kind != "ControlNetModel":
+    if kind != expected:
         raise ModelError(
-            f"ControlNet {shown} is a {kind}, which is not supported: use a plain ControlNet "
-            "(config.json naming ControlNetModel)."
+            f"ControlNet {shown}'s config.json names a {kind}, its weights are a {expected}: only plain and "
+            "union ControlNets are supported, each with the config.json it was published with."
         )
 
 

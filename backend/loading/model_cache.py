@@ -44,7 +44,7 @@ from backend.model_families import SD15, ModelFamily
 from backend.model_files import TAESD_SUFFIXES, ModelStore
 
 if TYPE_CHECKING:
-    from diffusers import AutoencoderKL, AutoencoderTiny, ControlNetModel
+    from diffusers import AutoencoderKL, AutoencoderTiny, ControlNetModel, ControlNetUnionModel
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class ModelCache:
         self.load_counts: Counter[str] = Counter()
         self._lock = _LOADING
         self._state: _LoadedCheckpoint | None = None
-        self._controlnets: dict[str, tuple[FileStamp | None, ControlNetModel]] = {}
+        self._controlnets: dict[str, tuple[FileStamp | None, ControlNetModel | ControlNetUnionModel]] = {}
         # per family's preview decoder files (model_families.ModelFamily.preview_decoder): stamps, model
         self._taesd: dict[str, tuple[tuple[FileStamp | None, FileStamp | None], AutoencoderTiny]] = {}
         self._last_loaded: dict[str, Any] = {"checkpoint": None, "device": str(self.device)}
@@ -130,7 +130,7 @@ class ModelCache:
                 self._set_loras(state, loras, lcm_lora, lora_paths, lora_stamps)
             return state.components
 
-    def controlnet(self, name: str) -> ControlNetModel:
+    def controlnet(self, name: str) -> ControlNetModel | ControlNetUnionModel:
         """The ControlNet, cached; the least recently used ones leave once MAX_CONTROLNETS are loaded."""
         with self._lock:
             path = self.store.resolve("controlnet", name)

@@ -170,7 +170,7 @@ def test_broken_folders_are_refused(tiny_sdxl: TinySdxl, tmp_path: Path) -> None
     shutil.copytree(tiny_sdxl.path("controlnet", tiny_sdxl.controlnet_openpose), folder)
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "_class_name": "ControlNetUnionModel"}))
-    with pytest.raises(ModelError, match="ControlNetUnionModel, which is not supported"):
+    with pytest.raises(ModelError, match="names a ControlNetUnionModel, its weights are a ControlNetModel"):
         load_controlnet(folder, CPU, torch.float32)
     (folder / "config.json").unlink()
     with pytest.raises(ModelError, match=r"has no config\.json"):
