@@ -18,6 +18,7 @@ from protocol import DEFAULT_PORT, Limits
 
 from .config import REPO_ROOT, TOKEN_ENV, ServerConfig
 from .forwarded import IPNetwork, parse_proxy
+from .user_limits import UserLimitSettings
 
 # Seconds a stopping server gives the engine's worker to finish what it is in (a job stops at its next step).
 SHUTDOWN_GRACE_S = 5.0
@@ -138,6 +139,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="the same for all connections together (default: 1024)",
     )
     parser.add_argument(
+        "--max-queued-jobs-per-user",
+        type=positive_int,
+        default=16,
+        metavar="N",
+        help="final (Generate, inpaint, upscale) jobs one user may have waiting for the worker, across all "
+        "its connections; more are refused as busy with a retry-after hint. A user is a token (with "
+        "--token/--token-file), else a client address. Live frames don't count (default: 16)",
+    )
+    parser.add_argument(
+        "--images-per-minute-per-user",
+        type=positive_int,
+        default=120,
+        metavar="N",
+        help="result images of final jobs one user may ask for in any minute (a batch of 4 counts 4); "
+        "more are refused as busy until enough have aged out. Live frames don't count (default: 120)",
+    )
+    parser.add_argument(
         "--max-unread-mb",
         type=positive_int,
         default=64,
@@ -222,6 +240,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         accelerate=args.accelerate,
         low_vram=args.low_vram,
         drain_timeout_s=max(0.0, args.drain_timeout),
+        user_limits=UserLimitSettings(
+            max_queued_jobs=args.max_queued_jobs_per_user, images_per_minute=args.images_per_minute_per_user
+        ),
     )
 
 

@@ -10,6 +10,7 @@ from protocol import DEFAULT_PORT, Limits
 
 from .auth_throttle import ThrottleSettings
 from .forwarded import IPNetwork
+from .user_limits import UserLimitSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOKEN_ENV = "KLD_TOKEN"
@@ -45,6 +46,8 @@ class ServerConfig:
     # Proxies (HAProxy) whose X-Forwarded-For is believed: behind one, a client's address for the caps, the
     # throttle and fair turns is the last hop it added (backend/forwarded.py). Others' header is ignored.
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    # Per user, across its connections: final jobs queued, images asked for a minute (backend/user_limits.py).
+    user_limits: UserLimitSettings = field(default_factory=UserLimitSettings)
 
     @property
     def tokens(self) -> tuple[str, ...]:

@@ -62,6 +62,7 @@ from .outbox import Outbox
 from .redact import PathRedactor
 from .result_bounds import document_bounds
 from .scheduler import QueueFullError, ScheduledJob, Scheduler
+from .user_limits import UserLimits
 
 log = logging.getLogger("backend.server")
 SERVER_NAME = "krita-live-diffusion-backend"
@@ -289,6 +290,7 @@ class Connection:
                 f"it runs have ended. Reconnect and send it again in {DRAIN_RETRY_AFTER_S} s (through a "
                 "balancer, you reach another server).",
                 request.job_id,
+                DRAIN_RETRY_AFTER_S,
             )
         if self.pending is not None:
             abandoned = self.pending.request.job_id
@@ -305,6 +307,7 @@ class Connection:
         with tied_to(request.job_id):
             check_result_bounds(request)
             self.check_image_budget(request)
+            self.check_user_limits(request)
             models = self.server.engine.resolve_models(request)
         self.pending = PendingJob(request, models)
 
@@ -327,6 +330,7 @@ class Connection:
                 f"{needed / MIB:.0f} MiB more, over the {limits.max_queued_image_bytes / MIB:.0f} MiB "
                 "allowed. Wait for a result or cancel a job.",
                 request.job_id,
+                self.server.queue_wait_hint(),
             )
         everyone = mine + sum(c.queued_image_bytes() for c in self.server.connections if c is not self)
         if everyone + needed > limits.max_total_queued_image_bytes:
@@ -335,7 +339,22 @@ class Connection:
                 f"The server is holding {everyone / MIB:.0f} MiB of queued images, its limit is "
                 f"{limits.max_total_queued_image_bytes / MIB:.0f} MiB: try again in a moment.",
                 request.job_id,
+                self.server.queue_wait_hint(),
             )
+
+    def check_user_limits(self, request: JobRequest) -> None:
+        """Per user, across all its connections: final jobs queued and images asked for per minute
+        (backend/user_limits.py); live frames pass. Checked before the images arrive; charged once queued."""
+        server = self.server
+        refusal = server.user_limits.check(
+            self.user,
+            live=request.live,
+            images=request.params.batch,
+            queued=server.queued_final_jobs(self.user),
+            waiting_users=server.waiting_users(),
+        )
+        if refusal is not None:
+            raise ProtocolError(ErrorCode.BUSY, refusal.message, request.job_id, refusal.retry_after)
 
     def queued_image_bytes(self, superseded_by: JobRequest | None = None) -> int:
         """Decoded image bytes of this connection's unfinished jobs. A new live job replaces the queued live
@@ -437,11 +456,14 @@ class Connection:
         try:
             superseded = self.server.scheduler.submit(job)
         except QueueFullError as error:
-            raise ProtocolError(ErrorCode.BUSY, f"Too many jobs waiting: {error}.", job_id) from None
+            raise ProtocolError(
+                ErrorCode.BUSY, f"Too many jobs waiting: {error}.", job_id, self.server.queue_wait_hint()
+            ) from None
         except KeyError:
             self.refuse_duplicate(job_id)
         self.requests[job_id] = request
         self.arrived[job_id] = (arrived, request.live)
+        self.server.user_limits.charge(self.user, request.params.batch, live=request.live)
         if key is not None:
             self.live_key = (job_id, key)
         for old in superseded:
@@ -488,6 +510,8 @@ class Connection:
             return
         if request.live and self.live_key is not None and self.live_key[0] == job.job_id:
             self.live_cache = (self.live_key[1], result)
+        if job.payload is not None:  # not an unchanged live canvas answered from the cache
+            self.server.user_limits.pace.ran(result.timings.get("total", float("nan")))
         # Bounds in document coordinates; the pixels may be fewer than the bounds (a canvas larger than the
         # working size, or sent scaled down): the client scales them to fit.
         bounds = list(document_bounds(result.bounds, request))
@@ -602,6 +626,7 @@ class Server:
         self.draining = False  # SIGTERM: finishing what it has, taking nothing new (backend/drain.py)
         self.metrics = ServerMetrics(lambda: worker_snapshot(self))
         self.busy_with = "still busy"  # what the worker was in when close() stopped waiting for it
+        self.user_limits = UserLimits(config.user_limits)  # per user: queued final jobs, images a minute
 
     async def start(self) -> int:
         """Bind and serve; returns the port (useful with port 0). The engine loads in the background."""
@@ -702,6 +727,29 @@ class Server:
             log.warning("refused a connection from %s: %s", self.client_address(connection), refusal)
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, refusal + "\n")
         return None
+
+    def queued_final_jobs(self, user: str) -> int:
+        """Final (non-live) jobs of `user` not yet running, across its connections, those whose images are
+        still arriving included (so two connections can't both slip past the per-user cap)."""
+        running = self.scheduler.running
+        running_job = (running.client_id, running.job_id) if running is not None else None
+        count = 0
+        for connection in self.connections:
+            if connection.user != user:
+                continue
+            for job_id, request in connection.requests.items():
+                count += not request.live and (connection.client_id, job_id) != running_job
+            pending = connection.pending
+            count += pending is not None and not pending.request.live
+        return count
+
+    def waiting_users(self) -> int:
+        """Users with unfinished jobs: a queue slot frees about one round of their turns from now."""
+        return len({connection.user for connection in self.connections if connection.requests})
+
+    def queue_wait_hint(self) -> float:
+        """A full queue's `retry_after`: about one round of turns (backend/user_limits.py)."""
+        return self.user_limits.pace.wait_hint(self.waiting_users())
 
     def client_address(self, connection: ServerConnection) -> str:
         """The address caps and the throttle count a client by (behind a trusted proxy, the painter's)."""

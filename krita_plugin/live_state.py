@@ -23,6 +23,8 @@ class LiveState:
     in_flight: str | None = None
     sent_at: float = 0.0
     retry_after: float = 0.0  # no resend before this time (after a transient error)
+    retry_waiting: bool = False  # a refused frame waits for retry_after to be resent without a stroke
+    retry_reason: str = ""  # the error code that refused it ("busy", "not_ready")
     stuck_after: float = 30.0  # a live job silent this long is presumed lost
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
 
@@ -35,11 +37,12 @@ class LiveState:
         return fingerprint != self.sent_fingerprint
 
     def sent(self, job_id: str, fingerprint: str) -> None:
+        self.retry_waiting = False
         self.in_flight = job_id
         self.sent_fingerprint = fingerprint
         self.sent_at = self.clock()
 
-    def ended(self, job_id: str | None, *, retry_in: float | None = None) -> None:
+    def ended(self, job_id: str | None, *, retry_in: float | None = None, reason: str = "") -> None:
         """A live job finished, failed or was cancelled. With retry_in, the same canvas goes again later."""
         if job_id is not None and job_id != self.in_flight:
             return
@@ -47,9 +50,19 @@ class LiveState:
         if retry_in is not None:
             self.sent_fingerprint = None
             self.retry_after = self.clock() + retry_in
+            self.retry_waiting = True
+            self.retry_reason = reason
+
+    def retry_in(self) -> float | None:
+        """Seconds until a refused frame may go again (0: now; the caller checks the canvas), or None when
+        none waits. Lets a timer resend it after the server's `retry_after` though the painter is idle."""
+        if not self.retry_waiting or self.in_flight is not None:
+            return None
+        return max(0.0, self.retry_after - self.clock())
 
     def reset(self) -> None:
         """Disconnected or live turned off: the next send starts from scratch."""
         self.in_flight = None
         self.sent_fingerprint = None
         self.retry_after = 0.0
+        self.retry_waiting = False

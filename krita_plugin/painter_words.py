@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from pathlib import Path
 
 INSTALL_RECORD = Path(__file__).with_name(".install-record.json")  # written by install.py next to the plugin
@@ -52,6 +53,15 @@ def describe_error(code: str, message: str) -> str:
     if code in _SHOW_SERVER_MESSAGE and message:
         return message
     return base
+
+
+def describe_busy(message: str, retry_after: float | None) -> str:
+    """A Generate (or other job the painter started) refused as busy: the server's reason and the wait it
+    hinted, if it sent one (older servers don't). Such jobs are not resent by themselves."""
+    reason = f" {message}" if message else ""
+    if retry_after is None:
+        return "The backend is busy with other work." + reason
+    return f"Server busy — try again in {max(1, math.ceil(retry_after))} s.{reason}"
 
 
 def describe_connection_failure(error: BaseException, url: str) -> str:

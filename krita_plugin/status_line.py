@@ -4,10 +4,13 @@ that took the connection. Pure logic, testable without Qt."""
 
 from __future__ import annotations
 
+import math
+
 from ._compat import protocol
 from .network import Status, StatusChanged
 
 SLOW_TEXT = "Connected; the backend is slow to answer (busy or loading a model)…"
+BUSY_PREFIX = "Server busy"
 
 
 def status_line(
@@ -40,3 +43,8 @@ def status_line(
             retry = f" Retrying in {event.retry_in:.0f} s."
         return event.message + retry, "bad"
     return event.message or "Not connected.", "off"
+
+
+def busy_line(seconds_left: float) -> tuple[str, str]:
+    """The status while a live frame the server refused as busy waits for its `retry_after`."""
+    return f"{BUSY_PREFIX} — trying again in {max(1, math.ceil(seconds_left))} s", "busy"

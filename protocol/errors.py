@@ -36,12 +36,15 @@ def clip_message(message: str) -> str:
 class ProtocolError(Exception):
     """A violation the peer can be told about, with a code and a sentence a painter can read."""
 
-    def __init__(self, code: ErrorCode, message: str, job_id: str | None = None) -> None:
+    def __init__(
+        self, code: ErrorCode, message: str, job_id: str | None = None, retry_after: float | None = None
+    ) -> None:
         message = clip_message(message)
         super().__init__(message)
         self.code = code
         self.message = message
         self.job_id = job_id
+        self.retry_after = retry_after  # seconds after which trying again may well succeed (`busy`)
 
     def __repr__(self) -> str:
         return f"ProtocolError({self.code.value!r}, {self.message!r}, job_id={self.job_id!r})"

@@ -54,6 +54,7 @@ MAX_MODEL_NAME = 500  # characters of a model file's name (relative to its kind'
 # A model family's name in the model lists' `families` ("sd15", "sdxl"): short, plain, comparable.
 FAMILY_PATTERN = re.compile(r"^[a-z0-9_]{1,32}$")
 RESULT_SLOT = "result"
+MAX_RETRY_AFTER = 24 * 3600.0  # an error's `retry_after` hint, in seconds
 
 
 @dataclass
@@ -703,14 +704,22 @@ class Error:
     code: str
     message: str
     job_id: str | None = None
+    # Seconds after which the same request may well succeed (`busy`: a full queue, a per-user limit). Added
+    # later: older servers never send it, and it is left out of the JSON when there is none.
+    retry_after: float | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], limits: Limits) -> Error:
-        return cls(read_str(data, "code"), read_str(data, "message"), read_str(data, "job_id", None))
+        return cls(
+            read_str(data, "code"),
+            read_str(data, "message"),
+            read_str(data, "job_id", None),
+            read_float(data, "retry_after", 0.0, MAX_RETRY_AFTER, None),
+        )
 
     @classmethod
     def from_exception(cls, error: ProtocolError) -> Error:
-        return cls(error.code.value, error.message, error.job_id)
+        return cls(error.code.value, error.message, error.job_id, error.retry_after)
 
 
 Message = (
@@ -744,6 +753,8 @@ def encode_message(message: Message) -> str:
     body = asdict(message)  # type: ignore[call-overload]
     if isinstance(message, JobRequest) and message.bounds is not None:
         body["bounds"] = message.bounds.to_list()
+    if isinstance(message, Error) and message.retry_after is None:
+        del body["retry_after"]  # an error without a hint reads as it always did
     return json.dumps({"type": message.TYPE, **body}, allow_nan=False, separators=(",", ":"))
 
 

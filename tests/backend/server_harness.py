@@ -15,6 +15,9 @@ import numpy as np
 from backend.config import ServerConfig
 from backend.engine_worker import EngineWorker
 from backend.server import Server
+from backend.user_limits import UserLimitSettings
+
+UNLIMITED_USERS = UserLimitSettings(max_queued_jobs=1_000_000, images_per_minute=1_000_000_000)
 
 
 def random_canvas(width: int, height: int, seed: int = 0) -> np.ndarray:
@@ -53,6 +56,9 @@ class RunningServer:
 def running_server(
     models_dir: Path, engine_factory: Callable[[ServerConfig], EngineWorker] | None = None, **overrides: Any
 ) -> Iterator[RunningServer]:
+    # Per-user limits (backend/user_limits.py) are off unless a test sets them: a module's tests share one
+    # server and one user (127.0.0.1), and would otherwise spend its images-per-minute budget between them.
+    overrides.setdefault("user_limits", UNLIMITED_USERS)
     config = replace(ServerConfig(port=0, models_dir=models_dir), **overrides)
     loop = asyncio.new_event_loop()
     started: dict[str, Any] = {}
