@@ -122,7 +122,7 @@ def scale_gray(gray: bytes, width: int, height: int, new_width: int, new_height:
         new_height,
         Qt.AspectRatioMode.IgnoreAspectRatio,
         Qt.TransformationMode.SmoothTransformation,
-    )
+    ).convertToFormat(QImage.Format.Format_Grayscale8)  # Qt 5's smooth scaling hands back RGB32 pixels
     data, stride = _raw_bytes(scaled), scaled.bytesPerLine()
     if stride == new_width:
         return data

@@ -24,6 +24,7 @@ from .capture import CaptureError
 from .control_images import ControlImages
 from .document_state import read_state, remember_guidance
 from .guidance import chosen, create_guidance_layer, layer_choices, sync_pose_layers
+from .guide_actions import GuideActions
 from .history import ResultEntry, ResultHistory
 from .idle_wait import IdleWait
 from .input_watch import InputWatch
@@ -33,7 +34,7 @@ from .live_state import LiveState
 from .model_lists import ModelListing
 from .network import Connected, NetworkClient, ResultReady, ServerMessage, Status, StatusChanged
 from .nodes import node_id
-from .painter_words import TRANSIENT_CODES, describe_error
+from .painter_words import TRANSIENT_CODES, describe_busy, describe_error
 from .panel import Panel
 from .presenter import present
 from .qt import QApplication, QObject, Qt, QTimer
@@ -41,7 +42,7 @@ from .request_builder import CanvasCapture
 from .safe import add_error_sink, guarded, remove_error_sink, report_exception
 from .sending import Sender, job_fingerprint
 from .settings import GenerationSettings, random_seed
-from .status_line import status_line
+from .status_line import BUSY_PREFIX, busy_line, status_line
 from .upscaling import Upscales
 
 SLOW_AFTER = 8.0  # seconds without word from a running job before the panel says the backend is slow
@@ -111,6 +112,15 @@ class Controller(QObject):
         panel.history_picked.connect(self.on_history_picked)
         panel.settings_changed.connect(self.on_settings_changed)
         panel.guidance_changed.connect(self.on_guidance_changed)
+        # Reference images and regions: kept in the document; an edit asks for a live check like a stroke.
+        self.guides = GuideActions(
+            panel.reference_rows,
+            panel.region_rows,
+            self.job_sender.reference_files,
+            lambda: self.app.activeDocument(),
+            panel.set_message,
+            lambda typing: self.input.poke_later() if typing else self.input.poke(),
+        )
         add_error_sink(self._show_bug)
         # A docker goes away with its window, not only when Krita quits: its connection and sink must go too.
         self.destroyed.connect(functools.partial(_release, self.network, self._show_bug))
@@ -339,6 +349,7 @@ class Controller(QObject):
             self.network.send(protocol.ListModels())  # its answer tells when the model is loaded
         if self._backend_slow() != self._slow_shown:
             self._show_connection_status()
+        self._follow_live_retry()
         if self._settings_dirty:
             self._settings_dirty = False
             persistence.save(self.panel, self.app)
@@ -414,7 +425,10 @@ class Controller(QObject):
                 self._mark_ready(message.loaded.get("device"))
 
     def _on_error(self, error: protocol.Error) -> None:
+        live_frame = error.job_id is not None and error.job_id == self.live.in_flight
         text = describe_error(error.code, error.message)
+        if error.code == "busy" and not live_frame:
+            text = describe_busy(error.message, error.retry_after)  # not resent by itself: say when to
         if self.control_images.owns(error.job_id):
             self.control_images.ended(error.job_id or "", text)
             return
@@ -427,17 +441,21 @@ class Controller(QObject):
             return
         transient = error.code in TRANSIENT_CODES
         wanted = self.tracker.wants(error.job_id)
-        self._job_ended(error.job_id, retry_in=2.0 if transient else None)
+        # A live frame goes again after the server's hint (never before it), or a short pause without one.
+        retry_in = (2.0 if error.retry_after is None else error.retry_after) if transient else None
+        self._job_ended(error.job_id, retry_in=retry_in, reason=error.code)
         if wanted:
             self.panel.set_message(text, error=not transient)
             if error.code == "not_ready":
                 self.panel.set_status("Connected — the backend is still loading its model…", "busy")
+            elif error.code == "busy" and live_frame:
+                self.panel.set_status(*busy_line(retry_in or 0.0))
 
-    def _job_ended(self, job_id: str, retry_in: float | None = None) -> None:
-        """A job ended without a result (cancelled or failed)."""
+    def _job_ended(self, job_id: str, retry_in: float | None = None, reason: str = "") -> None:
+        """A job ended without a result (cancelled or failed; `reason`: the error's code)."""
         self.control_images.ended(job_id)
         self.upscales.ended(job_id)
-        self.live.ended(job_id, retry_in=retry_in)
+        self.live.ended(job_id, retry_in=retry_in, reason=reason)
         record = self.records.pop(job_id)
         if record is not None and record.purpose is Purpose.REFINE:
             self.applying.ended(job_id)
@@ -488,6 +506,21 @@ class Controller(QObject):
             self.panel.set_message(done if record.live else done + " Apply keeps it as a layer.")
             self._after_job()
         self._mark_ready()
+
+    def _follow_live_retry(self) -> None:
+        """A live frame refused as busy (or while loading) goes again once its wait is over, even if the
+        painter has stopped painting; meanwhile the status line counts the wait down."""
+        left = self.live.retry_in()
+        if left is None or not self.panel.live.isChecked() or self.status is not Status.CONNECTED:
+            if str(self.panel.status.property("plain") or "").startswith(BUSY_PREFIX):
+                self._show_connection_status()  # the wait ended otherwise: live turned off, a result
+            return
+        if left > 0:
+            if self.live.retry_reason == "busy":
+                self.panel.set_status(*busy_line(left))
+            return
+        self._show_connection_status()
+        self.check_live()
 
     def _after_job(self) -> None:
         self._show_connection_status()
@@ -559,7 +592,9 @@ class Controller(QObject):
         self._show_selected(doc)
 
     def _refresh_layer_choices(self, doc: Any, state: Any | None = None) -> None:
+        state = state or read_state(doc)
         self.panel.set_layer_choices(layer_choices(doc, state).by_kind)
+        self.guides.show(doc, state)  # a deleted layer's reference or region leaves the panel
 
     def _show_selected(self, doc: Any) -> None:
         present(self.panel, self.history, _doc_id(doc))

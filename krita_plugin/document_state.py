@@ -1,6 +1,6 @@
 """What the plugin keeps in the painter's document, and only after the painter asked for it: the recipe of
 each applied layer, which layer guides each control kind (scribble, pose, ...) and which of them the plugin
-created.
+created, the reference images (references.py) and the regions (regions.py).
 
 Stored as one document annotation (saved in the .kra, invisible in the image). Nothing is written while the
 painter merely paints with Live on, so a live session leaves the saved file exactly as the plugin-off one.
@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 ANNOTATION_TYPE = "krita-live-diffusion"
 ANNOTATION_DESCRIPTION = "Live Diffusion: applied layers' recipes and the guidance layers (by layer id)"
-STATE_VERSION = 3  # 3: guidance by control kind; 2 had "scribble" and "pose" fields
+# 4: reference images and regions (older plugins read version 4 as 3: they ignore the new fields);
+# 3: guidance by control kind; 2 had "scribble" and "pose" fields
+STATE_VERSION = 4
 
 
 @dataclass
@@ -24,6 +26,11 @@ class DocumentState:
     applied: dict[str, dict[str, Any]] = field(default_factory=dict)  # layer id -> the recipe that made it
     guidance: dict[str, str] = field(default_factory=dict)  # control kind name -> the chosen layer's id
     guidance_layers: list[str] = field(default_factory=list)  # layers created with the panel's "+" buttons
+    # Reference images, in the panel's order: {"layer": id} or {"file": path} plus kind, strength, start, end
+    # (references.py reads them).
+    references: list[dict[str, Any]] = field(default_factory=list)
+    # Regions in adding order: {"layer": the region layer's id, "prompt": its prompt} (regions.py reads them).
+    regions: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, data: Any) -> DocumentState:
@@ -39,6 +46,8 @@ class DocumentState:
             else {},
             guidance=_guidance(data),
             guidance_layers=[x for x in layers if isinstance(x, str)] if isinstance(layers, list) else [],
+            references=_list_of_dicts(data.get("references")),
+            regions=_list_of_dicts(data.get("regions")),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -53,6 +62,10 @@ def _guidance(data: dict[str, Any]) -> dict[str, str]:
         if isinstance(value, str) and value and old not in guidance:
             guidance[old] = value
     return guidance
+
+
+def _list_of_dicts(value: Any) -> list[dict[str, Any]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
 
 
 def read_state(doc: Any) -> DocumentState:
@@ -92,3 +105,15 @@ def remember_guidance(doc: Any, choices: Mapping[str, str], *, created: str = ""
         state.guidance_layers.append(created)
     if state.to_json() != before:
         write_state(doc, state)
+
+
+def update_state(doc: Any, change: Callable[[DocumentState], None]) -> bool:
+    """Applies `change` to the document's state and writes it only when something changed (a write marks the
+    document modified); returns whether it wrote."""
+    state = read_state(doc)
+    before = state.to_json()
+    change(state)
+    if state.to_json() == before:
+        return False
+    write_state(doc, state)
+    return True

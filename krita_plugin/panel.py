@@ -39,6 +39,9 @@ from .qt import (
     QWidget,
     pyqtSignal,
 )
+from .reference_rows import ReferenceRows
+from .references import ipadapter_names
+from .region_rows import RegionRows
 from .result_view import HistoryStrip, ResultView
 from .settings import (
     MAX_BATCH,
@@ -146,6 +149,8 @@ class Panel(QScrollArea):
         self.sections = {
             "generation": self._build_sampling(),
             "guidance": self._build_guidance(),
+            "references": self._build_references(),
+            "regions": self._build_regions(),
             "models": self._build_models(),
             "backend": self._build_connection(),
         }
@@ -289,6 +294,20 @@ class Panel(QScrollArea):
         self.guidance_form = section.form
         return section
 
+    def _build_references(self) -> Section:
+        """Reference images (reference_rows.py); the controller keeps them in the document."""
+        section = Section("Reference images", "references")
+        self.reference_rows = ReferenceRows(section.body)
+        section.form.addRow(self.reference_rows)
+        return section
+
+    def _build_regions(self) -> Section:
+        """A prompt per layer (region_rows.py); the controller keeps them in the document."""
+        section = Section("Regions", "regions")
+        self.region_rows = RegionRows(section.body)
+        section.form.addRow(self.region_rows)
+        return section
+
     def _build_models(self) -> Section:
         section = Section("Models", "models")
         form = section.form
@@ -328,6 +347,7 @@ class Panel(QScrollArea):
             self.sampler.currentIndexChanged, self.checkpoint.currentIndexChanged,
             self.lora.currentIndexChanged, self.lora_strength.valueChanged,
             self.resolution.currentIndexChanged, self.batch.valueChanged,
+            self.reference_rows.model.currentIndexChanged,
         ):  # fmt: skip
             signal.connect(self.settings_changed)
         for row in self.guidance_rows.values():
@@ -352,6 +372,7 @@ class Panel(QScrollArea):
             lora_strength=self.lora_strength.value(),
             resolution=float(self.resolution.currentData() or 1.0),
             batch=self.batch.value(),
+            reference_model=self.reference_rows.chosen_model(),
             guidance={
                 kind: ControlLayerChoice(row.layer.currentData() or "", row.strength.value())
                 for kind, row in self.guidance_rows.items()
@@ -382,6 +403,7 @@ class Panel(QScrollArea):
         self.lora_strength.setValue(_finite(settings.lora_strength, 1.0))
         self.resolution.setCurrentIndex(max(0, self.resolution.findData(settings.resolution)))
         self.batch.setValue(_clamp(settings.batch, self.batch))
+        self.reference_rows.select_model(settings.reference_model)
         for kind, row in self.guidance_rows.items():
             row.strength.setValue(_finite(settings.choice(kind).strength, 1.0))
 
@@ -434,7 +456,9 @@ class Panel(QScrollArea):
             )
 
     def _offer_loras(self) -> None:
-        _fill_choices(self.lora, lora_choices(self.listing, self.checkpoint.currentData() or ""))
+        checkpoint = self.checkpoint.currentData() or ""
+        _fill_choices(self.lora, lora_choices(self.listing, checkpoint))
+        self.reference_rows.set_models(ipadapter_names(self.listing, checkpoint))
 
     def offer_control_kinds(self, names: list[str]) -> None:
         """Shows the guidance rows of the kinds the backend can run (an older backend that lists none: all);

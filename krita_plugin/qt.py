@@ -90,6 +90,7 @@ QCheckBox = QtWidgets.QCheckBox
 QComboBox = QtWidgets.QComboBox
 QDockWidget = QtWidgets.QDockWidget
 QDoubleSpinBox = QtWidgets.QDoubleSpinBox
+QFileDialog = QtWidgets.QFileDialog
 QFormLayout = QtWidgets.QFormLayout
 QHBoxLayout = QtWidgets.QHBoxLayout
 QLabel = QtWidgets.QLabel

@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ._compat import protocol
+from .fingerprint import content_hash
 from .job_records import SentImage
+from .references import CapturedReference, reference_params
+from .regions import RegionMask
 from .settings import GenerationSettings
 
 Keypoint = tuple[float, float] | None
@@ -27,6 +30,10 @@ class CanvasCapture:
     control_poses: dict[str, list[list[Keypoint]]] = field(default_factory=dict)
     image_width: int = 0  # the sent images' size (0: the rectangle's): smaller when scaled down for sending
     image_height: int = 0
+    # Reference images (each its own size, references.py) and regions (masks at the sent images' size,
+    # regions.py), each in a slot of its own.
+    references: list[CapturedReference] = field(default_factory=list[CapturedReference])
+    regions: list[RegionMask] = field(default_factory=list[RegionMask])
 
     def __post_init__(self) -> None:
         self.image_width = self.image_width or self.width
@@ -35,6 +42,17 @@ class CanvasCapture:
     @property
     def bounds(self) -> protocol.Bounds:
         return protocol.Bounds(self.x, self.y, self.width, self.height)
+
+    def guide_keys(self) -> list[str]:
+        """What the references and regions add to a live frame's fingerprint: what they'd send."""
+        return [
+            *(
+                f"{r.slot}:{r.entry.kind}:{r.entry.strength}:{r.entry.start}:{r.entry.end}:"
+                f"{r.image.width}x{r.image.height}:{content_hash(r.image.bgra)}"
+                for r in self.references
+            ),
+            *(f"{r.slot}:{r.prompt!r}:{content_hash(r.mask)}" for r in self.regions),
+        ]
 
 
 @dataclass
@@ -89,6 +107,8 @@ def build_params(
         resolution=settings.resolution,
         batch=1 if live else settings.batch,
         controls=controls,
+        references=reference_params(capture.references, settings.reference_model),
+        regions=[protocol.messages.RegionParam(r.slot, r.prompt) for r in capture.regions],
     )
 
 
@@ -114,6 +134,10 @@ def build_job(
         for kind in protocol.CONTROL_KINDS
         if kind in capture.control_images
     ]
+    images += [
+        SentImage(r.slot, bgra8, r.image.width, r.image.height, r.image.bgra) for r in capture.references
+    ]
+    images += [SentImage(r.slot, gray8, w, h, r.mask) for r in capture.regions]
     mode = "inpaint" if capture.mask is not None else "img2img"
     return assemble(job_id, mode, live, params, tuple(images), capture.bounds)
 

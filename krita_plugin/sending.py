@@ -13,6 +13,8 @@ from .fingerprint import content_hash
 from .job_records import JobRecord, JobRecords
 from .job_tracking import JobIds
 from .nodes import node_id
+from .references import FileImages, capture_references
+from .regions import capture_regions
 from .request_builder import CanvasCapture, build_job
 from .settings import GenerationSettings
 
@@ -35,6 +37,7 @@ def job_fingerprint(snapshot: CanvasCapture, settings: GenerationSettings) -> st
             content_hash(snapshot.canvas),
             content_hash(snapshot.mask or b""),
             *(f"{kind}:{content_hash(pixels)}" for kind, pixels in sorted(snapshot.control_images.items())),
+            *snapshot.guide_keys(),
         )
     )
 
@@ -47,6 +50,7 @@ class Sender:
         self.sent = 0
         self.timings: dict[str, float] = {}  # seconds the last capture and send spent in each phase
         self.left_at = 0.0  # time.perf_counter() when the last job was handed to the network thread
+        self.reference_files = FileImages()  # reference image files, each read once
 
     def capture(
         self,
@@ -70,6 +74,9 @@ class Sender:
             max_pixels=send_pixels(native_side, settings.resolution),
         )
         snapshot = capture(doc, request, refresh_allowed=refresh_allowed)
+        snapshot.references = capture_references(doc, self.reference_files)
+        rect = (snapshot.x, snapshot.y, snapshot.width, snapshot.height)
+        snapshot.regions = capture_regions(doc, rect, (snapshot.image_width, snapshot.image_height))
         self.timings = {"capture": time.perf_counter() - started}
         return snapshot
 

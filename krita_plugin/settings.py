@@ -85,6 +85,7 @@ class GenerationSettings:
     lora_strength: float = 1.0
     resolution: float = 1.0  # working-resolution multiplier of the model's native size
     batch: int = 1  # Generate: variations with consecutive seeds
+    reference_model: str = ""  # the IP-Adapter file of the reference images ("" = the server's pick)
     # Control kind name (protocol.CONTROL_KINDS) -> its guidance layer; a kind not listed guides nothing.
     guidance: dict[str, ControlLayerChoice] = field(default_factory=dict)
 

@@ -19,7 +19,7 @@ NEEDS_QT = [
     "test_capture.py", "test_controller.py", "test_e2e_channel.py", "test_fingerprint.py",
     "test_guidance_kinds.py", "test_input_watch.py", "test_panel.py", "test_pose.py", "test_qt.py",
     "test_registration.py", "test_scaling.py", "test_idle_wait.py", "test_failover_live.py",
-    "test_control_from_image.py",
+    "test_control_from_image.py", "test_references.py", "test_regions.py",
 ]  # fmt: skip
 
 

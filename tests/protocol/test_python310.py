@@ -19,7 +19,7 @@ frame = ImageFrame("a", "canvas", ImageEncoding.BGRA8, 3, 2, bytes(24))
 assert decode_frame(encode_frame(frame), 8, 8) == frame
 import krita_plugin.backoff, krita_plugin.job_tracking, krita_plugin.placement, krita_plugin.pose
 import krita_plugin.request_builder, krita_plugin.settings, krita_plugin.history, krita_plugin.live_state
-import krita_plugin.job_records, krita_plugin.document_state
+import krita_plugin.job_records, krita_plugin.document_state, krita_plugin.references, krita_plugin.regions
 import sys
 print("ok", sys.version_info[:2])
 """
