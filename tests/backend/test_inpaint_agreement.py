@@ -146,7 +146,7 @@ def test_sdxl_inpaint_matches_the_pipeline(
               "lcm_lora_strength": 0.0, "inpaint": WHOLE_CANVAS}  # fmt: skip
     result = run(engine, job(canvas, mode="inpaint", mask=mask, **params))
     assert result.bounds == (0, 0, WIDTH, HEIGHT) and result.params["generation_size"] == [WIDTH, HEIGHT]
-    pipe = diffusers.StableDiffusionXLInpaintPipeline.from_single_file(
+    pipe: Any = diffusers.StableDiffusionXLInpaintPipeline.from_single_file(
         str(tiny_sdxl.path("checkpoints", checkpoint)),
         config=str(reference_configs(tiny_sdxl, which)),
         local_files_only=True,

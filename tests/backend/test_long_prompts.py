@@ -5,6 +5,7 @@ SDXL's pooled embedding is the first chunk's. One-chunk prompts are encoded as b
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -90,10 +91,21 @@ def test_break_ends_a_chunk_as_in_a1111(sd15: Any) -> None:
     assert encode(sd15, "a castle, BREAKING news").hidden.shape[1] == 77  # only the word in capitals
 
 
+@dataclass(frozen=True)
+class FixedEmbedding:
+    rows: torch.Tensor
+
+    def vectors(self, role: str, width: int) -> torch.Tensor | None:
+        return self.rows
+
+    def widths(self) -> str:
+        return f"{self.rows.shape[1]}-wide vectors"
+
+
 def test_an_embeddings_vectors_stay_in_one_chunk(sd15: Any) -> None:
     encoder = Encoder("clip_l", sd15.tokenizer, sd15.text_encoder)
     vecs = torch.randn(3, 32, generator=torch.Generator().manual_seed(60))
-    loaded = {"e.pt": SimpleNamespace(vectors=lambda role, width: vecs, widths=lambda: "32-wide vectors")}
+    loaded = {"e.pt": FixedEmbedding(vecs)}
     pieces = [Piece("cat " * 73, 1.2), Piece("e", 1.0, "e.pt", explicit=True), Piece("dog")]
     first, second = tokenize(encoder, pieces, loaded)
     assert first.rows is None and first.weights[1:74] == (1.2,) * 73
