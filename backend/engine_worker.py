@@ -187,6 +187,9 @@ class EngineWorker:
                     self.store.resolve_usable("controlnet", name)
             if params.upscale is not None and params.upscale.model is not None:
                 self.store.resolve_usable("upscale_models", params.upscale.model)
+            for reference in choice.references:  # chosen by choose_models, each file checked there
+                if reference is not None:
+                    self.store.resolve_usable("clip_vision", reference.encoder)
         except ModelError as error:
             code, message = describe_failure(error)
             # With the full paths that the client's copy of the message won't show (see backend/redact.py).

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from backend.file_headers import HeaderError, read_header, read_pickle_names
+from backend.loading.clip_vision import config_from_shapes
+from backend.loading.ip_adapter import describe_ip_adapter
 from backend.model_families import (
     FAMILIES,
     SD15,
@@ -230,11 +232,31 @@ def _vae_reason(names: Shapes) -> str | None:
     return "not a VAE (no encoder/decoder weights)"
 
 
+def _ip_adapter_verdict(shapes: Shapes) -> Verdict:
+    """An IP-Adapter's variant must be one the backend serves; its family is its cross-attention width's."""
+    try:
+        info = describe_ip_adapter(shapes)
+    except ValueError as error:
+        return Verdict(str(error))
+    family = info.family
+    return Verdict(family=family.name if family is not None else None)
+
+
+def _clip_vision_verdict(shapes: Shapes) -> Verdict:
+    try:
+        config_from_shapes(shapes)
+    except ValueError as error:
+        return Verdict(str(error))
+    return Verdict()
+
+
 JUDGES: dict[str, Callable[[Shapes], Verdict]] = {
     "checkpoints": _checkpoint_verdict,
     "loras": _lora_verdict,
     "controlnet": _controlnet_verdict,
     "vae": lambda shapes: Verdict(_vae_reason(shapes)),
+    "ipadapter": _ip_adapter_verdict,
+    "clip_vision": _clip_vision_verdict,
 }
 
 

@@ -28,7 +28,10 @@ from backend.model_layouts import Layouts, detect_layout, models_folder, parse_l
 
 log = logging.getLogger(__name__)
 
-KINDS = ("checkpoints", "loras", "controlnet", "vae", "taesd", "embeddings", "upscale_models")
+KINDS = (
+    "checkpoints", "loras", "controlnet", "vae", "taesd", "embeddings", "upscale_models", "ipadapter",
+    "clip_vision",
+)  # fmt: skip
 
 # Used when no manifest can be read, so a bare models folder still works; mirrors models/manifest.json.
 DEFAULT_LAYOUT: dict[str, str] = {
@@ -39,6 +42,8 @@ DEFAULT_LAYOUT: dict[str, str] = {
     "taesd": "vae_approx",
     "embeddings": "embeddings",
     "upscale_models": "upscale_models",
+    "ipadapter": "ipadapter",
+    "clip_vision": "clip_vision",
 }
 DEFAULT_FOREIGN_LAYOUTS: dict[str, dict[str, list[str]]] = {
     "comfyui": {k: [v] for k, v in DEFAULT_LAYOUT.items()},
@@ -50,6 +55,8 @@ DEFAULT_FOREIGN_LAYOUTS: dict[str, dict[str, list[str]]] = {
         "taesd": ["VAE-approx"],
         "embeddings": ["../embeddings"],  # A1111 keeps them beside its models folder
         "upscale_models": ["ESRGAN", "RealESRGAN", "SwinIR", "DAT", "HAT"],  # a folder per architecture
+        "ipadapter": ["ipadapter"],  # (the ControlNet extension's own folders are not read)
+        "clip_vision": ["clip_vision"],
     },
 }
 REPO_MANIFEST = Path(__file__).resolve().parents[1] / "models" / "manifest.json"
@@ -78,6 +85,8 @@ HINTS = {
     "taesd": "taesd_encoder.pth and taesd_decoder.pth",
     "embeddings": "textual-inversion embeddings (.safetensors or .pt files)",
     "upscale_models": "upscale models (ESRGAN, Real-ESRGAN, SwinIR, ... as .pth or .safetensors files)",
+    "ipadapter": f"{SERVED} IP-Adapter .safetensors files (ip-adapter_sd15.safetensors, ...)",
+    "clip_vision": "CLIP vision encoders (CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors, ...)",
 }
 SINGULAR = {
     "checkpoints": "checkpoint",
@@ -87,6 +96,8 @@ SINGULAR = {
     "taesd": "TAESD",
     "embeddings": "embedding",
     "upscale_models": "upscale model",
+    "ipadapter": "IP-Adapter",
+    "clip_vision": "CLIP vision encoder",
 }
 
 
@@ -158,6 +169,16 @@ def _folder_mark(folder: Path) -> FolderMark:
 
 def is_diffusers_folder(path: Path) -> bool:
     return (path / "model_index.json").is_file() or (path / "unet" / "config.json").is_file()
+
+
+def _is_model_folder(kind: str, path: Path) -> bool:
+    """A folder that is one model: a diffusers checkpoint, or a CLIP vision encoder's config.json and
+    model.safetensors (backend/loading/clip_vision.py)."""
+    if kind == "checkpoints":
+        return is_diffusers_folder(path)
+    if kind == "clip_vision":
+        return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    return False
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -282,7 +303,7 @@ class ModelStore:
                     f"{SINGULAR[kind]} {shown(name)} has an unsupported file type. "
                     f"Put {HINTS[kind]} in {self.shown_folder(kind)}"
                 )
-            if kind == "checkpoints" and candidate.is_dir() and is_diffusers_folder(candidate):
+            if candidate.is_dir() and _is_model_folder(kind, candidate):
                 return candidate
         except OSError as error:
             # Permissions, a name the file system refuses, an I/O error: the model can't be used, and the
@@ -388,7 +409,7 @@ class ModelStore:
                 sub = here / d
                 if d.startswith("."):
                     continue
-                if kind == "checkpoints" and is_diffusers_folder(sub):
+                if _is_model_folder(kind, sub):
                     yield sub.relative_to(folder).as_posix()
                 elif not (sub.is_symlink() and _inside(sub, folder)):
                     keep.append(d)

@@ -26,7 +26,7 @@ import torch
 
 from backend.model_errors import ModelError
 
-from .loop import Guidance, make_guidance, repeat_for_batch
+from .loop import Guidance, make_guidance
 from .modules import model_dtype
 from .prompt_syntax import Piece, plain_text, prompt_pieces
 from .prompt_tokens import (
@@ -206,9 +206,14 @@ class Conditioner:
     embeddings: Callable[[str], Embedding] | None = None
     _time_ids: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict)
 
-    def guidance(self, components: Any, choice: ModelChoice, params: JobParams) -> Guidance:
+    def guidance(
+        self, components: Any, choice: ModelChoice, params: JobParams, prompts: Sequence[str] | None = None
+    ) -> Guidance:
         """The prompts' conditioning for the job's models; `choice.embeddings` are the embedding files the
-        prompts name (found at intake), its LoRAs' clip strengths part of the text encoders' state."""
+        prompts name (found at intake), its LoRAs' clip strengths part of the text encoders' state.
+
+        `prompts`: the texts of the cond rows, one row each (regions, engine/regions.py); None: the job's
+        prompt, one row. The negative prompt is the one uncond row either way."""
         unet = components.unet
         conditioning = conditioning_for(components)
         embeddings = choice.embeddings
@@ -228,19 +233,24 @@ class Conditioner:
             prompt = EncodablePrompt(pieces, loaded)
             return self.prompts.embed(model_key, text, lambda: encode(prompt), model_dtype(unet), files)
 
-        cond = embed(params.prompt)
+        conds = [embed(text) for text in ([params.prompt] if prompts is None else prompts)]
         distilled = getattr(unet.config, "time_cond_proj_dim", None)
         uncond: PromptEmbedding | None = None
         if params.cfg > 1.0 and distilled is None:
-            empty = conditioning.empty_negative(cond) if params.negative_prompt == "" else None
+            longest = max(conds, key=lambda each: each.hidden.shape[1])
+            empty = conditioning.empty_negative(longest) if params.negative_prompt == "" else None
             uncond = empty or embed(params.negative_prompt)
-            if uncond.hidden.shape[1] != cond.hidden.shape[1]:
-                cond, uncond = same_length([cond, uncond], embed("").hidden)
-        guidance = make_guidance(cond.hidden, uncond.hidden if uncond else None, params.cfg, distilled)
-        if cond.pooled is not None:
-            pooled = cond.pooled
+        rows = [*conds, *([uncond] if uncond else [])]
+        if len({row.hidden.shape[1] for row in rows}) > 1:
+            rows = same_length(rows, embed("").hidden)
+            conds, uncond = rows[: len(conds)], (rows[len(conds)] if uncond else None)
+        hidden = conds[0].hidden if len(conds) == 1 else torch.cat([each.hidden for each in conds])
+        guidance = make_guidance(hidden, uncond.hidden if uncond else None, params.cfg, distilled)
+        pooled_rows = [each.pooled for each in conds if each.pooled is not None]
+        if pooled_rows:
             if guidance.batched and uncond is not None and uncond.pooled is not None:
-                pooled = torch.cat([uncond.pooled, cond.pooled])
+                pooled_rows.insert(0, uncond.pooled)
+            pooled = pooled_rows[0] if len(pooled_rows) == 1 else torch.cat(pooled_rows)
             guidance.added = {"text_embeds": pooled}
         return guidance
 
@@ -259,7 +269,7 @@ class Conditioner:
             return
         dtype = guidance.cond.dtype
         conditioning = conditioning_for(components)
-        key = (id(conditioning), height, width, dtype, guidance.batched)
+        key = (id(conditioning), height, width, dtype, guidance.rows)
         time_ids = self._time_ids.get(key)
         if time_ids is None:
             made = conditioning.time_ids(height, width)
@@ -267,5 +277,5 @@ class Conditioner:
                 return
             if len(self._time_ids) >= TIME_IDS_KEPT:
                 self._time_ids.clear()
-            time_ids = self._time_ids[key] = repeat_for_batch(made.to(self.device, dtype), guidance.batched)
+            time_ids = self._time_ids[key] = guidance.repeat(made.to(self.device, dtype))
         guidance.added["time_ids"] = time_ids

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import torch
 
 from . import vae as vae_codec
-from .loop import CancelCheck, ControlUnit, Guidance, Predictor, ProgressCallback, denoise
+from .loop import CancelCheck, ControlUnit, Guidance, Predictor, ProgressCallback, StepHook, denoise
 from .residency import Residency
 from .samplers import Schedule
 
@@ -39,6 +39,7 @@ class GenerationContext:
     timings: dict[str, float] = field(default_factory=dict)
     predict: Predictor | None = None  # None: the plain UNet call (loop.EagerPredictor)
     vae_calls: VaeCalls | None = None  # None: vae.encode / vae.decode on `vae`
+    before_step: StepHook | None = None  # called before each step's model call (engine/references.py)
     residency: Residency = field(default_factory=lambda: Residency(torch.device("cpu")))  # low-VRAM moves
     # What the job's result reports of how it ran (the engine's effective params): `vae_tiled`.
     notes: dict[str, Any] = field(default_factory=dict[str, Any])
@@ -98,6 +99,7 @@ class GenerationContext:
                 self.is_cancelled,
                 controls=self.controls,
                 predict=self.predict,
+                before_step=self.before_step,
                 **mode_inputs,
             )
 

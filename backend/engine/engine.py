@@ -16,7 +16,7 @@ from backend.model_families import SD15
 from protocol.messages import JobParams
 from protocol.registry import CONTROL_IMAGE, MODES, SAMPLERS, UPSCALE
 
-from . import images, masks
+from . import images, masks, references, regions
 from .accelerated import Accelerator, AcceleratorSettings
 from .accelerated.denoiser import AcceleratedPredictor
 from .accelerated.frame import FramePlan, LiveFrames, plan_frame
@@ -32,6 +32,7 @@ from .jobs import EngineInputError, EngineJob, EngineResult, JobCancelled
 from .model_choice import Components, ModelChoice, ModelSource, choose_models, load_components
 from .modules import model_dtype
 from .prompts import PromptCache
+from .references import References
 from .region import (
     Region,
     long_side_size,
@@ -103,6 +104,7 @@ class Engine:
         self._taesd_errors: dict[str, str] = {}
         self.annotator = Annotator(models, self.device, dtype)  # control_image jobs (engine/annotate.py)
         self.upscalers = Upscalers(self.device, dtype, self.settings.low_vram)  # upscale jobs (upscale.py)
+        self.references = References(models, self.device, dtype, self.residency)  # engine/references.py
 
     def run(self, job: EngineJob, on_progress: ProgressCallback, is_cancelled: CancelCheck) -> EngineResult:
         """Run one job. Raises JobCancelled at a step boundary once is_cancelled() is True, EngineInputError
@@ -155,6 +157,7 @@ class Engine:
         self._condition_on_size(ctx, components, unpadded)
         region = self._bucketed(unpadded, ctx)
         self._add_controls(ctx, job, choice, region, effective, components)
+        self._add_regions(ctx, job, choice, region, effective, components)
         rgb = region.rgb_to_generation(images.flatten_on_white(job.canvas))  # the region is the whole canvas
         dedicated = _dedicated_inpaint(components)
         # An inpainting checkpoint needs its extra inputs even for img2img: a mask over everything.
@@ -212,6 +215,7 @@ class Engine:
         self._condition_on_size(ctx, components, unpadded)
         region = self._bucketed(unpadded, ctx)
         self._add_controls(ctx, job, choice, region, effective, components)
+        self._add_regions(ctx, job, choice, region, effective, components)
         rgb = region.rgb_to_generation(images.flatten_on_white(canvas_crop))
         gen_mask = region.gray_to_generation(soft_crop)
         dedicated = _dedicated_inpaint(components)
@@ -290,6 +294,30 @@ class Engine:
         ctx.controls = units
         effective["controlnets"] = names
 
+    def _add_regions(
+        self,
+        ctx: GenerationContext,
+        job: EngineJob,
+        choice: ModelChoice,
+        region: Region,
+        effective: dict[str, Any],
+        components: Components,
+    ) -> None:
+        """The regions' prompts over the generation `region` (engine/regions.py); after everything else that
+        adds to the guidance, whose cond row each region row repeats."""
+        if not job.params.regions:
+            return
+        height, width = job.canvas.shape[:2]
+        try:
+            region_masks = regions.region_masks(job.control_images, job.params, height, width)
+        except ValueError as error:
+            raise EngineInputError(str(error)) from None
+        with ctx.timed("prompt"):
+            ctx.guidance, counted = regions.apply_regions(
+                ctx.guidance, self.conditioner, components, choice, job.params, region_masks, region
+            )
+        effective["regions_counted"] = counted
+
     def _context(
         self,
         job: EngineJob,
@@ -334,7 +362,25 @@ class Engine:
             residency=self.residency,
             notes=effective,
         )
-        accelerated = job.live and self.accelerator.active and not self.residency.enabled
+        # Every job: one without references gets the UNet's own attention back (references.detach).
+        referenced = self.references.apply(
+            ctx, params.references, job.control_images, choice, components, effective
+        )
+        if job.live and referenced:
+            # IP-Adapter processors and image embeddings are not in the accelerated path's graphs.
+            off = [effective.get("accelerated_off"), references.ACCELERATED_OFF]
+            effective["accelerated_off"] = "; ".join(reason for reason in off if reason)
+        if job.live and params.regions:
+            # Regions batch more rows than the accelerated path's graphs take: the plain path, said so.
+            off = [effective.get("accelerated_off"), regions.ACCELERATED_OFF]
+            effective["accelerated_off"] = "; ".join(reason for reason in off if reason)
+        accelerated = (
+            job.live
+            and self.accelerator.active
+            and not self.residency.enabled
+            and not params.regions
+            and not referenced
+        )
         effective["accelerated"] = accelerated
         if accelerated:
             self._accelerate(ctx, choice.checkpoint)

@@ -19,6 +19,7 @@ from .samplers import Schedule
 
 ProgressCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
+StepHook = Callable[[int, int], None]
 
 
 @dataclass
@@ -34,18 +35,32 @@ class Guidance:
     # SDXL-class UNets' added conditioning: the pooled text embeddings and the size time ids, batched as
     # `embeddings()` is (engine/conditioning.py). None for families without it.
     added: dict[str, torch.Tensor] | None = None
+    # Regions (engine/regions.py): `cond` holds one row per prompt and these are the rows' blend weights,
+    # R x 1 x h x w at latent resolution, summing to 1 at every latent pixel. None: one cond row.
+    weights: torch.Tensor | None = None
 
     @property
     def batched(self) -> bool:
         return self.uncond is not None
 
+    @property
+    def rows(self) -> int:
+        """The UNet call's batch: the cond rows, after the uncond row with CFG."""
+        return self.cond.shape[0] + (1 if self.uncond is not None else 0)
+
+    def repeat(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A batch-1 input (latents, ControlNet hint, inpaint extras) repeated for every row of the call."""
+        return tensor if self.rows == 1 else torch.cat([tensor] * self.rows)
+
     def embeddings(self) -> torch.Tensor:
-        # Unconditional first, as diffusers orders the batch; both passes share one UNet call.
+        # Unconditional first, as diffusers orders the batch; all passes share one UNet call.
         if self.uncond is None:
             return self.cond
         return torch.cat([self.uncond, self.cond])
 
     def combine(self, prediction: torch.Tensor) -> torch.Tensor:
+        if self.weights is not None:
+            return blend_rows(prediction, self.weights, self.scale if self.batched else None)
         if self.uncond is None:
             return prediction
         return cfg_combine(prediction, self.scale)
@@ -55,6 +70,17 @@ def cfg_combine(prediction: torch.Tensor, scale: float | torch.Tensor) -> torch.
     """Classifier-free guidance: a batch-2 prediction (unconditional, conditional) -> the guided one.
     `scale` may be a 0-dim tensor (the whole live frame), the arithmetic is the same."""
     uncond, cond = prediction.chunk(2)
+    return uncond + scale * (cond - uncond)
+
+
+def blend_rows(prediction: torch.Tensor, weights: torch.Tensor, scale: float | None) -> torch.Tensor:
+    """Regions' predictions ([uncond,] cond rows) -> one: the cond rows weighted per pixel (`weights`, R x 1 x
+    h x w, summing to 1), then CFG against the uncond row when `scale` is given."""
+    cond_rows = prediction if scale is None else prediction[1:]
+    cond = (cond_rows * weights.to(prediction.dtype)).sum(dim=0, keepdim=True)
+    if scale is None:
+        return cond
+    uncond = prediction[:1]
     return uncond + scale * (cond - uncond)
 
 
@@ -162,7 +188,7 @@ def _control_residuals(step: StepInputs) -> dict[str, Any]:
             step.model_input,
             step.timestep,
             encoder_hidden_states=step.embeddings,
-            controlnet_cond=repeat_for_batch(control.image, step.guidance.batched),
+            controlnet_cond=step.guidance.repeat(control.image),
             conditioning_scale=scale,
             return_dict=False,
             **added_conditioning(step.guidance),
@@ -228,10 +254,13 @@ def denoise(
     inpaint_channels: InpaintChannels | None = None,
     hold: LatentHold | None = None,
     predict: Predictor | None = None,
+    before_step: StepHook | None = None,
 ) -> torch.Tensor:
     """Run the schedule's steps from noised `latents`; returns the final (clean) latents.
 
     `predict` replaces the plain UNet/ControlNet call (the accelerated path); None = `EagerPredictor(unet)`.
+    `before_step(i, n)`, when given, is called before step i of n's model call (reference images set their
+    adapters' per-step scales, engine/references.py).
 
     is_cancelled() is asked before every step and once after the last (before the caller spends time
     decoding); on_progress(i, n) is called after step i of n.
@@ -242,15 +271,17 @@ def denoise(
     total = len(schedule.timesteps)
     extra: torch.Tensor | None = None
     if inpaint_channels is not None:
-        extra = inpaint_input(
-            inpaint_channels.mask, inpaint_channels.masked_image_latents, latents.dtype, guidance.batched
+        extra = guidance.repeat(
+            inpaint_input(inpaint_channels.mask, inpaint_channels.masked_image_latents, latents.dtype, False)
         )
     step_arguments = schedule.step_arguments(generator)
     for index, timestep in enumerate(schedule.timesteps):
         if is_cancelled():
             raise JobCancelled()
-        model_input = repeat_for_batch(latents, guidance.batched)
+        model_input = guidance.repeat(latents)
         model_input = scheduler.scale_model_input(model_input, timestep)
+        if before_step is not None:
+            before_step(index, total)
         prediction = predict(
             StepInputs(model_input, timestep, embeddings, guidance, controls, index, total, extra)
         )

@@ -19,6 +19,7 @@ from protocol.registry import pick_controlnet
 
 from .prompt_models import prompt_models
 from .prompt_syntax import EmbeddingRef
+from .reference_models import ReferenceModels, choose_reference_models
 
 
 class Components(Protocol):
@@ -80,6 +81,8 @@ class ModelChoice:
     controlnets: tuple[str | None, ...] = ()
     # The embedding files the prompts name (prompt_models.py); their <lora:...> tags' LoRAs are in `loras`.
     embeddings: tuple[EmbeddingRef, ...] = ()
+    # Each reference image's IP-Adapter and CLIP vision encoder (reference_models.py); None: it can't act.
+    references: tuple[ReferenceModels | None, ...] = ()
 
     def text_encoder_state(self) -> Hashable:
         """What changes the text encoder's weights besides the checkpoint: the LoRAs' clip strengths."""
@@ -161,7 +164,10 @@ def choose_models(store: Any, params: JobParams) -> ModelChoice:
     inline = prompt_models(store, (params.prompt, params.negative_prompt))  # <lora:...> tags, embeddings
     named = {lora.name for lora in params.loras} | {lcm_name}
     loras += tuple(LoraSpec(*lora) for lora in inline.added_loras(named))
-    return ModelChoice(checkpoint, params.vae, loras, lcm, _controlnets(store, params), inline.embeddings)
+    references = choose_reference_models(store, params.references, checkpoint)
+    return ModelChoice(
+        checkpoint, params.vae, loras, lcm, _controlnets(store, params), inline.embeddings, references
+    )
 
 
 def _controlnets(store: Any, params: JobParams) -> tuple[str | None, ...]:
