@@ -19,11 +19,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def build_models(directory: Path) -> tuple[Path, Path]:
-    """Tiny SD1.5-shaped models (tests/fixtures/tiny_models.py): the models folder and its config folder."""
+def build_models(directory: Path, references: bool = False) -> tuple[Path, Path]:
+    """Tiny SD1.5-shaped models (tests/fixtures/tiny_models.py): the models folder and its config folder;
+    with `references`, the tiny IP-Adapters and CLIP vision encoders too (tiny_ip_adapter.py)."""
     from tests.fixtures.tiny_models import build_tiny_models
 
     tiny = build_tiny_models(directory / "models")
+    if references:
+        from tests.fixtures.tiny_ip_adapter import write_tiny_references
+
+        write_tiny_references(tiny.root)
     return tiny.root, tiny.config_dir
 
 

@@ -352,6 +352,29 @@ result = [centre.x(), centre.y()]
         self._with_release(["mousemove", str(x), str(y), "sleep", "0.05", "click", str(button)], timeout)
         return float(x), float(y)
 
+    def click_layer(self, name: str, timeout: float = 10.0) -> None:
+        """A real click on the layer's row in Krita's Layers docker, which makes it the active layer."""
+        where = self.run(f"""
+docker = next(d for d in app.dockers() if d.objectName() == "KisLayerBox")
+if not docker.isVisible():
+    docker.show()
+    docker.raise_()
+view = next(v for v in docker.findChildren(QAbstractItemView) if v.isVisible())
+model = view.model()
+rows = [model.index(r, 0) for r in range(model.rowCount())]
+found = [index for index in rows if index.data() == {name!r}]
+if len(found) != 1:
+    raise LookupError(f"{{len(found)}} top-level rows of the Layers docker are named {name!r}")
+view.scrollTo(found[0])
+QApplication.processEvents()
+rect = view.visualRect(found[0])
+centre = view.viewport().mapToGlobal(rect.center())
+result = [centre.x(), centre.y()]
+""")
+        x, y = where
+        self._with_release(["mousemove", str(x), str(y), "sleep", "0.05", "click", "1"], timeout)
+        self.session.wait_until(f"doc.activeNode().name() == {name!r}", timeout, setup=PRE, every=0.1)
+
     def _with_release(self, xdotool_args: list[str], timeout: float) -> None:
         """Runs the xdotool commands, then waits until Qt dispatched one more pointer release."""
         count = self.run(PROBE + "result = state.probe.releases")

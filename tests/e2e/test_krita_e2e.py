@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,8 @@ missing = painter_tools_available()
 if missing:
     pytest.skip(f"end-to-end tests need Krita, Xvfb and xdotool: {missing}", allow_module_level=True)
 
-from tests.e2e.backend_process import BackendProcess, build_models  # noqa: E402 - needs torch; after the skip
+from tests.e2e.backend_process import BackendProcess  # noqa: E402 - needs torch; after the skip
+from tests.e2e.module_fixtures import artifacts_folder, running_backend, running_krita  # noqa: E402
 
 SIZE = 256  # twice the tiny models' native size: live renders at the working size and scales back
 PROMPT = "a red apple on a table"
@@ -47,31 +49,19 @@ def shown():
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = Path(os.environ.get("KLD_E2E_ARTIFACTS") or tmp_path_factory.mktemp("e2e-artifacts"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return artifacts_folder(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory: pytest.TempPathFactory, artifacts: Path):
-    models, config = build_models(tmp_path_factory.mktemp("tiny-models"))
-    process = BackendProcess(models, config, artifacts / "backend.log")
-    process.start()
-    yield process
-    process.stop()
+def backend(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Iterator[BackendProcess]:
+    yield from running_backend(tmp_path_factory, artifacts, "")
 
 
 @pytest.fixture(scope="module")
-def krita(tmp_path_factory: pytest.TempPathFactory, backend: BackendProcess, artifacts: Path):
-    session = KritaSession(tmp_path_factory.mktemp("krita"))
-    try:
-        session.start()
-        yield session
-    finally:
-        session.stop()
-        shutil.copy(session.log_path, artifacts / "krita.log")
-        if (session.control / "errors.log").exists():
-            shutil.copy(session.control / "errors.log", artifacts / "errors.log")
+def krita(
+    tmp_path_factory: pytest.TempPathFactory, backend: BackendProcess, artifacts: Path
+) -> Iterator[KritaSession]:
+    yield from running_krita(tmp_path_factory, artifacts, "")
 
 
 @pytest.fixture(scope="module")

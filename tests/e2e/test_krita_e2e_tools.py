@@ -9,9 +9,8 @@ Artifacts (panel screenshots, logs) go to $KLD_E2E_ARTIFACTS, or a temporary fol
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,8 @@ missing = painter_tools_available()
 if missing:
     pytest.skip(f"end-to-end tests need Krita, Xvfb and xdotool: {missing}", allow_module_level=True)
 
-from tests.e2e.backend_process import BackendProcess, build_models  # noqa: E402 - needs torch; after the skip
+from tests.e2e.backend_process import BackendProcess  # noqa: E402 - needs torch; after the skip
+from tests.e2e.module_fixtures import artifacts_folder, running_backend, running_krita  # noqa: E402
 from tests.e2e.test_krita_e2e import run, wait  # noqa: E402 - the shared snippet prelude and waiting
 
 SIZE = 256
@@ -38,31 +38,19 @@ SELECTION = ((70, 40), (170, 130))  # document corners dragged with the rectangl
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = Path(os.environ.get("KLD_E2E_ARTIFACTS") or tmp_path_factory.mktemp("e2e-artifacts"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return artifacts_folder(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory: pytest.TempPathFactory, artifacts: Path):
-    models, config = build_models(tmp_path_factory.mktemp("tiny-models"))
-    process = BackendProcess(models, config, artifacts / "backend-tools.log")
-    process.start()
-    yield process
-    process.stop()
+def backend(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Iterator[BackendProcess]:
+    yield from running_backend(tmp_path_factory, artifacts, "-tools")
 
 
 @pytest.fixture(scope="module")
-def krita(tmp_path_factory: pytest.TempPathFactory, backend: BackendProcess, artifacts: Path):
-    session = KritaSession(tmp_path_factory.mktemp("krita"))
-    try:
-        session.start()
-        yield session
-    finally:
-        session.stop()
-        shutil.copy(session.log_path, artifacts / "krita-tools.log")
-        if (session.control / "errors.log").exists():
-            shutil.copy(session.control / "errors.log", artifacts / "errors-tools.log")
+def krita(
+    tmp_path_factory: pytest.TempPathFactory, backend: BackendProcess, artifacts: Path
+) -> Iterator[KritaSession]:
+    yield from running_krita(tmp_path_factory, artifacts, "-tools")
 
 
 @pytest.fixture(scope="module")
