@@ -46,6 +46,23 @@ def img2img_pipeline(parts: TinyParts, sampler: str) -> Any:
     return pipe
 
 
+def in_owned_memory(*modules: torch.nn.Module) -> None:
+    """The modules' weights as the engine's loader leaves them: copied out of the file's memory map (where a
+    weight starts in memory can pick another vectorised kernel on the CPU) and frozen (on AVX-512 machines a
+    weight that requires grad takes another matrix-multiply path, even under no_grad); either can change the
+    last bits of a float result."""
+    for module in modules:
+        for tensor in [*module.parameters(), *module.buffers()]:
+            tensor.data = tensor.data.clone()
+        module.requires_grad_(False)
+
+
+def owned_pipeline(pipe: Any) -> Any:
+    """A diffusers pipeline whose models' weights are as the engine's are (in_owned_memory)."""
+    in_owned_memory(*(part for part in pipe.components.values() if isinstance(part, torch.nn.Module)))
+    return pipe
+
+
 def as_uint8(reference: np.ndarray) -> np.ndarray:
     return (reference[0] * 255).round().astype(np.uint8)
 

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from protocol.messages import InpaintParam
-from tests.backend.test_engine_agreement import SCHEDULERS, as_uint8
+from tests.backend.test_engine_agreement import SCHEDULERS, as_uint8, in_owned_memory
 from tests.backend.test_engine_support import job, make_canvas, make_engine, run, tiny_parts
 
 pytestmark = pytest.mark.slow
@@ -93,15 +93,6 @@ def tiny_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from tests.fixtures.tiny_sdxl import build_tiny_sdxl
 
     return build_tiny_sdxl(tmp_path_factory.mktemp("sdxl") / "models")
-
-
-def in_owned_memory(*modules: torch.nn.Module) -> None:
-    """The weights copied out of the file's memory map, as the engine's loader reads them: where a weight
-    starts in memory (a mapped file's tensors lie at any offset) can pick another vectorised matrix kernel on
-    the CPU, whose float results differ in the last bits."""
-    for module in modules:
-        for tensor in [*module.parameters(), *module.buffers()]:
-            tensor.data = tensor.data.clone()
 
 
 def reference_configs(tiny_sdxl: Any, which: str) -> Path:

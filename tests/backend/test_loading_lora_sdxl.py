@@ -25,7 +25,7 @@ from backend.loading.model_cache import ModelCache
 from backend.model_errors import ModelError
 from backend.model_files import ModelStore
 from protocol.messages import JobParams, LoraParam
-from tests.backend.test_engine_agreement import SCHEDULERS, assert_agrees
+from tests.backend.test_engine_agreement import SCHEDULERS, assert_agrees, owned_pipeline
 from tests.backend.test_engine_support import job, make_canvas, run
 from tests.fixtures.tiny_models import LORA_ALPHA, LORA_RANK, TinyModels, build_tiny_models
 from tests.fixtures.tiny_sdxl import TinySdxl, build_tiny_sdxl
@@ -201,14 +201,16 @@ def test_engine_with_lora_matches_diffusers(
     pipe.scheduler = getattr(diffusers, SCHEDULERS[sampler]).from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     pipe.load_lora_weights(str(tiny_sdxl.path("loras", file)), adapter_name="reference")
-    pipe.fuse_lora(lora_scale=strength)
+    owned_pipeline(pipe).fuse_lora(lora_scale=strength)  # frozen, as the engine's weights and LoRAs are
     pipe.unload_lora_weights()  # keeps the fused weights
     reference = pipe(
         prompt=params["prompt"], negative_prompt=negative or None, image=Image.fromarray(canvas[..., :3]),
         strength=params["strength"], num_inference_steps=4, guidance_scale=cfg,
         generator=torch.Generator().manual_seed(99), output_type="np",
     ).images  # fmt: skip
-    assert_agrees(result.image, reference)
+    # The style LoRA has 3x3 convolution layers: peft (as kohya) computes their product as a convolution, we
+    # (as ComfyUI) as a matrix product; the same sum, whose last bit differs on AVX-512 CPUs: 1 level there.
+    assert_agrees(result.image, reference, tolerance=1 if lora == "style" else 0)
 
 
 def test_other_family_loras_are_refused_both_ways(

@@ -21,7 +21,7 @@ from PIL import Image
 from backend.engine import Engine, EngineSettings
 from backend.loading.model_cache import ModelCache
 from backend.model_files import ModelStore
-from tests.backend.test_engine_agreement import SCHEDULERS, assert_agrees
+from tests.backend.test_engine_agreement import SCHEDULERS, assert_agrees, owned_pipeline
 from tests.backend.test_engine_support import job, make_canvas, run
 from tests.fixtures.tiny_sdxl import TinySdxl, build_tiny_sdxl
 
@@ -50,7 +50,7 @@ def reference_pipeline(tiny: TinySdxl, name: str, pipeline: str, sampler: str) -
     )
     pipe.scheduler = getattr(diffusers, SCHEDULERS[sampler]).from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return owned_pipeline(pipe)
 
 
 CASES = [

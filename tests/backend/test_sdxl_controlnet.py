@@ -34,7 +34,7 @@ from backend.model_files import ModelStore
 from protocol.messages import ControlParam
 from tests.backend.fake_headers import controlnet as original_controlnet_header
 from tests.backend.fake_headers import write_safetensors
-from tests.backend.test_engine_agreement import SCHEDULERS, assert_agrees
+from tests.backend.test_engine_agreement import SCHEDULERS, assert_agrees, owned_pipeline
 from tests.backend.test_engine_controlnet import PERSON, control_job, scribble
 from tests.backend.test_engine_support import make_canvas, run
 from tests.fixtures.tiny_models import TinyModels, build_tiny_models
@@ -194,7 +194,7 @@ def reference_pipeline(tiny: TinySdxl, sampler: str, controlnet: Any) -> Any:
     )  # fmt: skip
     pipe.scheduler = getattr(diffusers, SCHEDULERS[sampler]).from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return owned_pipeline(pipe)
 
 
 def diffusers_controlnet(tiny: TinySdxl, kind: str) -> Any:

@@ -24,7 +24,7 @@ from backend.loading.model_cache import ModelCache
 from backend.model_files import ModelStore
 from protocol.messages import ControlParam
 from protocol.registry import CONTROL_KINDS, pick_controlnet
-from tests.backend.test_engine_agreement import SCHEDULERS, assert_agrees
+from tests.backend.test_engine_agreement import SCHEDULERS, assert_agrees, owned_pipeline
 from tests.backend.test_engine_controlnet import control_job, scribble
 from tests.backend.test_engine_support import make_canvas, run
 from tests.fixtures.tiny_sdxl import TinySdxl, build_tiny_sdxl
@@ -79,7 +79,7 @@ def reference(tiny: TinySdxl, union_folder: Path, sampler: str) -> Any:
     )  # fmt: skip
     pipe.scheduler = getattr(diffusers, SCHEDULERS[sampler]).from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return owned_pipeline(pipe)
 
 
 @pytest.mark.parametrize(
