@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -118,7 +119,7 @@ class Engine:
         choice = job.models or choose_models(self.models.store, job.params)
         seeds = job.params.seeds
         rendered: list[EngineResult] = []
-        with torch.inference_mode():
+        with torch.inference_mode(), self._models_changed_by(job):
             # A batch is its images rendered one after another, each exactly as its own batch-1 job would be
             # (seed + i, all else equal): a painter who keeps variation 3 must get it back from its seed.
             # Stacking them into one UNet call would save some GPU time, but batched kernels may sum in
@@ -138,6 +139,19 @@ class Engine:
         result.params["seeds"] = seeds
         result.timings["total"] = time.perf_counter() - started
         return result
+
+    @contextmanager
+    def _models_changed_by(self, job: EngineJob) -> Iterator[None]:
+        """Reference images install adapters into the shared UNet for the job's duration: the job holds the
+        models against a background compile, and puts the UNet back before it lets go."""
+        if not job.params.references:
+            yield
+            return
+        with self.accelerator.models_held():
+            try:
+                yield
+            finally:
+                self.references.release()
 
     # --- modes ---------------------------------------------------------------------------------------------
 

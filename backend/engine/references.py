@@ -192,6 +192,7 @@ class References:
         self._adapters = _Kept(ADAPTERS_KEPT)  # name -> (stamp, IPAdapterFile)
         self._encoders = _Kept(ENCODERS_KEPT)  # name -> (stamp, ClipVision)
         self._embeddings = _Kept(EMBEDDINGS_KEPT)  # (image hash, encoder, adapter, variant) -> (cond, uncond)
+        self._installed: Any = None  # the UNet the running job's adapters are in
 
     def apply(
         self,
@@ -213,6 +214,13 @@ class References:
         with ctx.timed("reference"):  # loading, encoding and installing: the result's timings say it
             self._apply(ctx, acting, references, images, choice, components, effective)
         return True
+
+    def release(self) -> None:
+        """The UNet the job's adapters went into, as the checkpoint made it: at the end of every job with
+        references, so a compile between jobs never traces the adapters (Engine.run)."""
+        if self._installed is not None:
+            detach(self._installed)
+            self._installed = None
 
     def _apply(
         self,
@@ -259,6 +267,7 @@ class References:
             key.append((names.adapter, stamp))
             used.append(names)
         install(unet, adapters, tuple(key))
+        self._installed = unet
         added = {**(ctx.guidance.added or {}), "image_embeds": embeds}
         ctx.guidance = replace(ctx.guidance, added=added)
         processors = {k: v for k, v in unet.attn_processors.items() if hasattr(v, "to_k_ip")}

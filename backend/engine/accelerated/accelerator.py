@@ -17,9 +17,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,6 +110,9 @@ class Accelerator:
         self._prepared: set[int] = set()
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        # Held by a compile while it runs the models and by a job that changes them for its own duration
+        # (reference images install adapters into the UNet): neither sees the other's half-way state.
+        self._models = threading.RLock()
         if self.mode == "compile":
             self.cache_dir = use_cache_dir(settings.cache_dir)
         if self.active and settings.cudnn_benchmark and self.device.type == "cuda":
@@ -184,6 +188,13 @@ class Accelerator:
             **self.stats,
         }
 
+    @contextmanager
+    def models_held(self) -> Iterator[None]:
+        """The models for a job that changes them and puts them back before it ends: it waits for a compile
+        that is running them (tracing reads the modules), and the next compile waits for it."""
+        with self._models:
+            yield
+
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for every background compile (tests, benchmarks, warm-up scripts); True if all finished."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -258,7 +269,8 @@ class Accelerator:
     def _compile(self, slot: _Slot, examples: list[torch.Tensor]) -> None:
         started = time.perf_counter()
         try:
-            compiled = (slot.compiler or self._compile_whole)(slot.eager, examples)
+            with self._models:
+                compiled = (slot.compiler or self._compile_whole)(slot.eager, examples)
         except Exception as error:  # noqa: BLE001 - a broken compile must never break painting: stay eager
             slot.state, slot.error = "failed", f"{type(error).__name__}: {error}"
             log.warning("accelerated path unavailable, staying eager: %s", slot.error)
