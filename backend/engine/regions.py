@@ -107,10 +107,10 @@ def regional_guidance(plain: Guidance, rows: RegionRows, made: Guidance) -> Guid
     """The regions' guidance: `made` (the Conditioner's guidance for `rows.prompts`, one cond row each) with
     the plain guidance's other added conditioning repeated per row, and the blend weights."""
     if rows.plain:
-        if plain.added is None or made.added is None:
+        if plain.added is None:
             return made
-        # Everything but the prompt's own pooled embedding comes from the plain guidance, as it is.
-        return replace(made, added={**plain.added, **made.added})
+        # Everything but the prompt's own pooled embedding (SDXL) comes from the plain guidance, as it is.
+        return replace(made, added={**plain.added, **(made.added or {})})
     added = None
     if plain.added is not None:
         count = len(rows.prompts)

@@ -25,6 +25,7 @@ from backend.loading.model_cache import ModelCache
 from backend.model_files import ModelStore
 from protocol.messages import JobParams
 from protocol.references import ReferenceParam
+from protocol.regions import RegionParam, region_prompt
 from tests.backend.test_engine_agreement import SCHEDULERS, assert_agrees
 from tests.backend.test_engine_support import make_canvas, run
 from tests.fixtures.tiny_ip_adapter import (
@@ -267,3 +268,27 @@ def test_inpaint_with_a_reference_changes_only_the_selection(
     outside = mask[y : y + h, x : x + w] == 0
     assert np.array_equal(plain.image[outside], guided.image[outside])
     assert not np.array_equal(plain.image[~outside], guided.image[~outside])
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_references_with_regions(
+    engine: Engine, tiny: tuple[TinyModels, TinySdxl, TinyReferences], family: str
+) -> None:
+    """A reference acts in every region row: with one region over the whole canvas the job equals the
+    plain job with the region's joined prompt and the same reference (CFG on, so the uncond row too)."""
+    sd15, sdxl, refs = tiny
+    checkpoint = sdxl.checkpoint if family == "sdxl" else sd15.checkpoint
+    images = {"look": picture(40, 40, seed=34), "everywhere": np.full((48, 48), 255, np.uint8)}
+    reference = [ReferenceParam("look", model=refs.adapter(family))]
+    region = RegionParam("everywhere", "a red door")
+    regional = run(engine, reference_job(checkpoint, reference, images, regions=[region]))
+    joined = run(
+        engine,
+        reference_job(checkpoint, reference, images, prompt=region_prompt("a red door", "a lighthouse")),
+    )
+    assert regional.params["regions_counted"] == 1 and regional.params["ip_adapters"]
+    assert regional.image.tobytes() == joined.image.tobytes()
+    unreferenced = run(
+        engine, reference_job(checkpoint, [], {"everywhere": images["everywhere"]}, regions=[region])
+    )
+    assert unreferenced.image.tobytes() != regional.image.tobytes()
