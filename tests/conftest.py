@@ -23,6 +23,9 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     return build_tiny_models(tmp_path_factory.mktemp("tiny") / "models")
 
 
+_KEPT: list[object] = []
+
+
 @pytest.fixture(scope="session")
 def qapp():
     """One QApplication for the whole run: one that a test let go would take Qt objects that modules made at
@@ -30,7 +33,11 @@ def qapp():
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from krita_plugin.qt import QApplication
 
-    return QApplication.instance() or QApplication([])
+    app = QApplication.instance() or QApplication([])
+    # Kept to the end of the process: were the fixture's cache its last reference, the session's teardown
+    # would delete the application under widgets still alive (a crash in PyQt6's teardown, now and then).
+    _KEPT.append(app)
+    return app
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
