@@ -47,8 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument(
         "--models",
         metavar="SETS",
-        help="model sets to fetch, comma-separated: sd15 (the default), sdxl, sd15,sdxl, or all "
-        "(models/manifest.json's families)",
+        help="model sets to fetch, comma-separated: sd15 (the default), sdxl, sd15,sdxl, or all (every set "
+        "and add-on); add-ons come on top of the named sets, never by default: sd15,guidance adds "
+        "ControlNets, the 'from image' estimators and IP-Adapter reference images (several GB), guidance "
+        "alone adds them to the default set (models/manifest.json's families and addons)",
     )
     models.add_argument("--mirror", default=mirror_from_env(), help="base URL replacing the model URLs' host")
     models.add_argument(
@@ -91,7 +93,7 @@ def main(argv: Sequence[str] | None = None, repo: Path | None = None) -> int:
     if not args.skip_models:
         try:
             manifest = load_manifest(repo / "models" / "manifest.json")
-            manifest.choose_families(args.models)
+            manifest.choose(args.models)
         except ManifestError as exc:
             manifest_problem = str(exc)
         except UnknownModelSetError as exc:

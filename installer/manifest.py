@@ -4,14 +4,17 @@ The backend's model store reads the same file, so the layout keys here are a sha
 `layout` maps each model kind to its folder in our own models directory, `foreign_layouts` lists
 the folders ComfyUI and AUTOMATIC1111 use for the same kinds. Both sides read the layouts, and name a
 folder's layout, with backend/model_layouts.py (standard library only, like this package). The rest is the
-installer's: `families` (the model sets `--models` chooses from) and `models`, each a single file or a folder
-of files (a diffusers ControlNet) of one family.
+installer's: `families` (the model sets `--models` chooses from), `addons` (optional sets fetched on top of a
+family's base set only when named: `--models sd15,guidance`) and `models`, each a single file or a folder of
+files (a diffusers ControlNet) of one family, or of several (a file they share, listed once so it is fetched
+once), in a family's base set or in one add-on.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +34,7 @@ class UnknownModelSetError(ValueError):
 # chooses from. A manifest without `families` (the first ones) has only SD1.5's: all its entries are SD1.5.
 DEFAULT_FAMILY = "sd15"
 IMPLICIT_FAMILIES = {DEFAULT_FAMILY: {"label": "SD 1.5", "default": True}}
-ALL_SETS = "all"  # `--models all`: every family
+ALL_SETS = "all"  # `--models all`: every family, with every add-on
 HEX = frozenset("0123456789abcdef")
 
 
@@ -40,6 +43,24 @@ class Family:
     name: str
     label: str
     default: bool  # fetched when `--models` is not given
+
+
+@dataclass(frozen=True)
+class Addon:
+    """An optional set of models fetched on top of the chosen families' base sets, only when `--models` names
+    it: never part of the default download, which may be smaller than an add-on alone."""
+
+    name: str
+    label: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ModelSets:
+    """What `--models` chose: the families, and the add-ons fetched for them beside their base sets."""
+
+    families: tuple[str, ...]
+    addons: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -71,8 +92,19 @@ class ModelEntry:
     required: bool
     description: str
     source: str = ""
-    family: str = DEFAULT_FAMILY
+    # The families it serves: one, or several for a file they share (an image encoder, an estimator), which
+    # is listed once so that choosing both families fetches it once.
+    families: tuple[str, ...] = (DEFAULT_FAMILY,)
+    addon: str | None = None  # the add-on it belongs to; None: its families' base set
     is_folder: bool = False
+
+    @property
+    def family(self) -> str:
+        """Its first family (the only one, for all but shared files)."""
+        return self.families[0]
+
+    def serves(self, families: Sequence[str]) -> bool:
+        return any(family in families for family in self.families)
 
     @property
     def planned_size(self) -> int:
@@ -95,6 +127,7 @@ class Manifest:
     families: dict[str, Family] = field(
         default_factory=lambda: {DEFAULT_FAMILY: Family(DEFAULT_FAMILY, "SD 1.5", True)}
     )
+    addons: dict[str, Addon] = field(default_factory=dict)  # none in a manifest without `addons`
 
     @property
     def layout_set(self) -> Layouts:
@@ -108,24 +141,40 @@ class Manifest:
     def default_families(self) -> list[str]:
         return [f.name for f in self.families.values() if f.default]
 
-    def choose_families(self, choice: str | None) -> list[str]:
-        """The families `--models` names (comma-separated, or `all`), in the manifest's order; the default
-        ones when it is not given. Raises UnknownModelSetError for a name the manifest lacks."""
+    def choose(self, choice: str | None) -> ModelSets:
+        """The families and add-ons `--models` names (comma-separated, or `all`: every family with every
+        add-on), in the manifest's order; the default families without add-ons when it is not given. Raises
+        UnknownModelSetError for a name the manifest lacks."""
         if choice is None:
-            return self.default_families
+            return ModelSets(tuple(self.default_families))
         names = [n.strip().lower() for n in choice.split(",") if n.strip()]
-        known = ", ".join([*self.families, ALL_SETS])
         if not names:
-            raise UnknownModelSetError(f"--models needs a model set: one or more of {known}")
+            raise UnknownModelSetError(f"--models needs a model set: one or more of {self._known_sets()}")
         if ALL_SETS in names:
-            return list(self.families)
+            return ModelSets(tuple(self.families), tuple(self.addons))
         for name in names:
-            if name not in self.families:
-                raise UnknownModelSetError(f"unknown model set {name!r}: choose from {known}")
-        return [f for f in self.families if f in names]
+            if name not in self.families and name not in self.addons:
+                raise UnknownModelSetError(f"unknown model set {name!r}: choose from {self._known_sets()}")
+        # An add-on named alone comes with the default families' base sets: its models guide a checkpoint of
+        # their family and are no use without one, and base files already on disk are only checked.
+        families = [f for f in self.families if f in names] or self.default_families
+        return ModelSets(tuple(families), tuple(a for a in self.addons if a in names))
 
-    def entries(self, families: list[str]) -> list[ModelEntry]:
-        return [m for m in self.models if m.family in families]
+    def choose_families(self, choice: str | None) -> list[str]:
+        """The families of choose(choice), add-ons aside."""
+        return list(self.choose(choice).families)
+
+    def _known_sets(self) -> str:
+        known = ", ".join([*self.families, ALL_SETS])
+        return f"{known}; add-ons, on top of those: {', '.join(self.addons)}" if self.addons else known
+
+    def entries(self, families: Sequence[str], addons: Sequence[str] = ()) -> list[ModelEntry]:
+        """The base entries of `families` and their entries of `addons`, in the manifest's order: each once,
+        a shared one too."""
+        return [m for m in self.models if m.serves(families) and (m.addon is None or m.addon in addons)]
+
+    def chosen_entries(self, sets: ModelSets) -> list[ModelEntry]:
+        return self.entries(sets.families, sets.addons)
 
 
 def load_manifest(path: Path) -> Manifest:
@@ -138,8 +187,9 @@ def load_manifest(path: Path) -> Manifest:
     try:
         layouts = parse_layouts(data)
         families = _families(data.get("families", IMPLICIT_FAMILIES))
+        addons = _addons(data.get("addons", {}), families)
         models = [_entry(raw) for raw in data.get("models", [])]
-        _check_entries(models, layouts.own, families)
+        _check_entries(models, layouts.own, families, addons)
     except LayoutError as exc:
         raise ManifestError(f"manifest {path}: {exc}") from exc
     except ManifestError as exc:
@@ -153,6 +203,7 @@ def load_manifest(path: Path) -> Manifest:
         models=models,
         notes=[str(n) for n in data.get("notes", [])],
         families=families,
+        addons=addons,
     )
 
 
@@ -167,6 +218,23 @@ def _families(raw: dict) -> dict[str, Family]:
     if not any(f.default for f in families.values()):
         raise ManifestError("no family is marked default: a plain `install.py` would fetch nothing")
     return families
+
+
+def _addons(raw: object, families: dict[str, Family]) -> dict[str, Addon]:
+    if not isinstance(raw, dict):
+        raise ManifestError("`addons` must map each add-on's name to its label and description")
+    addons = {}
+    for name, info in raw.items():
+        # One --models list names both: an add-on called like a family would be ambiguous.
+        if not isinstance(name, str) or not name.isidentifier() or name == ALL_SETS or name in families:
+            raise ManifestError(
+                f"add-on name {name!r} must be a plain identifier other than {ALL_SETS!r} and the families' "
+                "names"
+            )
+        if not isinstance(info, dict):
+            raise ManifestError(f"add-on {name!r} must be an object with a label and a description")
+        addons[name] = Addon(name, str(info.get("label", name)), str(info.get("description", "")))
+    return addons
 
 
 def _entry(raw: dict) -> ModelEntry:
@@ -191,9 +259,19 @@ def _entry(raw: dict) -> ModelEntry:
         required=bool(raw.get("required", True)),
         description=str(raw.get("description", "")),
         source=str(raw.get("source", "")),
-        family=str(raw.get("family", DEFAULT_FAMILY)),
+        families=_entry_families(raw),
+        addon=None if raw.get("addon") is None else str(raw["addon"]),
         is_folder=is_folder,
     )
+
+
+def _entry_families(raw: dict) -> tuple[str, ...]:
+    """`family`: one family's name, or a list of them for a file several families share."""
+    value = raw.get("family", DEFAULT_FAMILY)
+    names = value if isinstance(value, list) else [value]
+    if not names or not all(isinstance(name, str) for name in names):
+        raise ManifestError(f"model {raw.get('id')!r}: `family` must be a family's name or a list of them")
+    return tuple(dict.fromkeys(names))
 
 
 def _file(raw: dict, name: str) -> ModelFile:
@@ -209,18 +287,34 @@ def _file(raw: dict, name: str) -> ModelFile:
     )
 
 
-def _check_entries(models: list[ModelEntry], layout: dict[str, str], families: dict[str, Family]) -> None:
+def _check_entries(
+    models: list[ModelEntry], layout: dict[str, str], families: dict[str, Family], addons: dict[str, Addon]
+) -> None:
     seen: set[str] = set()
+    targets: dict[tuple[str, str], str] = {}  # (kind, name) -> the id of the entry that goes there
     for entry in models:
         if entry.id in seen:
             raise ManifestError(f"model id {entry.id!r} is listed twice")
         seen.add(entry.id)
         if entry.kind not in layout:
             raise ManifestError(f"model {entry.id!r} has kind {entry.kind!r} with no folder in the layout")
-        if entry.family not in families:
+        for family in entry.families:
+            if family not in families:
+                raise ManifestError(
+                    f"model {entry.id!r} has family {family!r}, not one of the manifest's families "
+                    f"({', '.join(families)})"
+                )
+        if entry.addon is not None and entry.addon not in addons:
             raise ManifestError(
-                f"model {entry.id!r} has family {entry.family!r}, not one of the manifest's families "
-                f"({', '.join(families)})"
+                f"model {entry.id!r} has add-on {entry.addon!r}, not one of the manifest's add-ons "
+                f"({', '.join(addons) or 'it has none'})"
+            )
+        # Two entries of one file would fetch it twice when both are chosen: one entry serves both families.
+        other = targets.setdefault((entry.kind, entry.name), entry.id)
+        if other != entry.id:
+            raise ManifestError(
+                f"models {other!r} and {entry.id!r} are both {entry.kind}/{entry.name}: list it once, with "
+                'every family it serves ("family": [...])'
             )
         # Names become paths under the models folder: one plain path part each, never a way out of it.
         for name in (entry.name, *(f.name for f in entry.files)):

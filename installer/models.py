@@ -4,8 +4,8 @@ Models are looked for in the repo's models/ folder, in every folder listed in mo
 (which the backend reads too) and in --models-dir, each in its own layout (ours, ComfyUI's or A1111's).
 Missing files are downloaded into --models-dir (or models/) unless --offline; whatever is still missing
 is listed with where it goes and where it comes from. `--models` chooses the sets (the manifest's families:
-SD1.5 by default, SDXL, or all); a folder entry (a diffusers ControlNet) is fetched file by file into its
-folder.
+SD1.5 by default, SDXL, or all) and the add-ons fetched on top of them (`sd15,guidance`; never by default);
+a folder entry (a diffusers ControlNet) is fetched file by file into its folder.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from installer.manifest import (
     Manifest,
     ModelEntry,
     ModelFile,
+    ModelSets,
     candidate_dirs,
     detect_layout,
     find_existing,
@@ -66,7 +67,7 @@ class ModelOptions:
     offline: bool = False
     verify: bool = False
     mirror: str | None = None
-    models: str | None = None  # --models: comma-separated model sets, or "all"; None: the default sets
+    models: str | None = None  # --models: comma-separated sets and add-ons, or "all"; None: the default sets
 
 
 def read_extra_paths(repo_models: Path) -> list[Path]:
@@ -141,8 +142,8 @@ def run_models_step(
     repo: Path, manifest: Manifest, options: ModelOptions, downloader: Downloader, reporter: Reporter
 ) -> list[ModelStatus]:
     repo_models = repo / "models"
-    families = manifest.choose_families(options.models)  # cli.py has rejected unknown names already
-    _report_sets(manifest, families, reporter)
+    sets = manifest.choose(options.models)  # cli.py has rejected unknown names already
+    _report_sets(manifest, sets, reporter)
     primary, dirs = search_dirs(repo_models, options, manifest)
     if options.models_dir is not None and primary.path != repo_models.resolve():
         primary.path.mkdir(parents=True, exist_ok=True)
@@ -152,7 +153,7 @@ def run_models_step(
             STEP, f"using {primary.path} ({LAYOUT_NAMES.get(primary.layout, primary.layout)} layout), {where}"
         )
 
-    statuses = check_models(manifest.entries(families), manifest, primary, dirs, options.verify)
+    statuses = check_models(manifest.chosen_entries(sets), manifest, primary, dirs, options.verify)
     present = [s for s in statuses if s.usable]
     reporter.info(STEP, f"{len(present)} present, {len(statuses) - len(present)} missing")
     for status in present:
@@ -175,12 +176,21 @@ def run_models_step(
     return statuses
 
 
-def _report_sets(manifest: Manifest, families: list[str], reporter: Reporter) -> None:
-    chosen = ", ".join(f"{name} ({manifest.families[name].label})" for name in families)
+def _report_sets(manifest: Manifest, sets: ModelSets, reporter: Reporter) -> None:
+    families, addons = list(sets.families), list(sets.addons)
+    line = "model set(s): " + ", ".join(f"{name} ({manifest.families[name].label})" for name in families)
+    if addons:
+        line += " with add-on(s) " + ", ".join(f"{name} ({manifest.addons[name].label})" for name in addons)
     others = [name for name in manifest.families if name not in families]
-    line = f"model set(s): {chosen}"
     if others:
-        line += f"; also available: {', '.join(others)} (--models {','.join([*families, *others])} or all)"
+        command = ",".join([*families, *others, *addons])
+        line += f"; also available: {', '.join(others)} (--models {command} or all)"
+    # Add-ons are never fetched unasked (one may outweigh the base set): say what each would add, and how.
+    for name in (name for name in manifest.addons if name not in addons):
+        size = sum(m.planned_size for m in manifest.entries(families, [name]) if m.addon == name)
+        about = f", about {human_size(size)}" if size else ""
+        command = ",".join([*families, *addons, name])
+        line += f"; add-on: {name} ({manifest.addons[name].label}{about}: --models {command})"
     reporter.info(STEP, line)
 
 

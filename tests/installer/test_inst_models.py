@@ -249,7 +249,7 @@ def test_the_real_manifest_is_complete_and_consistent() -> None:
 
     manifest = load_manifest(REPO / "models" / "manifest.json")
     kinds_of_files = {"checkpoints", "loras", "controlnet", "vae", "taesd", "embeddings", "upscale_models",
-                      "ipadapter", "clip_vision"}  # fmt: skip
+                      "ipadapter", "clip_vision", "annotators"}  # fmt: skip
     assert set(manifest.layout) == kinds_of_files
     assert set(manifest.foreign_layouts) == {"comfyui", "a1111"}
     assert manifest.default_families == ["sd15"]
