@@ -459,6 +459,9 @@ class Panel(QScrollArea):
         checkpoint = self.checkpoint.currentData() or ""
         _fill_choices(self.lora, lora_choices(self.listing, checkpoint))
         self.reference_rows.set_models(ipadapter_names(self.listing, checkpoint))
+        self.reference_rows.set_kinds(
+            protocol.family_reference_kinds(self.listing.checkpoint_family(checkpoint))
+        )
 
     def offer_control_kinds(self, names: list[str]) -> None:
         """Shows the guidance rows of the kinds the backend can run (an older backend that lists none: all);

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any, cast
 
 from .qt import (
     QComboBox,
@@ -65,6 +66,7 @@ class ReferenceRows(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.kinds: tuple[str, ...] | None = None  # those the chosen checkpoint takes; None: all
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         buttons = QHBoxLayout()
@@ -133,6 +135,22 @@ class ReferenceRows(QWidget):
             index = self.model.count() - 1
         self.model.setCurrentIndex(max(0, index))
 
+    def set_kinds(self, kinds: tuple[str, ...] | None) -> None:
+        """The kinds the chosen checkpoint takes (SD 1.5: reference only); None: all (the server decides).
+        The others stay listed, greyed out, so a stored choice still shows what it is."""
+        self.kinds = kinds
+        for row in self.rows:
+            self._offer_kinds(row.kind)
+
+    def _offer_kinds(self, combo: QComboBox) -> None:
+        items = cast("Any", combo.model())
+        for index in range(combo.count()):
+            name = combo.itemData(index)
+            offered = self.kinds is None or name in self.kinds
+            item = items.item(index)
+            item.setEnabled(offered)
+            item.setToolTip("" if offered else "Not for the chosen checkpoint's model family")
+
     def set_references(
         self, entries: list[ReferenceEntry], layers: list[tuple[str, str]], missing: set[str]
     ) -> None:
@@ -190,6 +208,7 @@ class ReferenceRows(QWidget):
         for name, label in KIND_LABELS.items():
             kind.addItem(label, name)
         kind.setCurrentIndex(max(0, kind.findData(entry.kind)))
+        self._offer_kinds(kind)
         kind.setToolTip("Reference: look and subject; Style: style only; Composition: layout only")
         kind.activated.connect(lambda *_: self._edited())
         remove = QToolButton()

@@ -48,6 +48,7 @@ from .registry import (
     Sampler,
     family_label,
     family_native_side,
+    family_reference_kinds,
     pick_controlnet,
     sampler_label,
 )
@@ -60,6 +61,6 @@ __all__ = [
     "ErrorCode", "Hello", "ImageEncoding", "ImageFrame", "ImageSpec", "InpaintParam", "JobParams",
     "JobRequest", "Limits", "ListModels", "LoraParam", "Message", "ModelList", "Progress", "ProtocolError",
     "Result", "Sampler", "UpscaleParam", "Welcome", "bgra_to_rgba", "decode_frame", "decode_message",
-    "encode_frame", "encode_message", "encode_png", "family_label", "family_native_side", "pick_controlnet",
-    "result_slot", "sampler_label",
+    "encode_frame", "encode_message", "encode_png", "family_label", "family_native_side",
+    "family_reference_kinds", "pick_controlnet", "result_slot", "sampler_label",
 ]  # fmt: skip

@@ -103,10 +103,17 @@ class FamilyInfo:
     name: str  # as the model lists' `families` name it
     label: str  # for painters
     native_side: int  # pixels per side the base model was trained at: the working size at resolution 1
+    # The reference-image kinds (protocol/references.py) its checkpoints take: "style" and "composition" need
+    # the family's style blocks (backend/engine/references.py's STYLE_BLOCKS).
+    reference_kinds: tuple[str, ...] = ("reference",)
 
 
 MODEL_FAMILIES: dict[str, FamilyInfo] = {
-    info.name: info for info in (FamilyInfo("sd15", "SD 1.5", 512), FamilyInfo("sdxl", "SDXL", 1024))
+    info.name: info
+    for info in (
+        FamilyInfo("sd15", "SD 1.5", 512),
+        FamilyInfo("sdxl", "SDXL", 1024, ("reference", "style", "composition")),
+    )
 }
 
 
@@ -118,6 +125,13 @@ def family_label(name: str) -> str:
 def family_native_side(name: str | None, default: int = 512) -> int:
     info = MODEL_FAMILIES.get(name or "")
     return info.native_side if info else default
+
+
+def family_reference_kinds(name: str | None) -> tuple[str, ...] | None:
+    """The reference kinds a checkpoint of family `name` takes; None for a family this side doesn't know (the
+    server then says what it takes)."""
+    info = MODEL_FAMILIES.get(name or "")
+    return info.reference_kinds if info else None
 
 
 def pick_controlnet(names: Iterable[str], kind: str) -> str | None:

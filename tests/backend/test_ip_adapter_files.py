@@ -87,3 +87,16 @@ def test_vit_h_config_is_read_off_the_shapes() -> None:
     assert JUDGES["clip_vision"](shapes).reason is None
     shapes.pop("visual_projection.weight")
     assert "not a CLIP vision encoder" in (JUDGES["clip_vision"](shapes).reason or "")
+
+
+def test_the_families_reference_kinds_are_those_with_style_blocks() -> None:
+    """What the registry tells clients (the panel greys out the rest) is what the engine takes: "reference"
+    always, "style" and "composition" where the family has InstantStyle's blocks."""
+    from backend.engine.references import STYLE_BLOCKS
+    from protocol.references import REFERENCE_KINDS
+    from protocol.registry import MODEL_FAMILIES, family_reference_kinds
+
+    for name, info in MODEL_FAMILIES.items():
+        assert set(info.reference_kinds) == {"reference", *STYLE_BLOCKS.get(name, {})}
+        assert set(info.reference_kinds) <= set(REFERENCE_KINDS)
+    assert family_reference_kinds("no-such-family") is None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -226,6 +226,36 @@ def test_the_picker_offers_the_ipadapters_of_the_checkpoints_family(krita_app) -
     assert offered() == ["", "ip-adapter_sdxl.safetensors", "unknown.bin"]
     panel.checkpoint.setCurrentIndex(panel.checkpoint.findData("a15.safetensors"))
     assert offered() == ["", "ip-adapter_sd15.safetensors", "unknown.bin"]
+    controller.shutdown()
+
+
+def test_style_and_composition_are_offered_for_the_families_that_take_them(krita_app) -> None:
+    """SD 1.5 checkpoints take reference images as "reference" only: the other kinds are greyed out in every
+    row (a stored choice still shows); an SDXL checkpoint, or a family the plugin doesn't know, offers all."""
+    controller, _, _, panel, _ = started(krita_app)
+    models = {"checkpoints": ["a15.safetensors", "axl.safetensors", "odd.safetensors"], "ipadapter": []}
+    families = {
+        "checkpoints": {"a15.safetensors": "sd15", "axl.safetensors": "sdxl", "odd.safetensors": "flux"}
+    }
+    controller.handle_event(ServerMessage(protocol.ModelList(models, {}, families=families)))
+    photo_layer(krita_app.activeDocument())
+    button(panel, "kld_add_reference_layer").click()
+    kind = child(panel, QComboBox, "kld_reference_kind_0")
+
+    def offered() -> list[str]:
+        items = cast("Any", kind.model())
+        return [kind.itemData(i) for i in range(kind.count()) if items.item(i).isEnabled()]
+
+    panel.checkpoint.setCurrentIndex(panel.checkpoint.findData("a15.safetensors"))
+    assert offered() == ["reference"]
+    panel.checkpoint.setCurrentIndex(panel.checkpoint.findData("axl.safetensors"))
+    assert offered() == ["reference", "style", "composition"]
+    panel.checkpoint.setCurrentIndex(panel.checkpoint.findData("odd.safetensors"))
+    assert offered() == ["reference", "style", "composition"]
+    panel.checkpoint.setCurrentIndex(panel.checkpoint.findData("a15.safetensors"))
+    button(panel, "kld_add_reference_layer").click()  # a row made while SD 1.5 is chosen
+    second = child(panel, QComboBox, "kld_reference_kind_1")
+    assert not cast("Any", second.model()).item(second.findData("style")).isEnabled()
     controller.shutdown()
 
 
