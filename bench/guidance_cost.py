@@ -245,7 +245,8 @@ def measure(gb: GuidanceBench, cases: dict[str, Case], compile_timeout: float) -
         effective = paths[name]
         timer.emit(
             {"name": f"{name}/path", "accelerated": effective.get("accelerated"),
-             "accelerated_off": effective.get("accelerated_off") or None, "decoder": effective.get("decoder"),
+             "accelerated_off": effective.get("accelerated_off") or None,
+             "whole_frame": effective.get("whole_frame"), "decoder": effective.get("decoder"),
              "controlnets": effective.get("controlnets"), "ip_adapters": effective.get("ip_adapters")}
         )  # fmt: skip
         engine_ms = medians[f"{name}/engine"]

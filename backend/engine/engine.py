@@ -384,17 +384,7 @@ class Engine:
             # IP-Adapter processors and image embeddings are not in the accelerated path's graphs.
             off = [effective.get("accelerated_off"), references.ACCELERATED_OFF]
             effective["accelerated_off"] = "; ".join(reason for reason in off if reason)
-        if job.live and params.regions:
-            # Regions batch more rows than the accelerated path's graphs take: the plain path, said so.
-            off = [effective.get("accelerated_off"), regions.ACCELERATED_OFF]
-            effective["accelerated_off"] = "; ".join(reason for reason in off if reason)
-        accelerated = (
-            job.live
-            and self.accelerator.active
-            and not self.residency.enabled
-            and not params.regions
-            and not referenced
-        )
+        accelerated = job.live and self.accelerator.active and not self.residency.enabled and not referenced
         effective["accelerated"] = accelerated
         if accelerated:
             self._accelerate(ctx, choice.checkpoint)

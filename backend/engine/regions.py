@@ -33,9 +33,6 @@ if TYPE_CHECKING:
     from .loop import Guidance
     from .model_choice import ModelChoice
 
-# result.params["accelerated_off"] of live jobs with regions
-ACCELERATED_OFF = "regions run on the plain path"
-
 
 @dataclass
 class RegionRows:

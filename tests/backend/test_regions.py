@@ -16,7 +16,7 @@ import torch
 
 from backend.engine import Engine, EngineInputError, EngineJob, EngineSettings
 from backend.engine.region import scaled_region
-from backend.engine.regions import ACCELERATED_OFF, coverage, expand_added, region_rows
+from backend.engine.regions import coverage, expand_added, region_rows
 from backend.loading.model_cache import ModelCache
 from backend.model_files import ModelStore
 from protocol.messages import ControlParam, InpaintParam, JobParams
@@ -178,13 +178,24 @@ def test_batch_of_two_with_regions() -> None:
     assert batch.extra[0].tobytes() == second.image.tobytes()
 
 
-def test_live_job_with_regions_says_why_it_is_not_accelerated() -> None:
-    engine, _ = make_engine()
+def test_live_regions_run_on_the_accelerated_path_step_by_step() -> None:
+    """A live job with regions is accelerated call by call (the whole-frame graph blends no rows; LCM and
+    TAESD would otherwise take it): the plain path's bytes, the ControlNet hint repeated for every row."""
+    from tests.backend.test_accelerated_path import accelerated_engine, plain_engine
+
     canvas = make_canvas(64, 64)
-    live = replace(make_job(canvas, [("a cat", left_half(canvas))], cfg=3.0), live=True)
-    result = run(engine, live)
-    assert result.params["accelerated"] is False
-    assert ACCELERATED_OFF in result.params["accelerated_off"]
+    controls = [ControlParam(kind="scribble", image="hint", strength=1.0)]
+    live = replace(
+        make_job(canvas, [("a cat", left_half(canvas))], images={"hint": scribble(64, 64)}, cfg=3.0,
+                 controls=controls, sampler="lcm", steps=8, strength=0.5),
+        live=True,
+    )  # fmt: skip
+    fast = accelerated_engine(background=False)
+    result = run(fast, live)
+    assert result.params["accelerated"] is True and result.params["whole_frame"] is False
+    assert result.params["regions_counted"] == 1 and result.params["controlnets"]
+    assert fast.accelerator.status()["failed"] == 0 and fast.accelerator.stats["accelerated"] > 0
+    assert result.image.tobytes() == run(plain_engine(), live).image.tobytes()
 
 
 def test_a_region_mask_of_another_size_is_an_input_error() -> None:

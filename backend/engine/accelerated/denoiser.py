@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..loop import StepInputs, repeat_for_batch, sum_control_residuals
+from ..loop import StepInputs, sum_control_residuals
 from .accelerator import Accelerator
 from .static_call import TensorFn
 
@@ -96,7 +96,7 @@ class AcceleratedPredictor:
             args.append(extra)
         if guidance.added is not None:
             args += added_inputs(guidance.added)
-        args += [repeat_for_batch(c.image, guidance.batched) for c, _ in active]
+        args += [guidance.repeat(c.image) for c, _ in active]
         args += [self._scale(s, device) for _, s in active]
         models = tuple(c.model for c, _ in active)
         for model in (self.unet, *models):

@@ -88,6 +88,8 @@ def plan_frame(ctx: GenerationContext, masked: bool, dedicated: bool, from_noise
         return None
     if ctx.unet.config.in_channels != (9 if dedicated else 4):
         return None
+    if ctx.guidance.weights is not None:
+        return None  # regions blend their rows per pixel (loop.blend_rows): the per-step path does that
     steps = len(ctx.schedule)
     active = tuple(
         tuple(c for c, control in enumerate(ctx.controls) if control.scale_at(i, steps) != 0.0)
