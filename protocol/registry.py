@@ -84,6 +84,7 @@ SAMPLERS: dict[str, Sampler] = {
         Sampler("tcd", "TCD (Hyper-SD, TCD-LoRA)"),
         Sampler("ddim_trailing", "DDIM, trailing (Hyper-SD)"),
         Sampler("lcm_trailing", "LCM, trailing (DMD2)"),
+        Sampler("euler_a_trailing", "Euler a, trailing (SDXL-Turbo)"),
     )
 }
 

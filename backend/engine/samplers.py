@@ -61,6 +61,9 @@ SAMPLER_SPECS: dict[str, SamplerSpec] = {
     # Those are off LCM's 50-step distillation grid; a 1000-step grid holds them and spares every job
     # diffusers' warning about it (the grid only validates custom timesteps: the arithmetic is the same).
     "lcm_trailing": SamplerSpec("LCMScheduler", {"original_inference_steps": 1000}, timesteps="trailing"),
+    # SDXL-Turbo (and SD-Turbo) checkpoints: Euler ancestral on trailing timesteps, as their published
+    # scheduler config has it, 1-4 steps without CFG (the card's guidance_scale 0: CFG 1 here).
+    "euler_a_trailing": SamplerSpec("EulerAncestralDiscreteScheduler", {"timestep_spacing": "trailing"}),
 }
 
 

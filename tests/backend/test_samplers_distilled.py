@@ -1,6 +1,7 @@
-"""The samplers of distilled few-step LoRAs (SDXL Lightning, Hyper-SD, TCD, DMD2) run as their authors'
-diffusers setups do: the engine's images equal StableDiffusionImg2ImgPipeline's with the scheduler configured
-the way each LoRA's model card configures it, on the tiny SD1.5 models, byte for byte.
+"""The samplers of distilled few-step LoRAs and checkpoints (SDXL Lightning, Hyper-SD, TCD, DMD2,
+SDXL-Turbo) run as their authors' diffusers setups do: the engine's images equal
+StableDiffusionImg2ImgPipeline's with the scheduler configured the way each model card configures it, on the
+tiny SD1.5 models, byte for byte.
 
 The references below are written from those setups, not from the engine's sampler table, so a wrong entry
 in the table (spacing, eta, timesteps) fails here.
@@ -52,6 +53,7 @@ REFERENCES = {
     "ddim_trailing": Reference("DDIMScheduler", {"timestep_spacing": "trailing"}),
     "tcd": Reference("TCDScheduler", call={"eta": 0.3}),
     "lcm_trailing": Reference("LCMScheduler"),  # the explicit timesteps go with each case
+    "euler_a_trailing": Reference("EulerAncestralDiscreteScheduler", {"timestep_spacing": "trailing"}),
 }
 
 
@@ -93,6 +95,9 @@ CASES = [
     ("lcm_trailing", 1.0, "", 4, 1.0, [999, 749, 499, 249]),
     ("lcm_trailing", 1.0, "", 4, 0.5, [999, 749, 499, 249]),
     ("lcm_trailing", 2.0, "dull", 2, 0.8, [999, 499]),
+    ("euler_a_trailing", 1.0, "", 1, 1.0, None),  # SDXL-Turbo's card: 1 step from noise, no CFG
+    ("euler_a_trailing", 1.0, "", 2, 0.5, None),  # and its img2img: 2 steps at strength 0.5
+    ("euler_a_trailing", 2.0, "blurry", 4, 0.75, None),
 ]
 
 

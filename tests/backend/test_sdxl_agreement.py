@@ -137,3 +137,28 @@ def test_a_v_prediction_file_runs_as_its_markers_say(engine: Engine, tiny_sdxl: 
     assert_agrees(result.image, reference)
     epsilon = run(engine, job(canvas, checkpoint=tiny_sdxl.checkpoint, **params)).image
     assert epsilon.tobytes() != result.image.tobytes()
+
+
+def test_an_sdxl_turbo_file_runs_as_its_model_card_says(engine: Engine, tiny_sdxl: TinySdxl) -> None:
+    """SDXL-Turbo is SDXL's architecture distilled for 1-4 steps without CFG: its card runs the img2img
+    pipeline with Euler ancestral on trailing timesteps (its published scheduler config), 2 steps at strength
+    0.5 and guidance_scale 0. The same single file through the engine with sampler euler_a_trailing and CFG 1
+    (no LCM-LoRA: it is not the LCM sampler) gives the pipeline's image."""
+    import diffusers
+
+    name = "tiny-sdxl-turbo.safetensors"
+    _copy_with(tiny_sdxl.path("checkpoints", tiny_sdxl.checkpoint), tiny_sdxl.path("checkpoints", name), {})
+    canvas = make_canvas(64, 48, seed=17)
+    params = {"prompt": "a cat in a hat", "cfg": 1.0, "steps": 2, "strength": 0.5, "seed": 8,
+              "sampler": "euler_a_trailing"}  # fmt: skip
+    result = run(engine, job(canvas, checkpoint=name, **params))
+    assert result.params["lcm_lora"] is None
+    pipe = reference_pipeline(tiny_sdxl, name, "StableDiffusionXLImg2ImgPipeline", "euler_a")
+    pipe.scheduler = diffusers.EulerAncestralDiscreteScheduler.from_config(
+        pipe.scheduler.config, timestep_spacing="trailing"
+    )
+    reference = pipe(
+        prompt=params["prompt"], image=Image.fromarray(canvas[..., :3]), strength=0.5, num_inference_steps=2,
+        guidance_scale=0.0, generator=torch.Generator().manual_seed(8), output_type="np",
+    ).images  # fmt: skip
+    assert_agrees(result.image, reference)

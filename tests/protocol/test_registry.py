@@ -47,7 +47,8 @@ def job_json(params: dict) -> str:
 
 def test_the_tables_hold_what_the_protocol_promised() -> None:
     assert list(registry.SAMPLERS) == [
-        "lcm", "euler", "euler_a", "euler_trailing", "tcd", "ddim_trailing", "lcm_trailing"
+        "lcm", "euler", "euler_a", "euler_trailing", "tcd", "ddim_trailing", "lcm_trailing",
+        "euler_a_trailing",
     ]  # fmt: skip
     assert registry.MODES[:3] == ("img2img", "inpaint", registry.CONTROL_IMAGE)
     assert {name: kind.input for name, kind in registry.CONTROL_KINDS.items()} == {
@@ -121,7 +122,7 @@ def test_controlnets_are_picked_by_the_kinds_words_best_word_first(test_entries:
 def test_sampler_labels(test_entries: None) -> None:
     assert [sampler_label(name) for name in registry.SAMPLERS] == [
         "LCM", "Euler", "Euler a", "Euler, trailing (SDXL Lightning)", "TCD (Hyper-SD, TCD-LoRA)",
-        "DDIM, trailing (Hyper-SD)", "LCM, trailing (DMD2)", "DPM (test)",
+        "DDIM, trailing (Hyper-SD)", "LCM, trailing (DMD2)", "Euler a, trailing (SDXL-Turbo)", "DPM (test)",
     ]  # fmt: skip
     assert sampler_label("from_a_newer_server") == "from_a_newer_server"
 
