@@ -17,6 +17,7 @@ from protocol.registry import CONTROL_KINDS, KEYPOINTS, pick_controlnet
 from .images import control_to_tensor, flatten_on_white, resize_gray, resize_rgb
 from .jobs import EngineInputError
 from .loop import ControlUnit
+from .model_choice import fitting_controlnets
 from .modules import model_dtype
 from .pose import parse_people, render_pose
 from .region import Region
@@ -43,16 +44,6 @@ def choose_controlnet(store: Any, control: ControlParam, family: ModelFamily | N
         f"No {control.kind} ControlNet for {wanted.label} found{found}. Put {what} .safetensors file "
         f"(or its diffusers folder) in {folder}, or name one in the control's 'model'."
     )
-
-
-def fitting_controlnets(store: Any, names: Sequence[str], family: ModelFamily) -> list[str]:
-    """`names` without the ControlNets whose header says they are made for another family than `family` (as
-    the model lists mark them, backend/model_check.py); one whose header names no family may fit. A store
-    that judges no headers (tests' stand-ins) keeps them all."""
-    verdict = getattr(store, "verdict", None)
-    if verdict is None:
-        return list(names)
-    return [name for name in names if verdict("controlnet", name).family in (None, family.name)]
 
 
 def controlnet_model_family(model: Any) -> ModelFamily:

@@ -13,7 +13,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from backend.model_families import SD15, SDXL
+from backend.model_families import FAMILIES, SD15, SDXL, ModelFamily
 from protocol.messages import JobParams
 from protocol.registry import pick_controlnet
 
@@ -165,19 +165,32 @@ def choose_models(store: Any, params: JobParams) -> ModelChoice:
     named = {lora.name for lora in params.loras} | {lcm_name}
     loras += tuple(LoraSpec(*lora) for lora in inline.added_loras(named))
     references = choose_reference_models(store, params.references, checkpoint)
-    return ModelChoice(
-        checkpoint, params.vae, loras, lcm, _controlnets(store, params), inline.embeddings, references
-    )
+    controlnets = _controlnets(store, params, checkpoint)
+    return ModelChoice(checkpoint, params.vae, loras, lcm, controlnets, inline.embeddings, references)
 
 
-def _controlnets(store: Any, params: JobParams) -> tuple[str | None, ...]:
+def _controlnets(store: Any, params: JobParams, checkpoint: str) -> tuple[str | None, ...]:
+    """Each control's ControlNet: the one it names, else the one its kind's words pick among the files made
+    for the checkpoint's family (or whose family nothing tells): with SD 1.5 and SDXL ControlNets side by
+    side, an SDXL checkpoint's scribble is never the SD 1.5 scribble file the loader would refuse."""
     if all(control.model is not None for control in params.controls):
         return tuple(control.model for control in params.controls)
-    installed = store.list_kind("controlnet")  # one folder walk for all the unnamed controls
+    family = FAMILIES.get(checkpoint_family(store, checkpoint), SD15)
+    installed = fitting_controlnets(store, store.list_kind("controlnet"), family)  # one walk for them all
     return tuple(
         control.model if control.model is not None else pick_controlnet(installed, control.kind)
         for control in params.controls
     )
+
+
+def fitting_controlnets(store: Any, names: Sequence[str], family: ModelFamily) -> list[str]:
+    """`names` without the ControlNets whose header says they are made for another family than `family` (as
+    the model lists mark them, backend/model_check.py); one whose header names no family may fit. A store
+    that judges no headers (tests' stand-ins) keeps them all."""
+    verdict = getattr(store, "verdict", None)
+    if verdict is None:
+        return list(names)
+    return [name for name in names if verdict("controlnet", name).family in (None, family.name)]
 
 
 def load_components(models: ModelSource, choice: ModelChoice) -> Components:

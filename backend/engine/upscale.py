@@ -40,12 +40,12 @@ from protocol.upscale import MAX_UPSCALE_SIDE, UpscaleParam
 
 from . import images, masks
 from .context import GenerationContext
-from .controlnet import check_family, fitting_controlnets, tile_hint
+from .controlnet import check_family, tile_hint
 from .img2img import img2img
 from .inpaint import inpaint
 from .jobs import EngineInputError, EngineJob, EngineResult, JobCancelled
 from .loop import ControlUnit
-from .model_choice import ModelChoice
+from .model_choice import ModelChoice, fitting_controlnets
 from .modules import model_dtype
 from .region import native_region, native_side
 from .samplers import denoise_steps, starts_from_noise

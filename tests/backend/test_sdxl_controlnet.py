@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 
 from backend.engine import Engine, EngineSettings
 from backend.engine.controlnet import choose_controlnet, scribble_hint
+from backend.engine.model_choice import choose_models
 from backend.engine.pose import render_pose
 from backend.loading.configs import CONFIGS_DIR
 from backend.loading.controlnet import controlnet_family, load_controlnet
@@ -31,9 +32,9 @@ from backend.loading.model_cache import ModelCache
 from backend.model_errors import ModelError, ModelNotFoundError
 from backend.model_families import SD15, SDXL
 from backend.model_files import ModelStore
-from protocol.messages import ControlParam
+from protocol.messages import ControlParam, JobParams
 from tests.backend.fake_headers import controlnet as original_controlnet_header
-from tests.backend.fake_headers import write_safetensors
+from tests.backend.fake_headers import sd15_checkpoint, sdxl_checkpoint, write_safetensors
 from tests.backend.test_engine_agreement import SCHEDULERS, assert_agrees, owned_pipeline
 from tests.backend.test_engine_controlnet import PERSON, control_job, scribble
 from tests.backend.test_engine_support import make_canvas, run
@@ -306,9 +307,8 @@ def test_the_automatic_pick_keeps_to_the_checkpoints_family(tmp_path: Path) -> N
     """Real ControlNet headers (backend/model_check.py reads their family from the cross-attention width):
     the SD1.5 file comes first by name, and is skipped for an SDXL checkpoint."""
     root = tmp_path / "models"
-    write_safetensors(
-        root / "controlnet" / "control_v11p_sd15_scribble.safetensors", original_controlnet_header(768)
-    )
+    sd15_scribble = "control_v11p_sd15_scribble.safetensors"
+    write_safetensors(root / "controlnet" / sd15_scribble, original_controlnet_header(768))
     sdxl_scribble = "controlnet-scribble-sdxl-1.0/diffusion_pytorch_model.safetensors"
     write_safetensors(
         root / "controlnet" / sdxl_scribble,
@@ -325,6 +325,12 @@ def test_the_automatic_pick_keeps_to_the_checkpoints_family(tmp_path: Path) -> N
     )  # any family
     assert choose_controlnet(store, scribble_control, SD15) == "control_v11p_sd15_scribble.safetensors"
     assert choose_controlnet(store, scribble_control, SDXL) == sdxl_scribble
+    # The same pick when the job arrives (the choice the engine then loads), by the checkpoint's header.
+    write_safetensors(root / "checkpoints" / "a15.safetensors", sd15_checkpoint())
+    write_safetensors(root / "checkpoints" / "axl.safetensors", sdxl_checkpoint())
+    for checkpoint, expected in (("axl.safetensors", sdxl_scribble), ("a15.safetensors", sd15_scribble)):
+        params = JobParams(checkpoint=checkpoint, controls=[scribble_control])
+        assert choose_models(store, params).controlnets == (expected,), checkpoint
     (root / "controlnet" / sdxl_scribble).unlink()
     with pytest.raises(ModelNotFoundError, match="No scribble ControlNet for SDXL found") as missing:
         choose_controlnet(store, scribble_control, SDXL)
