@@ -104,21 +104,29 @@ def line(index: int) -> list[tuple[float, float]]:
     return [(30, y), (90, y + 14), (150, y), (220, y + 10)]
 
 
-def test_plugin_loads_and_connects(krita: KritaSession, painter: Painter, backend: BackendProcess) -> None:
+def start_session(
+    krita: KritaSession, painter: Painter, port: int, prompt: str = PROMPT, seed: int = 1234
+) -> None:
+    """A new SIZE x SIZE document at 100% zoom, the panel shown and connected to the backend on `port`, with
+    the prompt, 2 steps and the seed set (the e2e modules' first step)."""
     painter.new_document(SIZE, SIZE)
     setup = f"""
 docker.show()
 docker.raise_()
-panel.address.setText("127.0.0.1:{backend.port}")
+panel.address.setText("127.0.0.1:{port}")
 panel.connect_button.click()
-panel.prompt.setPlainText("{PROMPT}")
+panel.prompt.setPlainText({prompt!r})
 panel.steps.setValue(2)
-panel.seed.setValue(1234)
+panel.seed.setValue({seed})
 result = [n.name() for n in doc.rootNode().childNodes()]
 """
     assert run(krita, setup) == ["Background", "Painting"]
     painter.setup_canvas_view(zoom=1.0)
     wait(krita, "panel.status.property('state') == 'ok'", 60)
+
+
+def test_plugin_loads_and_connects(krita: KritaSession, painter: Painter, backend: BackendProcess) -> None:
+    start_session(krita, painter, backend.port)
     models = run(krita, "result = [panel.checkpoint.itemData(i) for i in range(panel.checkpoint.count())]")
     assert "tiny-sd15.safetensors" in models  # the checkpoint list comes from the backend's Welcome
     docks = "result = [d.objectName() for d in app.dockers()]"

@@ -28,9 +28,8 @@ if missing:
 
 from tests.e2e.backend_process import BackendProcess  # noqa: E402 - needs torch; after the skip
 from tests.e2e.module_fixtures import artifacts_folder, running_backend, running_krita  # noqa: E402
-from tests.e2e.test_krita_e2e import PRE, run  # noqa: E402 - the shared snippet prelude
+from tests.e2e.test_krita_e2e import PRE, SIZE, run, start_session  # noqa: E402 - the shared prelude
 
-SIZE = 256
 STROKES = [[(40, 70), (210, 70)], [(60, 120), (200, 200)]]
 REGION_STROKE = [(30, 200), (120, 200), (120, 240)]  # on the region's own layer: its coverage
 REGION_PROMPT = "a blue lake"
@@ -89,20 +88,7 @@ def generate(krita: KritaSession, painter: Painter) -> dict:
 
 
 def test_connect_and_paint(krita: KritaSession, painter: Painter, backend: BackendProcess) -> None:
-    painter.new_document(SIZE, SIZE)
-    setup = f"""
-docker.show()
-docker.raise_()
-panel.address.setText("127.0.0.1:{backend.port}")
-panel.connect_button.click()
-panel.prompt.setPlainText("a harbour at dawn")
-panel.steps.setValue(2)
-panel.seed.setValue(99)
-result = [n.name() for n in doc.rootNode().childNodes()]
-"""
-    assert run(krita, setup) == ["Background", "Painting"]
-    painter.setup_canvas_view(zoom=1.0)
-    wait(krita, "panel.status.property('state') == 'ok'", 60)
+    start_session(krita, painter, backend.port, "a harbour at dawn", seed=99)
     painter.select_brush_tool()
     painter.set_brush(size=14, color=(20, 20, 20))
     for points in STROKES:

@@ -27,9 +27,8 @@ if missing:
 
 from tests.e2e.backend_process import BackendProcess  # noqa: E402 - needs torch; after the skip
 from tests.e2e.module_fixtures import artifacts_folder, running_backend, running_krita  # noqa: E402
-from tests.e2e.test_krita_e2e import run, wait  # noqa: E402 - the shared snippet prelude and waiting
+from tests.e2e.test_krita_e2e import SIZE, run, start_session, wait  # noqa: E402 - the shared helpers
 
-SIZE = 256
 # Thick dark strokes on the white background: their outlines are the painting's edges.
 STROKES = [[(40, 60), (210, 60)], [(60, 110), (60, 220)], [(110, 150), (220, 210)]]
 BRUSH = 14
@@ -82,20 +81,7 @@ def bgra(data: bytes, width: int, height: int) -> np.ndarray:
 
 
 def test_connect_and_paint(krita: KritaSession, painter: Painter, backend: BackendProcess) -> None:
-    painter.new_document(SIZE, SIZE)
-    setup = f"""
-docker.show()
-docker.raise_()
-panel.address.setText("127.0.0.1:{backend.port}")
-panel.connect_button.click()
-panel.prompt.setPlainText("a red apple on a table")
-panel.steps.setValue(2)
-panel.seed.setValue(1234)
-result = [n.name() for n in doc.rootNode().childNodes()]
-"""
-    assert run(krita, setup) == ["Background", "Painting"]
-    painter.setup_canvas_view(zoom=1.0)
-    wait(krita, "panel.status.property('state') == 'ok'", 60)
+    start_session(krita, painter, backend.port)
     painter.select_brush_tool()
     painter.set_brush(size=BRUSH, color=(20, 20, 20))
     for points in STROKES:
