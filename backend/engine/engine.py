@@ -376,8 +376,8 @@ class Engine:
             residency=self.residency,
             notes=effective,
         )
-        # Every job: one without references gets the UNet's own attention back (references.detach).
-        referenced = self.references.apply(
+        # The UNet is as the checkpoint made it here: a job with references restores it when it ends (run()).
+        referenced = bool(params.references) and self.references.apply(
             ctx, params.references, job.control_images, choice, components, effective
         )
         if job.live and referenced:

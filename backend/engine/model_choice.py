@@ -13,13 +13,13 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from backend.model_families import FAMILIES, SD15, SDXL, ModelFamily
+from backend.model_families import SD15, SDXL, ModelFamily
 from protocol.messages import JobParams
 from protocol.registry import pick_controlnet
 
 from .prompt_models import prompt_models
 from .prompt_syntax import EmbeddingRef
-from .reference_models import ReferenceModels, choose_reference_models
+from .reference_models import ReferenceModels, choose_reference_models, family_of
 
 
 class Components(Protocol):
@@ -98,14 +98,6 @@ FAMILY_NAME_WORDS = {
 }
 
 
-def checkpoint_family(store: Any, checkpoint: str) -> str:
-    """The checkpoint's family as its header says (the store's cached verdict: no weights are read); SD1.5
-    where it doesn't say, as the loader takes such a file for SD1.5 (stores without verdicts: test stubs)."""
-    verdict = getattr(store, "verdict", None)
-    found = verdict("checkpoints", checkpoint).family if verdict is not None else None
-    return found or SD15.name
-
-
 def lora_family(store: Any, name: str) -> tuple[bool, str | None]:
     """Whether the LoRA may be used (its header shows nothing wrong), and its family: as its header says,
     else as its name says (FAMILY_NAME_WORDS), else None."""
@@ -152,7 +144,7 @@ def choose_models(store: Any, params: JobParams) -> ModelChoice:
             raise store.no_checkpoint_error()
     lcm_name = params.lcm_lora
     if lcm_name is None and params.sampler == "lcm" and params.lcm_lora_strength != 0:
-        lcm_name = find_lcm_lora(store, checkpoint_family(store, checkpoint))
+        lcm_name = find_lcm_lora(store, family_of(store, checkpoint).name)
     lcm = None
     if lcm_name is not None and params.lcm_lora_strength != 0:
         lcm = LoraSpec(lcm_name, params.lcm_lora_strength, params.lcm_lora_strength)
@@ -175,7 +167,7 @@ def _controlnets(store: Any, params: JobParams, checkpoint: str) -> tuple[str | 
     side, an SDXL checkpoint's scribble is never the SD 1.5 scribble file the loader would refuse."""
     if all(control.model is not None for control in params.controls):
         return tuple(control.model for control in params.controls)
-    family = FAMILIES.get(checkpoint_family(store, checkpoint), SD15)
+    family = family_of(store, checkpoint)
     installed = fitting_controlnets(store, store.list_kind("controlnet"), family)  # one walk for them all
     return tuple(
         control.model if control.model is not None else pick_controlnet(installed, control.kind)

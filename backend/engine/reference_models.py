@@ -76,6 +76,8 @@ def adapter_info(store: Any, name: str) -> IPAdapterInfo:
 
 
 def family_of(store: Any, checkpoint: str) -> ModelFamily:
+    """The checkpoint's family as its header says (the store's cached verdict: no weights are read); SD1.5
+    where it doesn't say, as the loader takes such a file for SD1.5 (stores without verdicts: test stubs)."""
     verdict = getattr(store, "verdict", None)
     found = verdict("checkpoints", checkpoint).family if verdict is not None else None
     return FAMILIES.get(found or SD15.name, SD15)

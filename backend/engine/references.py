@@ -203,13 +203,11 @@ class References:
         components: Components,
         effective: dict[str, Any],
     ) -> bool:
-        """The job's references into `ctx` (guidance, UNet, per-step scales); False when none acts, and the
-        UNet is then as the checkpoint made it."""
-        unet = components.unet
+        """The job's references into `ctx` (guidance, UNet, per-step scales); False when none acts (the UNet
+        stays as the checkpoint made it). The UNet gets its own attention back in release()."""
         steps = len(ctx.schedule)
         acting = [(i, r) for i, r in enumerate(references) if acts(r, steps)]
         if not acting:
-            detach(unet)
             return False
         with ctx.timed("reference"):  # loading, encoding and installing: the result's timings say it
             self._apply(ctx, acting, references, images, choice, components, effective)
